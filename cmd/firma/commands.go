@@ -1,0 +1,5 @@
+package main
+
+// commands is the subcommand table. Each entry's run function lives in its own file
+// (sidecar.go, run.go, authority.go, audit.go, policy.go, ca.go, check.go, demo.go).
+var commands = map[string]command{}

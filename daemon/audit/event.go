@@ -1,0 +1,85 @@
+package audit
+
+import "time"
+
+// Kind tells a decision record from the completion record that later closes it.
+type Kind string
+
+const (
+	KindDecision   Kind = "decision"
+	KindCompletion Kind = "completion"
+)
+
+// Event is one audit line. The writer fills ID (when empty), Seq, Time (when zero), PrevHash and Sig;
+// the caller fills the rest. Field names are the stable contract in DESIGN.md.
+type Event struct {
+	ID         string      `json:"id"`
+	Seq        uint64      `json:"seq"`
+	Time       time.Time   `json:"time"`
+	PrevHash   string      `json:"prev_hash"`
+	Kind       Kind        `json:"kind"`
+	DecisionID string      `json:"decision_id,omitempty"` // completion records: the decision they close
+	Envelope   *Envelope   `json:"envelope,omitempty"`
+	Capability *Capability `json:"capability,omitempty"`
+	Decision   *Decision   `json:"decision,omitempty"`
+	Result     *Result     `json:"result,omitempty"`
+	Sig        string      `json:"sig,omitempty"`
+}
+
+type Envelope struct {
+	Agent     Agent     `json:"agent"`
+	Intent    Intent    `json:"intent"`
+	Transport Transport `json:"transport"`
+}
+
+// Agent is who made the call, as the kernel attested it at connect time.
+type Agent struct {
+	AgentID   string `json:"agent_id"`
+	SessionID string `json:"session_id"`
+	Cgroup    string `json:"cgroup"`
+	PID       int    `json:"pid"`
+	Exe       string `json:"exe"`
+	Comm      string `json:"comm"`
+	UID       int    `json:"uid"`
+}
+
+type Intent struct {
+	ActionClass  *string  `json:"action_class"` // null when unclassified
+	Resource     Resource `json:"resource"`
+	RawTransport string   `json:"raw_transport"`
+}
+
+// Resource: for a CONNECT-level record Host is "name:port" and the rest are empty; a MITM or plain
+// HTTP record carries method, path and provider.
+type Resource struct {
+	Host     string  `json:"host"`
+	Path     string  `json:"path,omitempty"`
+	Provider *string `json:"provider,omitempty"`
+	Method   string  `json:"method,omitempty"`
+}
+
+type Transport struct {
+	Mode    string `json:"mode"` // connect | mitm | http | tcp | dns
+	SNI     string `json:"sni,omitempty"`
+	OrigDst string `json:"orig_dst,omitempty"`
+	Dialed  string `json:"dialed,omitempty"` // the resolved, classified address the sidecar dialed
+}
+
+type Capability struct {
+	TokenID string `json:"token_id"`
+}
+
+type Decision struct {
+	Outcome         string   `json:"outcome"`
+	MatchedPolicies []string `json:"matched_policies"`
+	Reason          string   `json:"reason"`
+}
+
+// Result is what happened after the decision: on a completion record, or on an ABORT decision.
+type Result struct {
+	BytesUp        int64  `json:"bytes_up"`
+	BytesDown      int64  `json:"bytes_down"`
+	DurationMS     int64  `json:"duration_ms"`
+	UpstreamStatus int    `json:"upstream_status,omitempty"`
+	Error          string `json:"error,omitempty"`
+}

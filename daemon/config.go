@@ -1,0 +1,188 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/policies"
+)
+
+// Config is the [sidecar] section of firma.toml.
+type Config struct {
+	LogLevel    string                 `toml:"log_level"`
+	Transparent TransparentConfig      `toml:"transparent"`
+	Agents      []AgentConfig          `toml:"agents"`
+	Interceptor InterceptorConfig      `toml:"interceptor"`
+	Control     ControlConfig          `toml:"control"`
+	Policy      policies.Config        `toml:"policy"`
+	Mapping     policies.MappingConfig `toml:"mapping"`
+	Upstream    UpstreamConfig         `toml:"upstream"`
+	Audit       audit.Config           `toml:"audit"`
+}
+
+// TransparentConfig is [sidecar.transparent]: the eBPF redirect.
+type TransparentConfig struct {
+	Enabled bool   `toml:"enabled"` // false: explicit proxy only (hosts without eBPF)
+	Cgroup  string `toml:"cgroup"`  // parent cgroup relative to the cgroup2 mount; programs attach here
+	Port    uint16 `toml:"port"`    // transparent listener on 127.0.0.1 and [::1]
+	DNSPort uint16 `toml:"dns_port"`
+	IPv6    bool   `toml:"ipv6"`
+	PinDir  string `toml:"pin_dir"`
+	// SniffTimeout bounds how long the sidecar waits for a client's first bytes.
+	SniffTimeout Duration `toml:"sniff_timeout"`
+}
+
+// AgentConfig is one [[sidecar.agents]] entry: a static identity for a cgroup subtree.
+type AgentConfig struct {
+	Cgroup         string `toml:"cgroup"` // relative to the cgroup2 mount; this cgroup and its descendants
+	AgentID        string `toml:"agent_id"`
+	SessionID      string `toml:"session_id"`
+	CapabilityFile string `toml:"capability_file"`
+}
+
+// InterceptorConfig is [sidecar.interceptor]: the explicit HTTP/CONNECT proxy.
+type InterceptorConfig struct {
+	ListenAddr string `toml:"listen_addr"` // "" disables the explicit proxy
+	// AgentID is the identity given to explicit-proxy clients, which have no kernel-attested cgroup.
+	AgentID string `toml:"agent_id"`
+}
+
+// ControlConfig is [sidecar.control]: the root-only socket `firma run` registers agents through.
+type ControlConfig struct {
+	Socket string `toml:"socket"`
+}
+
+// UpstreamConfig is [sidecar.upstream]: how the sidecar resolves, classifies and dials.
+type UpstreamConfig struct {
+	CAFile      string            `toml:"ca_file"`
+	Resolve     map[string]string `toml:"resolve"`     // static name → address overrides
+	AllowCIDRs  []string          `toml:"allow_cidrs"` // otherwise-refused ranges to permit
+	Nameservers []string          `toml:"nameservers"` // "" = the host's resolv.conf
+	DialTimeout Duration          `toml:"dial_timeout"`
+}
+
+// Duration is a time.Duration that reads from TOML as "1.5s" or as integer seconds.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// DefaultConfig returns the defaults that apply to keys a file leaves out.
+func DefaultConfig() Config {
+	return Config{
+		LogLevel: "info",
+		Transparent: TransparentConfig{
+			Enabled:      true,
+			Cgroup:       "firma-agents.slice",
+			Port:         15001,
+			DNSPort:      15053,
+			IPv6:         true,
+			PinDir:       "/sys/fs/bpf/firma",
+			SniffTimeout: Duration(5 * time.Second),
+		},
+		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080"},
+		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
+		Mapping:     policies.DefaultMappingConfig(),
+		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
+		Audit:       audit.Config{FilePath: "audit.jsonl"},
+	}
+}
+
+// Validate checks everything that can be checked without touching the kernel or the network.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("sidecar.%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if c.Transparent.Enabled {
+		if c.Transparent.Port == 0 {
+			bad("transparent.port", "must be set")
+		}
+		if c.Transparent.Cgroup == "" || !cgroupPathOK(c.Transparent.Cgroup) {
+			bad("transparent.cgroup", "%q is not a relative cgroup path", c.Transparent.Cgroup)
+		}
+		if c.Transparent.PinDir == "" {
+			bad("transparent.pin_dir", "must be set")
+		}
+		if c.Transparent.DNSPort != 0 && c.Transparent.DNSPort == c.Transparent.Port {
+			bad("transparent.dns_port", "must differ from transparent.port")
+		}
+	}
+	if c.Transparent.SniffTimeout <= 0 {
+		bad("transparent.sniff_timeout", "must be positive")
+	}
+	seen := map[string]bool{}
+	for i, a := range c.Agents {
+		key := fmt.Sprintf("agents[%d]", i)
+		if !cgroupPathOK(a.Cgroup) {
+			bad(key+".cgroup", "%q is not a relative cgroup path", a.Cgroup)
+		}
+		if a.AgentID == "" {
+			bad(key+".agent_id", "must be set")
+		}
+		cg := cleanCgroup(a.Cgroup)
+		if seen[cg] {
+			bad(key+".cgroup", "%q is listed twice", a.Cgroup)
+		}
+		seen[cg] = true
+	}
+	if c.Interceptor.ListenAddr != "" {
+		if _, _, err := net.SplitHostPort(c.Interceptor.ListenAddr); err != nil {
+			bad("interceptor.listen_addr", "%v", err)
+		}
+	}
+	for name, addr := range c.Upstream.Resolve {
+		if _, err := netip.ParseAddr(addr); err != nil {
+			bad("upstream.resolve", "%q: %q is not an IP address", name, addr)
+		}
+	}
+	for _, cidr := range c.Upstream.AllowCIDRs {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			bad("upstream.allow_cidrs", "%q: %v", cidr, err)
+		}
+	}
+	for _, ns := range c.Upstream.Nameservers {
+		if _, err := netip.ParseAddrPort(ns); err != nil {
+			if _, err := netip.ParseAddr(ns); err != nil {
+				bad("upstream.nameservers", "%q is not an address or address:port", ns)
+			}
+		}
+	}
+	if c.Upstream.DialTimeout <= 0 {
+		bad("upstream.dial_timeout", "must be positive")
+	}
+	if c.Audit.FilePath == "" {
+		bad("audit.file_path", "must be set")
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupPathOK accepts a relative cgroup path without "..".
+func cgroupPathOK(p string) bool {
+	if p == "" || strings.HasPrefix(p, "/") && len(strings.Trim(p, "/")) == 0 {
+		return false
+	}
+	for _, el := range strings.Split(strings.Trim(p, "/"), "/") {
+		if el == "" || el == "." || el == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanCgroup is the canonical form of a cgroup path: leading slash, no trailing slash.
+func cleanCgroup(p string) string { return path.Clean("/" + strings.Trim(p, "/")) }
