@@ -159,4 +159,3 @@ func portOf(s string) string {
 	_, p, _ := net.SplitHostPort(s)
 	return p
 }
-
