@@ -8,6 +8,9 @@ type Kind string
 const (
 	KindDecision   Kind = "decision"
 	KindCompletion Kind = "completion"
+	// KindLog records are the writer's own: they open each file, mark restarts, recoveries and a
+	// clean close. Callers cannot append them.
+	KindLog Kind = "log"
 )
 
 // Event is one audit line. The writer fills ID (when empty), Seq, Time (when zero), PrevHash and Sig;
@@ -23,7 +26,8 @@ type Event struct {
 	Capability *Capability `json:"capability,omitempty"`
 	Decision   *Decision   `json:"decision,omitempty"`
 	Result     *Result     `json:"result,omitempty"`
-	Sig        string      `json:"sig,omitempty"`
+	Log        *LogRecord  `json:"log,omitempty"`
+	Sig        string      `json:"sig,omitempty"` // must stay the last field: see the package doc
 }
 
 type Envelope struct {
@@ -83,3 +87,34 @@ type Result struct {
 	UpstreamStatus int    `json:"upstream_status,omitempty"`
 	Error          string `json:"error,omitempty"`
 }
+
+// LogRecord is the body of a KindLog record: what happened to the log itself.
+type LogRecord struct {
+	Event LogEvent `json:"event"`
+	// Reason says why a file was opened: "new chain", "rotated (size)", "rotated (signal)",
+	// "restart", "reopened (file moved or removed)".
+	Reason string `json:"reason,omitempty"`
+	// PreviousFile is the base name of the file holding the line this one chains to, when that line
+	// is in another file.
+	PreviousFile string `json:"previous_file,omitempty"`
+	// KeyID is the lowercase hex SHA-256 of the signing key's DER SubjectPublicKeyInfo; "" when the
+	// log is unsigned. Every open and resume record carries it.
+	KeyID string `json:"key_id,omitempty"`
+	// Recovered: when the log first failed, how many records were refused since, the first error.
+	Since   *time.Time `json:"since,omitempty"`
+	Refused int64      `json:"refused,omitempty"`
+	Error   string     `json:"error,omitempty"`
+	// Resume after a crash: the incomplete tail that was cut off the file, and where it was saved.
+	TornBytes   int64  `json:"torn_bytes,omitempty"`
+	TornSavedTo string `json:"torn_saved_to,omitempty"`
+}
+
+// LogEvent names a KindLog record.
+type LogEvent string
+
+const (
+	LogOpen      LogEvent = "open"      // the first line of every file
+	LogResume    LogEvent = "resume"    // a writer continued an existing file
+	LogRecovered LogEvent = "recovered" // writes succeed again after failures
+	LogClose     LogEvent = "close"     // the writer closed cleanly
+)

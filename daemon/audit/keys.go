@@ -1,0 +1,116 @@
+package audit
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// ErrKey marks a signing or public key that cannot be used: wrong PEM type, wrong curve, readable by
+// group or others.
+var ErrKey = errors.New("unusable audit key")
+
+// LoadSigningKey reads an ECDSA P-256 private key from a PEM file: "PRIVATE KEY" (PKCS#8, what
+// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes) or "EC PRIVATE KEY"
+// (SEC 1, optionally after an "EC PARAMETERS" block). A file readable by group or others is refused.
+func LoadSigningKey(path string) (crypto.Signer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit signing key: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("audit signing key %s: %w: not a regular file", path, ErrKey)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("audit signing key %s: %w: mode %04o is readable by group or others (chmod 600)", path, ErrKey, perm)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit signing key: %w", err)
+	}
+	var key *ecdsa.PrivateKey
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		var k any
+		switch block.Type {
+		case "EC PARAMETERS":
+			continue
+		case "PRIVATE KEY":
+			k, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+		case "EC PRIVATE KEY":
+			k, err = x509.ParseECPrivateKey(block.Bytes)
+		default:
+			return nil, fmt.Errorf("audit signing key %s: %w: PEM block %q, want \"PRIVATE KEY\" or \"EC PRIVATE KEY\"", path, ErrKey, block.Type)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit signing key %s: %w: %w", path, ErrKey, err)
+		}
+		if key != nil {
+			return nil, fmt.Errorf("audit signing key %s: %w: more than one private key", path, ErrKey)
+		}
+		ec, ok := k.(*ecdsa.PrivateKey)
+		if !ok {
+			return nil, fmt.Errorf("audit signing key %s: %w: %T, want ECDSA P-256", path, ErrKey, k)
+		}
+		key = ec
+	}
+	if key == nil {
+		return nil, fmt.Errorf("audit signing key %s: %w: no PEM private key", path, ErrKey)
+	}
+	if key.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("audit signing key %s: %w: curve %s, want P-256", path, ErrKey, key.Curve.Params().Name)
+	}
+	return key, nil
+}
+
+// LoadPublicKey reads a "PUBLIC KEY" PEM file (what `openssl pkey -pubout` prints) holding an ECDSA
+// P-256 key.
+func LoadPublicKey(path string) (*ecdsa.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit public key: %w", err)
+	}
+	return ParsePublicKey(path, data)
+}
+
+// ParsePublicKey is LoadPublicKey on bytes; name is used in errors.
+func ParsePublicKey(name string, data []byte) (*ecdsa.PublicKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("audit public key %s: %w: no PEM block", name, ErrKey)
+	}
+	if block.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("audit public key %s: %w: PEM block %q, want \"PUBLIC KEY\"", name, ErrKey, block.Type)
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("audit public key %s: %w: %w", name, ErrKey, err)
+	}
+	ec, ok := k.(*ecdsa.PublicKey)
+	if !ok || ec.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("audit public key %s: %w: %T, want ECDSA P-256", name, ErrKey, k)
+	}
+	return ec, nil
+}
+
+// KeyID is the lowercase hex SHA-256 of pub's DER SubjectPublicKeyInfo: what open and resume records
+// carry as log.key_id. It is "" for a key that cannot be marshalled.
+func KeyID(pub crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}

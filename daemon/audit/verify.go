@@ -1,0 +1,376 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// ProblemKind classifies the first thing wrong with a log.
+type ProblemKind string
+
+const (
+	ProblemMalformed ProblemKind = "malformed"     // not a well-formed record
+	ProblemTruncated ProblemKind = "truncated"     // the file ends inside a line
+	ProblemSignature ProblemKind = "bad signature" // altered, inserted, or signed by another key
+	ProblemUnsigned  ProblemKind = "unsigned"      // a key was given but the line has no sig
+	ProblemAltered   ProblemKind = "altered"       // content no longer matches the chain
+	ProblemRemoved   ProblemKind = "removed"       // lines are missing
+	ProblemInserted  ProblemKind = "inserted"      // a line that does not belong where it is
+	ProblemReordered ProblemKind = "reordered"     // lines out of order
+	ProblemMissing   ProblemKind = "missing file"  // a file in the middle of the chain was not given
+)
+
+// Problem is the first bad line: File and Line (1-based) locate it.
+type Problem struct {
+	File   string
+	Line   int
+	Seq    uint64 // the line's seq when it has one
+	Kind   ProblemKind
+	Detail string
+}
+
+func (p *Problem) Error() string {
+	return fmt.Sprintf("%s:%d: %s: %s", p.File, p.Line, p.Kind, p.Detail)
+}
+
+// Report is what Verify found. Problem is nil when every line checked out.
+type Report struct {
+	Files    []FileSummary // in chain order
+	Records  int
+	FirstSeq uint64
+	LastSeq  uint64
+	LastHash string // hashBody of the last line: compare with the seq/hash the sidecar logs
+	// Signed is true when a public key was given and every line's signature verified.
+	Signed  bool
+	Closed  bool // the last line is a close record
+	Problem *Problem
+	Notes   []string
+}
+
+// OK reports whether no problem was found.
+func (r *Report) OK() bool { return r.Problem == nil }
+
+// FileSummary is one verified file.
+type FileSummary struct {
+	Path     string
+	Lines    int
+	FirstSeq uint64
+	LastSeq  uint64
+}
+
+// record is what verification reads of a line.
+type record struct {
+	Seq      uint64 `json:"seq"`
+	PrevHash string `json:"prev_hash"`
+	Kind     Kind   `json:"kind"`
+	Log      *struct {
+		Event        LogEvent `json:"event"`
+		PreviousFile string   `json:"previous_file"`
+		KeyID        string   `json:"key_id"`
+	} `json:"log"`
+	Sig string `json:"sig"`
+}
+
+// Verify checks the signatures (when pub is not nil) and the chain across files, given in any
+// order: they are put in chain order by the seq of their first line. It stops at the first problem
+// and says where it is. The error is for files that cannot be read; what is wrong with their
+// content is in the Report.
+func Verify(pub crypto.PublicKey, files ...string) (*Report, error) {
+	var ecPub *ecdsa.PublicKey
+	if pub != nil {
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("verifying audit log: %w: %T, want *ecdsa.PublicKey", ErrKey, pub)
+		}
+		ecPub = k
+	}
+	if len(files) == 0 {
+		return nil, errors.New("verifying audit log: no files")
+	}
+	v := &verifier{pub: ecPub, report: &Report{}}
+	if pub != nil {
+		v.wantKeyID = KeyID(pub)
+	}
+	ordered, err := v.order(files)
+	if err != nil || v.report.Problem != nil {
+		return v.report, err
+	}
+	v.files = ordered
+	for i := range ordered {
+		if err := v.file(i); err != nil {
+			return v.report, err
+		}
+		if v.report.Problem != nil {
+			return v.report, nil
+		}
+	}
+	r := v.report
+	r.Signed = ecPub != nil
+	if ecPub == nil {
+		r.Notes = append(r.Notes, "signatures not checked: no public key given (chain only)")
+	}
+	if r.FirstSeq > 1 {
+		note := fmt.Sprintf("the chain starts at seq %d: earlier lines were not given", r.FirstSeq)
+		if v.firstPrevFile != "" {
+			note += fmt.Sprintf(" (they end in %s)", v.firstPrevFile)
+		}
+		r.Notes = append(r.Notes, note)
+	}
+	if !r.Closed {
+		r.Notes = append(r.Notes, "the last line is not a close record: the log is still being written, "+
+			"its writer stopped without closing, or lines were cut from its end; compare the last seq and hash with the sidecar's log")
+	}
+	return r, nil
+}
+
+type verifier struct {
+	pub       *ecdsa.PublicKey
+	wantKeyID string
+	report    *Report
+	files     []string
+
+	have          bool // a previous line exists
+	prevSeq       uint64
+	prevHash      string
+	prevFile      string
+	prevLine      int
+	keyID         string // key_id of the last open/resume record
+	keyIDLine     string // where it was declared
+	firstPrevFile string
+}
+
+func (v *verifier) fail(file string, line int, seq uint64, kind ProblemKind, format string, a ...any) {
+	v.report.Problem = &Problem{File: file, Line: line, Seq: seq, Kind: kind, Detail: fmt.Sprintf(format, a...)}
+}
+
+// order sorts files by the seq of their first line; empty files are dropped with a note.
+func (v *verifier) order(files []string) ([]string, error) {
+	type keyed struct {
+		path string
+		seq  uint64
+	}
+	var ks []keyed
+	seen := map[string]string{}
+	for _, f := range files {
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return nil, err
+		}
+		if other, dup := seen[abs]; dup {
+			return nil, fmt.Errorf("verifying audit log: %s given twice (as %s)", f, other)
+		}
+		seen[abs] = f
+		fh, err := os.Open(f)
+		if err != nil {
+			return nil, fmt.Errorf("verifying audit log: %w", err)
+		}
+		line, err := bufio.NewReader(fh).ReadBytes('\n')
+		fh.Close()
+		if len(line) == 0 && errors.Is(err, io.EOF) {
+			v.report.Notes = append(v.report.Notes, fmt.Sprintf("%s is empty", f))
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("verifying audit log: reading %s: %w", f, err)
+		}
+		var r record
+		if jerr := json.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &r); jerr != nil || r.Seq == 0 {
+			if err != nil {
+				v.fail(f, 1, 0, ProblemTruncated, "the file ends inside its first line")
+			} else {
+				v.fail(f, 1, 0, ProblemMalformed, "not an audit record, so the file cannot be put in chain order")
+			}
+			return nil, nil
+		}
+		ks = append(ks, keyed{f, r.Seq})
+	}
+	sort.SliceStable(ks, func(i, j int) bool { return ks[i].seq < ks[j].seq })
+	out := make([]string, len(ks))
+	for i, k := range ks {
+		if i > 0 && ks[i-1].seq == k.seq {
+			v.fail(k.path, 1, k.seq, ProblemInserted, "%s also starts at seq %d: two copies of one file, or a forged file", ks[i-1].path, k.seq)
+			return nil, nil
+		}
+		out[i] = k.path
+	}
+	if len(out) == 0 {
+		return nil, errors.New("verifying audit log: every file is empty")
+	}
+	return out, nil
+}
+
+// file checks every line of v.files[fi].
+func (v *verifier) file(fi int) error {
+	path := v.files[fi]
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("verifying audit log: %w", err)
+	}
+	defer f.Close()
+	sum := FileSummary{Path: path}
+	br := bufio.NewReaderSize(f, 256<<10)
+	for n := 1; ; n++ {
+		raw, err := br.ReadBytes('\n')
+		if len(raw) == 0 && errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("verifying audit log: reading %s: %w", path, err)
+		}
+		if err != nil { // io.EOF with bytes: no final newline
+			v.fail(path, n, 0, ProblemTruncated, "the file ends inside this line (%d bytes without a newline): cut short or a torn write", len(raw))
+			return nil
+		}
+		if !v.line(fi, n, raw[:len(raw)-1]) {
+			return nil
+		}
+		if sum.FirstSeq == 0 {
+			sum.FirstSeq = v.prevSeq
+		}
+		sum.LastSeq = v.prevSeq
+		sum.Lines = n
+	}
+	v.report.Files = append(v.report.Files, sum)
+	return nil
+}
+
+// line checks one line; false means a problem was recorded.
+func (v *verifier) line(fi, n int, line []byte) bool {
+	path := v.files[fi]
+	var r record
+	if err := json.Unmarshal(line, &r); err != nil {
+		v.fail(path, n, 0, ProblemMalformed, "not JSON: %v", err)
+		return false
+	}
+	if r.Seq == 0 {
+		v.fail(path, n, 0, ProblemMalformed, "no seq")
+		return false
+	}
+	body, sig := splitLine(line)
+	if r.Sig != sig {
+		v.fail(path, n, r.Seq, ProblemMalformed, "the sig member is not the last member of the line")
+		return false
+	}
+	if r.Log != nil && (r.Log.Event == LogOpen || r.Log.Event == LogResume) {
+		v.keyID, v.keyIDLine = r.Log.KeyID, fmt.Sprintf("%s:%d", path, n)
+	}
+
+	// Signature first: an altered or inserted line is named as itself.
+	if v.pub != nil {
+		if sig == "" {
+			v.fail(path, n, r.Seq, ProblemUnsigned, "no sig, but a public key was given (written without a signing key?)")
+			return false
+		}
+		der, err := base64.StdEncoding.DecodeString(sig)
+		digest := sha256.Sum256(body)
+		if err != nil || !ecdsa.VerifyASN1(v.pub, digest[:], der) {
+			detail := "the signature does not verify: the line was altered, or inserted by someone without the key"
+			if v.keyID != "" && v.keyID != v.wantKeyID {
+				detail = fmt.Sprintf("the signature does not verify with the given key (%.16s…); the record at %s says the log is signed by key %.16s…",
+					v.wantKeyID, v.keyIDLine, v.keyID)
+			}
+			v.fail(path, n, r.Seq, ProblemSignature, "%s", detail)
+			return false
+		}
+	}
+
+	isOpen := r.Kind == KindLog && r.Log != nil && r.Log.Event == LogOpen
+	if !v.have {
+		if !isOpen {
+			v.fail(path, n, r.Seq, ProblemRemoved, "the first file does not begin with an open record: lines were cut from its head")
+			return false
+		}
+		if r.Seq == 1 && r.PrevHash != GenesisHash {
+			v.fail(path, n, r.Seq, ProblemAltered, "seq 1 must carry the genesis prev_hash")
+			return false
+		}
+		v.report.FirstSeq = r.Seq
+		v.firstPrevFile = r.Log.PreviousFile
+		return v.accept(fi, n, r, body)
+	}
+
+	want := v.prevSeq + 1
+	switch {
+	case r.Seq > want && n == 1:
+		// A gap between files: the previous file lost its end, or a whole file is missing.
+		prevBase := filepath.Base(v.prevFile)
+		if isOpen && r.Log.PreviousFile != "" && r.Log.PreviousFile != prevBase {
+			v.fail(path, n, r.Seq, ProblemMissing, "seq %d..%d are missing: this file continues %s, which was not given", want, r.Seq-1, r.Log.PreviousFile)
+		} else {
+			v.fail(v.prevFile, v.prevLine+1, want, ProblemRemoved, "the file ends at seq %d but %s continues from seq %d: its last %d line(s) were removed",
+				v.prevSeq, path, r.Seq-1, r.Seq-want)
+		}
+		return false
+	case r.Seq > want:
+		if at := v.find(fi, n, want); at != "" {
+			v.fail(path, n, r.Seq, ProblemReordered, "seq %d where %d was expected; seq %d is at %s", r.Seq, want, want, at)
+		} else {
+			v.fail(path, n, r.Seq, ProblemRemoved, "seq %d follows %d: %d line(s) removed before this line", r.Seq, v.prevSeq, r.Seq-want)
+		}
+		return false
+	case r.Seq < want:
+		v.fail(path, n, r.Seq, ProblemInserted, "seq %d where %d was expected: a duplicated or inserted line", r.Seq, want)
+		return false
+	}
+	if r.PrevHash != v.prevHash {
+		if v.pub != nil {
+			// The previous line's signature verified, so it is authentic: this one is out of place.
+			v.fail(path, n, r.Seq, ProblemInserted, "prev_hash does not match the previous line: a signed line from another chain")
+		} else {
+			v.fail(v.prevFile, v.prevLine, v.prevSeq, ProblemAltered, "its content does not match the prev_hash of the next line (%s:%d)", path, n)
+		}
+		return false
+	}
+	if n == 1 && !isOpen {
+		v.fail(path, n, r.Seq, ProblemMalformed, "the file does not begin with an open record")
+		return false
+	}
+	return v.accept(fi, n, r, body)
+}
+
+func (v *verifier) accept(fi, n int, r record, body []byte) bool {
+	v.have = true
+	v.prevSeq, v.prevHash, v.prevFile, v.prevLine = r.Seq, hashBody(body), v.files[fi], n
+	v.report.Records++
+	v.report.LastSeq, v.report.LastHash = r.Seq, v.prevHash
+	v.report.Closed = r.Kind == KindLog && r.Log != nil && r.Log.Event == LogClose
+	return true
+}
+
+// find looks for a line with seq at or after line n of file fi, and returns where it is ("" if
+// nowhere): it tells a reordered line from a removed one.
+func (v *verifier) find(fi, n int, seq uint64) string {
+	for i := fi; i < len(v.files); i++ {
+		f, err := os.Open(v.files[i])
+		if err != nil {
+			return ""
+		}
+		br := bufio.NewReaderSize(f, 256<<10)
+		for k := 1; ; k++ {
+			raw, err := br.ReadBytes('\n')
+			if len(raw) > 0 && (i > fi || k > n) {
+				var r record
+				if json.Unmarshal(raw, &r) == nil && r.Seq == seq {
+					f.Close()
+					return fmt.Sprintf("%s:%d", v.files[i], k)
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		f.Close()
+	}
+	return ""
+}
