@@ -1,0 +1,9 @@
+package logfields
+
+// Field names of the policies package.
+const (
+	PolicySource = "policy_source" // "embedded", "authority bundle" or the policy dir
+	Rules        = "rules_path"
+	Schema       = "schema"
+	Errors       = "errors"
+)

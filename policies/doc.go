@@ -1,0 +1,74 @@
+// Package policies is firma's policy language layer, shared by the sidecar, the authority and the
+// CLI: the Cedar schema and action-class registry (firma.cedarschema), mapping rules that classify
+// raw intents into action classes, loading and validating .cedar files with stable policy ids, and
+// evaluation. It also ships the embedded defaults: the schema, a strict default policy set
+// (default/*.cedar) and default mapping rules (default/mapping-rules.toml).
+//
+// It must not do I/O beyond reading policy, schema, rules and fixture files, and must not know about
+// sockets, the kernel or the audit log: callers hand it a Request and get a Decision back.
+//
+// # Deciding
+//
+// Engine.Decide runs one pipeline for every intent:
+//
+//  1. normalize the request (see below); a request that cannot be normalized is denied with a
+//     "malformed request: …" reason;
+//  2. classify it with the mapping rules; no rule ⇒ DENY "unclassified intent" when
+//     default_protected, else PASSTHROUGH, and nothing further runs;
+//  3. Stage 1: with Request.Capability set, Authorize(agent, action class, resource, now), where
+//     resource is the normalized host+path without port or query ("api.anthropic.com/v1/messages",
+//     or "api.anthropic.com" for CONNECT and DNS); an error denies with "capability: <error>";
+//  4. Stage 2: Cedar on the policies indexed under the agent and the action class. Default deny,
+//     forbid beats permit, a forbid that fails to evaluate denies. MatchedPolicies are the
+//     determining ids: the forbids for a forbid-deny, the permits for an allow, none for a default
+//     deny ("no policy permits").
+//
+// The Cedar request is principal Firma::Agent::"<agent_id>", action Firma::Action::"<class>",
+// resource Firma::Resource::"<host><path>" with attributes host, path, method, port and (when the
+// rule names one) provider, and a context of session_id, timestamp_ms, raw_transport, pid, exe,
+// uid and cgroup.
+//
+// # Normalization
+//
+// Host: lowercased, one trailing dot stripped, a port split off (it must agree with Request.Port),
+// IPv6 brackets removed, IPv4-mapped IPv6 unmapped; only IP literals and ASCII names of letters,
+// digits, '-' and '_' are accepted. Port 0 becomes the transport's default. Path (HTTP intents
+// only): query and fragment dropped, percent-decoded once (so /v1/%6Dessages is /v1/messages and
+// /%2e%2e/ is /../), then "." and ".." resolved and duplicate and trailing slashes removed; invalid
+// escapes, control characters and invalid UTF-8 are refused. CONNECT and DNS intents have no path.
+//
+// # Mapping rules
+//
+// A mapping-rules file is a list of [[rules]] with method?, host, path?, action_class and
+// provider?. method absent matches any HTTP method (L7 requests only); "CONNECT" matches
+// connection-level intents, "DNS" name lookups, "*" every intent. host is exact, "*.suffix" (exactly
+// one more label) or "*" (every host). path is a glob where '*' matches any run of characters, '/'
+// included. Unknown keys, unknown action classes and duplicate rules are load errors naming file
+// and line. The most specific matching rule wins:
+//
+//  1. host: exact, then "*.suffix", then "*";
+//  2. path: an exact path, then globs by number of literal characters (more first), then no path;
+//  3. method: a named method, then absent (any HTTP method), then "*";
+//  4. the rule written first.
+//
+// # Policy sets
+//
+// LoadDir, LoadFiles and ParseFiles parse every .cedar file and validate every policy against the
+// schema (cedar-go's strict validation), reporting all problems at once as a *LoadError of
+// "file:line:col: message" lines. A policy's id is its @id("…") annotation, else
+// <effect>_at_<file>_<line>, with the base name of the file and the line of the permit/forbid
+// keyword; duplicate ids are an error. Set.Evaluate is a generic evaluation for other callers such
+// as the authority's issuance policies.
+//
+// # Reloading
+//
+// An Engine's schema, set and rules form one immutable generation, swapped atomically by Reload
+// (SIGHUP, wired by the daemon), Watch (fsnotify) and LoadBundle (authority bundles). A decision
+// runs on the generation that was active when it started; a load that fails keeps the last good
+// generation and logs why.
+//
+// # Fixtures
+//
+// LoadFixtures reads golden cases (request → expected decision) in the TOML format documented on
+// FixtureFile; `firma policy test` and this package's tests run them.
+package policies

@@ -1,0 +1,286 @@
+package policies
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cedar-policy/cedar-go/types"
+	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/internal/logfields"
+)
+
+// Decision reasons. They are shown in the audit log and in 403 bodies, so they stay short and
+// stable; a Stage 1 failure's reason is ReasonCapability + ": " + the capability error, a malformed
+// request's "malformed request: " + what is wrong.
+const (
+	ReasonUnclassified = "unclassified intent"
+	ReasonPermitted    = "permitted by policy"
+	ReasonForbidden    = "forbidden by policy"
+	ReasonNoPermit     = "no policy permits"
+	ReasonEvalError    = "forbid policy failed to evaluate"
+	ReasonCapability   = "capability"
+	ReasonCanceled     = "decision canceled"
+)
+
+// Engine is the sidecar's one decision point: normalize → mapping rules → Stage 1 capability →
+// Stage 2 Cedar. Safe for concurrent use. Reload, LoadBundle and Watch swap the active policy set,
+// schema and rules atomically: a decision runs entirely on the set that was active when it started,
+// and a failed load keeps the last good set.
+type Engine struct {
+	cfg     Config
+	mapping MappingConfig
+	log     zerolog.Logger
+	now     func() time.Time
+
+	active atomic.Pointer[state]
+
+	mu     sync.Mutex // serializes loads
+	bundle *bundle    // the authority's policy files, once LoadBundle succeeded
+}
+
+type bundle struct {
+	files  map[string][]byte
+	schema []byte // nil: the local schema
+}
+
+// state is one immutable, consistent generation of what decisions use.
+type state struct {
+	set              *Set
+	rules            *Rules
+	defaultProtected bool
+	version          string
+}
+
+// New loads the schema, policy set and mapping rules that cfg and mapping name (empty ⇒ the embedded
+// defaults) and returns an engine deciding with them. A problem in any file is an error naming the
+// file and the line.
+func New(cfg Config, mapping MappingConfig, log zerolog.Logger) (*Engine, error) {
+	e := &Engine{cfg: cfg, mapping: mapping, log: log.With().Str(logfields.Component, "policies").Logger(), now: time.Now}
+	st, err := e.load(nil)
+	if err != nil {
+		return nil, err
+	}
+	e.active.Store(st)
+	e.log.Info().Str(logfields.Version, st.version).Int(logfields.Count, st.set.Len()).
+		Str(logfields.PolicySource, e.source()).Str(logfields.Rules, st.rules.Name()).Msg("policy set loaded")
+	return e, nil
+}
+
+// Version is a content hash of the active schema, policy set, mapping rules and default_protected.
+func (e *Engine) Version() string { return e.active.Load().version }
+
+// Set returns the active policy set.
+func (e *Engine) Set() *Set { return e.active.Load().set }
+
+// Rules returns the active mapping rules.
+func (e *Engine) Rules() *Rules { return e.active.Load().rules }
+
+// Reload re-reads the schema, the policy dir (or keeps the authority bundle, once one was loaded)
+// and the mapping rules. On error the active set stays, the error is logged and returned.
+func (e *Engine) Reload() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st, err := e.load(e.bundle)
+	if err != nil {
+		e.log.Error().Err(err).Str(logfields.Version, e.Version()).Msg("policy reload failed; keeping the last good set")
+		return err
+	}
+	e.swap(st, "policy set reloaded")
+	return nil
+}
+
+// LoadBundle validates the policy files of a signed authority bundle (keyed by file name) against
+// schema (nil or empty: the local schema) and swaps them in atomically; the mapping rules stay the
+// local ones and are revalidated against the bundle's schema. Later Reloads keep the bundle's
+// policies and re-read only the local files. On error the active set stays.
+func (e *Engine) LoadBundle(files map[string][]byte, schema []byte) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	b := &bundle{files: make(map[string][]byte, len(files))}
+	for name, data := range files {
+		b.files[name] = append([]byte(nil), data...)
+	}
+	if len(schema) > 0 {
+		b.schema = append([]byte(nil), schema...)
+	}
+	st, err := e.loadBundle(b, e.active.Load().rules)
+	if err != nil {
+		e.log.Error().Err(err).Str(logfields.Version, e.Version()).Msg("policy bundle rejected; keeping the last good set")
+		return err
+	}
+	e.bundle = b
+	e.swap(st, "policy bundle loaded")
+	return nil
+}
+
+func (e *Engine) swap(st *state, msg string) {
+	old := e.active.Swap(st)
+	ev := e.log.Info()
+	if old.version == st.version {
+		ev = e.log.Debug()
+	}
+	ev.Str(logfields.Version, st.version).Int(logfields.Count, st.set.Len()).Msg(msg)
+}
+
+func (e *Engine) source() string {
+	switch {
+	case e.bundle != nil:
+		return "authority bundle"
+	case e.cfg.Dir == "":
+		return "embedded"
+	}
+	return e.cfg.Dir
+}
+
+// load builds a state from the configured files, or from b's policies when b is set.
+func (e *Engine) load(b *bundle) (*state, error) {
+	schema, err := e.localSchema()
+	if err != nil {
+		return nil, err
+	}
+	rules, err := e.localRules(schema)
+	if err != nil {
+		return nil, err
+	}
+	if b != nil {
+		return e.loadBundle(b, rules)
+	}
+	var set *Set
+	switch {
+	case e.cfg.Dir != "":
+		set, err = LoadDir(e.cfg.Dir, schema)
+	case schema == EmbeddedSchema():
+		set = EmbeddedSet()
+	default:
+		set, err = ParseFiles(EmbeddedPolicyFiles(), schema)
+		if err != nil {
+			err = fmt.Errorf("embedded policy set under schema %s: %w", schema.Name(), err)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return e.newState(set, rules), nil
+}
+
+func (e *Engine) loadBundle(b *bundle, rules *Rules) (*state, error) {
+	schema, err := e.localSchema()
+	if err != nil {
+		return nil, err
+	}
+	if b.schema != nil {
+		if schema, err = ParseSchema("bundle.cedarschema", b.schema); err != nil {
+			return nil, fmt.Errorf("policy bundle: %w", err)
+		}
+	}
+	set, err := ParseFiles(b.files, schema)
+	if err != nil {
+		return nil, fmt.Errorf("policy bundle: %w", err)
+	}
+	if rules, err = rules.revalidate(schema); err != nil {
+		return nil, fmt.Errorf("mapping rules under the bundle's schema: %w", err)
+	}
+	return e.newState(set, rules), nil
+}
+
+func (e *Engine) localSchema() (*Schema, error) {
+	if e.cfg.Schema == "" {
+		return EmbeddedSchema(), nil
+	}
+	return LoadSchema(e.cfg.Schema)
+}
+
+func (e *Engine) localRules(schema *Schema) (*Rules, error) {
+	switch {
+	case e.mapping.RulesPath != "":
+		return LoadRules(e.mapping.RulesPath, schema)
+	case schema == EmbeddedSchema():
+		return EmbeddedRules(), nil
+	}
+	return ParseRules(embeddedRulesName, embeddedRulesText, schema)
+}
+
+func (e *Engine) newState(set *Set, rules *Rules) *state {
+	h := sha256.New()
+	fmt.Fprintf(h, "set %s\nrules %s\ndefault_protected %t\n", set.Version(), rules.Version(), e.mapping.DefaultProtected)
+	return &state{set: set, rules: rules, defaultProtected: e.mapping.DefaultProtected, version: hex.EncodeToString(h.Sum(nil))}
+}
+
+// Decide judges one intent. It never fails open: every path that is not an explicit ALLOW or
+// PASSTHROUGH returns DENY, also alongside an error. The error is non-nil only when ctx is done.
+//
+// Unclassified intents are denied with ReasonUnclassified (default_protected) or passed through,
+// without Stage 1 or Cedar. With r.Capability set, Stage 1 runs on the classified intent; its error
+// denies. Cedar then decides: default deny, forbid beats permit. MatchedPolicies are the forbids for
+// a forbid-deny, the permits for an allow, and empty for a default deny.
+func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
+	return e.decide(ctx, &r, "")
+}
+
+// decide is Decide with an optional fixed action class, which skips the mapping rules (fixtures).
+func (e *Engine) decide(ctx context.Context, r *Request, actionClass string) (Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return Decision{Outcome: Deny, Reason: ReasonCanceled}, err
+	}
+	st := e.active.Load()
+	n, err := normalize(r)
+	if err != nil {
+		return Decision{Outcome: Deny, Reason: err.Error(), Host: r.Host}, nil
+	}
+	d := Decision{Host: n.host, Path: n.path}
+	if actionClass == "" {
+		rule := st.rules.match(&n)
+		if rule == nil {
+			d.Reason = ReasonUnclassified
+			d.Outcome = Passthrough
+			if st.defaultProtected {
+				d.Outcome = Deny
+			}
+			return d, nil
+		}
+		actionClass, d.Provider = rule.ActionClass, rule.Provider
+	}
+	d.ActionClass = actionClass
+	now := r.Time
+	if now.IsZero() {
+		now = e.now()
+	}
+	if r.Capability != nil {
+		token, err := r.Capability.Authorize(n.agent, actionClass, n.resource, now)
+		if err != nil {
+			d.Outcome, d.Reason = Deny, ReasonCapability+": "+err.Error()
+			return d, nil
+		}
+		d.TokenID = token
+	}
+	ents := &requestEntities{resource: resourceEntity(&n, d.Provider), actions: st.set.schema.actions}
+	req := types.Request{
+		Principal: types.NewEntityUID(AgentType, types.String(n.agent)),
+		Action:    types.NewEntityUID(ActionType, types.String(actionClass)),
+		Resource:  ents.resource.UID,
+		Context:   contextRecord(&n, now.UnixMilli()),
+	}
+	v := st.set.authorize(n.agent, actionClass, ents, req)
+	if len(v.errs) > 0 {
+		e.log.Warn().Strs(logfields.Errors, v.errs).Str(logfields.Agent, n.agent).Str(logfields.Action, actionClass).
+			Str(logfields.Host, n.host).Msg("policy evaluation errors")
+	}
+	d.MatchedPolicies = v.policies
+	switch {
+	case v.errored:
+		d.Outcome, d.Reason = Deny, ReasonEvalError
+	case v.allowed:
+		d.Outcome, d.Reason = Allow, ReasonPermitted
+	case len(v.policies) > 0:
+		d.Outcome, d.Reason = Deny, ReasonForbidden
+	default:
+		d.Outcome, d.Reason = Deny, ReasonNoPermit
+	}
+	return d, nil
+}

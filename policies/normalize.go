@@ -1,0 +1,322 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/cedar-policy/cedar-go/types"
+)
+
+// MethodDNS marks a name lookup through the sidecar's resolver: Host is the queried name, Port 53.
+const MethodDNS = "DNS"
+
+// errMalformed prefixes what normalize refuses; the decision reason is its text.
+var errMalformed = errors.New("malformed request")
+
+// normalized is a Request after normalization: what mapping rules and Cedar see.
+type normalized struct {
+	agent, session string
+	method         string
+	kind           intentKind
+	host           string
+	port           int
+	path           string // "" for connection-level and DNS intents
+	resource       string // host + path
+	transport      string
+	pid, uid       int
+	exe, cgroup    string
+}
+
+type intentKind uint8
+
+const (
+	intentHTTP intentKind = iota
+	intentConnect
+	intentDNS
+)
+
+func malformed(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errMalformed, fmt.Sprintf(format, a...))
+}
+
+// normalize canonicalizes a request so that no spelling of a host or path can dodge a rule:
+//   - host: lowercased, one trailing dot stripped, a port in it split off (it must agree with Port),
+//     IPv6 brackets removed, IPv4-mapped IPv6 unmapped; anything but an IP literal or an ASCII
+//     name of letters, digits, '-' and '_' is refused;
+//   - port: when 0, the default of the transport (http 80, https/tls 443, DNS 53);
+//   - path (HTTP only): query and fragment dropped, percent-decoded once (so /v1/%6Dessages is
+//     /v1/messages and %2e%2e is ..), then "." and ".." resolved and duplicate and trailing
+//     slashes removed; invalid escapes, control characters and invalid UTF-8 are refused;
+//   - connection-level (CONNECT) and DNS intents have no path.
+func normalize(r *Request) (normalized, error) {
+	n := normalized{
+		agent: r.AgentID, session: r.SessionID,
+		pid: r.PID, uid: r.UID, exe: r.Exe, cgroup: r.Cgroup,
+	}
+	if r.AgentID == "" {
+		return n, malformed("no agent id")
+	}
+	n.transport = strings.ToLower(r.Transport)
+	switch n.transport {
+	case "", "http", "https", "tls", "tcp", "dns":
+	default:
+		return n, malformed("unknown transport %q", r.Transport)
+	}
+	n.method = strings.ToUpper(r.Method)
+	switch {
+	case n.method == MethodConnect:
+		n.kind = intentConnect
+	case n.method == MethodDNS:
+		n.kind = intentDNS
+	case n.method == "":
+		return n, malformed("no method")
+	case !isToken(n.method):
+		return n, malformed("invalid method %q", r.Method)
+	}
+	host, hostPort, err := NormalizeHost(r.Host)
+	if err != nil {
+		return n, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	n.host = host
+	n.port = r.Port
+	if n.port < 0 || n.port > 65535 {
+		return n, malformed("port %d out of range", r.Port)
+	}
+	if hostPort != 0 {
+		if n.port != 0 && n.port != hostPort {
+			return n, malformed("host %q names port %d, the connection port is %d", r.Host, hostPort, n.port)
+		}
+		n.port = hostPort
+	}
+	if n.port == 0 {
+		n.port = defaultPort(n.kind, n.transport)
+	}
+	if n.kind != intentHTTP {
+		n.resource = n.host
+		return n, nil
+	}
+	if n.path, err = NormalizePath(r.Path); err != nil {
+		return n, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	n.resource = n.host + n.path
+	return n, nil
+}
+
+func defaultPort(kind intentKind, transport string) int {
+	switch {
+	case kind == intentDNS || transport == "dns":
+		return 53
+	case transport == "http":
+		return 80
+	case transport == "https" || transport == "tls":
+		return 443
+	}
+	return 0
+}
+
+// NormalizeHost returns host in the form mapping rules and policies compare against: lowercased,
+// trailing dot stripped, IP literals canonical (no brackets, IPv4-mapped addresses unmapped). A port
+// in host ("example.com:443", "[::1]:80") is split off and returned; 0 when there is none.
+func NormalizeHost(host string) (string, int, error) {
+	if host == "" {
+		return "", 0, errors.New("no host")
+	}
+	name, port := host, 0
+	if strings.HasPrefix(host, "[") {
+		end := strings.IndexByte(host, ']')
+		if end < 0 {
+			return "", 0, fmt.Errorf("host %q: unclosed '['", host)
+		}
+		name = host[1:end]
+		rest := host[end+1:]
+		if rest != "" {
+			p, ok := parsePort(strings.TrimPrefix(rest, ":"))
+			if !strings.HasPrefix(rest, ":") || !ok {
+				return "", 0, fmt.Errorf("host %q: bad port", host)
+			}
+			port = p
+		}
+		addr, err := netip.ParseAddr(name)
+		if err != nil || !addr.Is6() || addr.Zone() != "" {
+			return "", 0, fmt.Errorf("host %q: not an IPv6 address", host)
+		}
+		return addr.Unmap().String(), port, nil
+	}
+	if i := strings.IndexByte(host, ':'); i >= 0 {
+		if strings.Count(host, ":") > 1 { // a bare IPv6 literal
+			addr, err := netip.ParseAddr(host)
+			if err != nil || addr.Zone() != "" {
+				return "", 0, fmt.Errorf("host %q: not an IPv6 address", host)
+			}
+			return addr.Unmap().String(), 0, nil
+		}
+		p, ok := parsePort(host[i+1:])
+		if !ok {
+			return "", 0, fmt.Errorf("host %q: bad port", host)
+		}
+		name, port = host[:i], p
+	}
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	if addr, err := netip.ParseAddr(name); err == nil {
+		if addr.Zone() != "" {
+			return "", 0, fmt.Errorf("host %q: zoned address", host)
+		}
+		return addr.Unmap().String(), port, nil
+	}
+	if err := checkHostname(name); err != nil {
+		return "", 0, fmt.Errorf("host %q: %v", host, err)
+	}
+	return name, port, nil
+}
+
+func parsePort(s string) (int, bool) {
+	if s == "" || len(s) > 5 {
+		return 0, false
+	}
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 || s[0] == '+' || s[0] == '-' {
+		return 0, false
+	}
+	return p, true
+}
+
+// checkHostname accepts a lowercase ASCII DNS name: labels of letters, digits, '-' and '_'.
+func checkHostname(name string) error {
+	if name == "" {
+		return errors.New("empty name")
+	}
+	if len(name) > 253 {
+		return errors.New("name longer than 253 characters")
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" {
+			return errors.New("empty label")
+		}
+		if len(label) > 63 {
+			return errors.New("label longer than 63 characters")
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("invalid character %q", c)
+			}
+		}
+	}
+	return nil
+}
+
+// NormalizePath returns the canonical form of an HTTP request path (see normalize): "/" for an
+// empty path, never a query.
+func NormalizePath(p string) (string, error) {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i]
+	}
+	if p == "" {
+		return "/", nil
+	}
+	if p[0] != '/' {
+		return "", fmt.Errorf("path %q does not start with '/'", p)
+	}
+	if pathIsClean(p) {
+		return p, nil
+	}
+	var b strings.Builder
+	b.Grow(len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' {
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return "", fmt.Errorf("path %q: invalid percent-encoding", p)
+			}
+			c = unhex(p[i+1])<<4 | unhex(p[i+2])
+			i += 2
+		}
+		if c < 0x20 || c == 0x7f {
+			return "", fmt.Errorf("path %q: control character", p)
+		}
+		b.WriteByte(c)
+	}
+	decoded := b.String()
+	if !utf8.ValidString(decoded) {
+		return "", fmt.Errorf("path %q: invalid UTF-8", p)
+	}
+	return path.Clean(decoded), nil
+}
+
+// pathIsClean reports whether p is already canonical, so the common case costs no allocation.
+func pathIsClean(p string) bool {
+	if len(p) > 1 && p[len(p)-1] == '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == '%' || c < 0x20 || c >= 0x7f:
+			return false
+		case c == '/' && i+1 < len(p) && p[i+1] == '/':
+			return false
+		case c == '.' && p[i-1] == '/' && (i+1 == len(p) || p[i+1] == '/' || p[i+1] == '.' && (i+2 == len(p) || p[i+2] == '/')):
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// isToken reports whether s is an HTTP method token (RFC 9110 tchar).
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return s != ""
+}
+
+// contextRecord is the Cedar context of a decision.
+func contextRecord(n *normalized, timestampMS int64) types.Record {
+	return types.NewRecord(types.RecordMap{
+		"session_id":    types.String(n.session),
+		"timestamp_ms":  types.Long(timestampMS),
+		"raw_transport": types.String(n.transport),
+		"pid":           types.Long(n.pid),
+		"exe":           types.String(n.exe),
+		"uid":           types.Long(n.uid),
+		"cgroup":        types.String(n.cgroup),
+	})
+}
+
+// resourceEntity is the Cedar resource of a decision, with its attributes.
+func resourceEntity(n *normalized, provider string) types.Entity {
+	attrs := types.RecordMap{
+		"host":   types.String(n.host),
+		"path":   types.String(n.path),
+		"method": types.String(n.method),
+		"port":   types.Long(n.port),
+	}
+	if provider != "" {
+		attrs["provider"] = types.String(provider)
+	}
+	return types.Entity{
+		UID:        types.NewEntityUID(ResourceType, types.String(n.resource)),
+		Attributes: types.NewRecord(attrs),
+	}
+}

@@ -1,0 +1,209 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	cedar "github.com/cedar-policy/cedar-go"
+	"github.com/cedar-policy/cedar-go/types"
+	"github.com/cedar-policy/cedar-go/x/exp/schema"
+	"github.com/cedar-policy/cedar-go/x/exp/schema/resolved"
+	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
+)
+
+// The Cedar entity types firma builds every request from.
+const (
+	AgentType    = types.EntityType("Firma::Agent")
+	ActionType   = types.EntityType("Firma::Action")
+	ResourceType = types.EntityType("Firma::Resource")
+)
+
+// Schema is a parsed and resolved Cedar schema that firma can evaluate requests under: it declares
+// the Agent and Resource entity types with the attributes the sidecar fills, and action classes whose
+// context accepts the sidecar's context record. Safe for concurrent use; never modified after load.
+type Schema struct {
+	name      string
+	source    []byte
+	resolved  *resolved.Schema
+	validator *validate.Validator
+	// classes are the concrete action classes (declared with appliesTo), sorted.
+	classes []string
+	// actions holds every action entity (groups included) with its transitive ancestors as parents,
+	// so that `action in Firma::Action::"model"` needs one lookup at evaluation time.
+	actions types.EntityMap
+	// within maps an action uid to the action classes it covers in an `action in` scope: itself and
+	// every action below it.
+	within map[types.EntityUID][]string
+}
+
+// EmbeddedSchema returns firma.cedarschema as built into the binary.
+func EmbeddedSchema() *Schema { return loadEmbedded().schema }
+
+// LoadSchema reads and checks a user schema (Cedar schema syntax) that replaces the embedded one.
+func LoadSchema(path string) (*Schema, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading schema: %w", err)
+	}
+	return ParseSchema(path, data)
+}
+
+// ParseSchema parses a schema in Cedar schema syntax; name is used in error messages.
+func ParseSchema(name string, data []byte) (*Schema, error) {
+	var s schema.Schema
+	s.SetFilename(name)
+	if err := s.UnmarshalCedar(data); err != nil {
+		// The parser's errors already start with "name:line:col".
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+	}
+	res, err := s.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSchema, name, err)
+	}
+	out := &Schema{
+		name:      name,
+		source:    slices.Clone(data),
+		resolved:  res,
+		validator: validate.New(res),
+		actions:   types.EntityMap{},
+		within:    map[types.EntityUID][]string{},
+	}
+	if err := out.check(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSchema, name, err)
+	}
+	out.index()
+	return out, nil
+}
+
+// Name is the file the schema was read from ("firma.cedarschema" for the embedded one).
+func (s *Schema) Name() string { return s.name }
+
+// Source returns the schema text as loaded.
+func (s *Schema) Source() []byte { return slices.Clone(s.source) }
+
+// ActionClasses returns the concrete action classes, sorted: the names a mapping rule may use.
+func (s *Schema) ActionClasses() []string { return slices.Clone(s.classes) }
+
+// HasActionClass reports whether class is a concrete action class of the schema.
+func (s *Schema) HasActionClass(class string) bool {
+	_, ok := slices.BinarySearch(s.classes, class)
+	return ok
+}
+
+// requiredResource lists the Resource attributes the sidecar always sets, with their types.
+var requiredResource = map[types.String]resolved.IsType{
+	"host":   resolved.StringType{},
+	"path":   resolved.StringType{},
+	"method": resolved.StringType{},
+	"port":   resolved.LongType{},
+}
+
+// check refuses a schema that firma's requests would not satisfy, so that a replaced schema fails at
+// load instead of making every decision an evaluation error.
+func (s *Schema) check() error {
+	if _, ok := s.resolved.Entities[AgentType]; !ok {
+		return fmt.Errorf("entity type %s is not declared", AgentType)
+	}
+	res, ok := s.resolved.Entities[ResourceType]
+	if !ok {
+		return fmt.Errorf("entity type %s is not declared", ResourceType)
+	}
+	var errs []error
+	for name, want := range requiredResource {
+		attr, ok := res.Shape[name]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("%s has no attribute %q", ResourceType, name))
+		case attr.Optional:
+			errs = append(errs, fmt.Errorf("%s attribute %q must not be optional", ResourceType, name))
+		case attr.Type != want:
+			errs = append(errs, fmt.Errorf("%s attribute %q must be a %s", ResourceType, name, typeName(want)))
+		}
+	}
+	if attr, ok := res.Shape["provider"]; ok && attr.Type != (resolved.StringType{}) {
+		errs = append(errs, fmt.Errorf("%s attribute \"provider\" must be a String", ResourceType))
+	}
+	sample := types.Request{
+		Principal: types.NewEntityUID(AgentType, "sample"),
+		Resource:  types.NewEntityUID(ResourceType, "example.com/"),
+		Context:   contextRecord(&normalized{}, 0),
+	}
+	for uid, a := range s.resolved.Actions {
+		if uid.Type != ActionType || a.AppliesTo == nil {
+			continue
+		}
+		sample.Action = uid
+		if err := s.validator.Request(sample); err != nil {
+			errs = append(errs, fmt.Errorf("action %q cannot take firma's requests: %v", string(uid.ID), err))
+			continue
+		}
+		s.classes = append(s.classes, string(uid.ID))
+	}
+	if len(s.classes) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("no action of Firma::Action applies to Firma::Agent and Firma::Resource"))
+	}
+	sort.Strings(s.classes)
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
+
+// index computes the action hierarchy once: every action's ancestors and every group's members.
+func (s *Schema) index() {
+	ancestors := func(uid types.EntityUID) []types.EntityUID {
+		var out []types.EntityUID
+		seen := map[types.EntityUID]bool{uid: true}
+		todo := []types.EntityUID{uid}
+		for len(todo) > 0 {
+			cur := todo[len(todo)-1]
+			todo = todo[:len(todo)-1]
+			for p := range s.resolved.Actions[cur].Entity.Parents.All() {
+				if !seen[p] {
+					seen[p] = true
+					out = append(out, p)
+					todo = append(todo, p)
+				}
+			}
+		}
+		return out
+	}
+	for uid := range s.resolved.Actions {
+		anc := ancestors(uid)
+		s.actions[uid] = cedar.Entity{UID: uid, Parents: types.NewEntityUIDSet(anc...)}
+		if uid.Type != ActionType || !s.HasActionClass(string(uid.ID)) {
+			continue
+		}
+		for _, group := range append(anc, uid) {
+			s.within[group] = append(s.within[group], string(uid.ID))
+		}
+	}
+	for _, members := range s.within {
+		sort.Strings(members)
+	}
+}
+
+func typeName(t resolved.IsType) string {
+	switch t.(type) {
+	case resolved.StringType:
+		return "String"
+	case resolved.LongType:
+		return "Long"
+	case resolved.BoolType:
+		return "Bool"
+	}
+	return fmt.Sprintf("%T", t)
+}
+
+// schemaFor returns the schema a loader should use: s, or the embedded one when s is nil.
+func schemaFor(s *Schema) *Schema {
+	if s == nil {
+		return EmbeddedSchema()
+	}
+	return s
+}
+
+// displayName shortens a path for ids and messages: policy ids use the file's base name.
+func displayName(path string) string { return filepath.Base(path) }
