@@ -43,7 +43,6 @@ func testKey(t testing.TB) (keyPath, pubPath string, pub *ecdsa.PublicKey) {
 	return keyPath, pubPath, &k.PublicKey
 }
 
-
 func testLogger(t testing.TB) (zerolog.Logger, *syncBuffer) {
 	t.Helper()
 	b := &syncBuffer{}

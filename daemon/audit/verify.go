@@ -327,6 +327,9 @@ func (v *verifier) line(fi, n int, line []byte) bool {
 		if v.pub != nil {
 			// The previous line's signature verified, so it is authentic: this one is out of place.
 			v.fail(path, n, r.Seq, ProblemInserted, "prev_hash does not match the previous line: a signed line from another chain")
+		} else if next, ok := v.lineAfter(fi, n); ok && !bytes.Contains(next, []byte(`"prev_hash":"`+hashBody(body)+`"`)) {
+			// The line after this one does not chain to it either: this line was changed.
+			v.fail(path, n, r.Seq, ProblemAltered, "it does not chain to the previous line, nor the next line to it")
 		} else {
 			v.fail(v.prevFile, v.prevLine, v.prevSeq, ProblemAltered, "its content does not match the prev_hash of the next line (%s:%d)", path, n)
 		}
@@ -346,6 +349,29 @@ func (v *verifier) accept(fi, n int, r record, body []byte) bool {
 	v.report.LastSeq, v.report.LastHash = r.Seq, v.prevHash
 	v.report.Closed = r.Kind == KindLog && r.Log != nil && r.Log.Event == LogClose
 	return true
+}
+
+// lineAfter returns the line after line n of file fi, in that file or the next.
+func (v *verifier) lineAfter(fi, n int) ([]byte, bool) {
+	for i := fi; i < len(v.files) && i <= fi+1; i++ {
+		f, err := os.Open(v.files[i])
+		if err != nil {
+			return nil, false
+		}
+		br := bufio.NewReaderSize(f, 256<<10)
+		for k := 1; ; k++ {
+			raw, err := br.ReadBytes('\n')
+			if err != nil {
+				break
+			}
+			if i > fi || k > n {
+				f.Close()
+				return raw, true
+			}
+		}
+		f.Close()
+	}
+	return nil, false
 }
 
 // find looks for a line with seq at or after line n of file fi, and returns where it is ("" if
