@@ -39,14 +39,20 @@ func TestVerifyFindsTampering(t *testing.T) {
 		chain  expectProblem // checked without a key
 	}{
 		{
-			name:   "edit one field",
-			edit:   func(l []string) []string { l[4] = strings.Replace(l[4], `"outcome":"DENY"`, `"outcome":"ALLOW"`, 1); return l },
+			name: "edit one field",
+			edit: func(l []string) []string {
+				l[4] = strings.Replace(l[4], `"outcome":"DENY"`, `"outcome":"ALLOW"`, 1)
+				return l
+			},
 			signed: expectProblem{ProblemSignature, 5},
 			chain:  expectProblem{ProblemAltered, 5},
 		},
 		{
-			name:   "edit prev_hash",
-			edit:   func(l []string) []string { l[4] = strings.Replace(l[4], `"prev_hash":"`, `"prev_hash":"f`, 1); return l },
+			name: "edit prev_hash",
+			edit: func(l []string) []string {
+				l[4] = strings.Replace(l[4], `"prev_hash":"`, `"prev_hash":"f`, 1)
+				return l
+			},
 			signed: expectProblem{ProblemSignature, 5},
 			chain:  expectProblem{ProblemAltered, 5}, // line 6 does not chain to line 5 either
 		},
@@ -57,8 +63,11 @@ func TestVerifyFindsTampering(t *testing.T) {
 			chain:  expectProblem{ProblemAltered, 9},
 		},
 		{
-			name:   "swap signatures",
-			edit:   func(l []string) []string { l[4] = l[4][:strings.Index(l[4], `,"sig"`)] + l[5][strings.Index(l[5], `,"sig"`):]; return l },
+			name: "swap signatures",
+			edit: func(l []string) []string {
+				l[4] = l[4][:strings.Index(l[4], `,"sig"`)] + l[5][strings.Index(l[5], `,"sig"`):]
+				return l
+			},
 			signed: expectProblem{ProblemSignature, 5},
 			chain:  expectProblem{}, // the chain does not cover sig
 		},
