@@ -189,6 +189,10 @@ func OpenRevocationFile(path string, log zerolog.Logger) (*RevocationFile, error
 // reload replaces the set with the file's records. If the file cannot be read, the old set stays.
 func (rf *RevocationFile) reload() error {
 	recs, bad, err := ReadRevocations(rf.path)
+	if errors.Is(err, os.ErrNotExist) {
+		rf.log.Warn().Str(logfields.File, rf.path).Msg("revocation file does not exist; keeping the revocations already loaded")
+		return err
+	}
 	if err != nil {
 		rf.log.Error().Err(err).Str(logfields.File, rf.path).Msg("revocation file unreadable; keeping the revocations already loaded")
 		return err
