@@ -210,3 +210,15 @@ func (rf *RevocationFile) Revoked(tokenID string) bool { return rf.set.Revoked(t
 
 // Close stops watching.
 func (rf *RevocationFile) Close() error { return rf.stop() }
+
+func equalRevocations(a, b []Revocation) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].TokenID != b[i].TokenID || !a[i].RevokedAt.Equal(b[i].RevokedAt) || a[i].Reason != b[i].Reason {
+			return false
+		}
+	}
+	return true
+}

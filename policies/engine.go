@@ -217,8 +217,9 @@ func (e *Engine) newState(set *Set, rules *Rules) *state {
 //
 // Unclassified intents are denied with ReasonUnclassified (default_protected) or passed through,
 // without Stage 1 or Cedar. With r.Capability set, Stage 1 runs on the classified intent; its error
-// denies. Cedar then decides: default deny, forbid beats permit. MatchedPolicies are the forbids for
-// a forbid-deny, the permits for an allow, and empty for a default deny.
+// denies with reason "capability: <error>" (MatchedPolicies then lists the forbids that match too,
+// if any). Otherwise Cedar decides: default deny, forbid beats permit. MatchedPolicies are the
+// forbids for a forbid-deny, the permits for an allow, and empty for a default deny.
 func (e *Engine) Decide(ctx context.Context, r Request) (Decision, error) {
 	return e.decide(ctx, &r, "")
 }
@@ -251,25 +252,19 @@ func (e *Engine) decide(ctx context.Context, r *Request, actionClass string) (De
 	if now.IsZero() {
 		now = e.now()
 	}
+	var capErr error
 	if r.Capability != nil {
-		token, err := r.Capability.Authorize(n.agent, actionClass, n.resource, now)
-		if err != nil {
-			d.Outcome, d.Reason = Deny, ReasonCapability+": "+err.Error()
-			return d, nil
+		d.TokenID, capErr = r.Capability.Authorize(n.agent, actionClass, n.resource, now)
+	}
+	v := e.evaluate(st, &n, actionClass, d.Provider, now)
+	if capErr != nil {
+		// Stage 1 decides, but the forbids that also match are recorded, so that an audit query
+		// for a forbid finds every request it covers.
+		d.Outcome, d.Reason, d.TokenID = Deny, ReasonCapability+": "+capErr.Error(), ""
+		if !v.allowed {
+			d.MatchedPolicies = v.policies
 		}
-		d.TokenID = token
-	}
-	ents := &requestEntities{resource: resourceEntity(&n, d.Provider), actions: st.set.schema.actions}
-	req := types.Request{
-		Principal: types.NewEntityUID(AgentType, types.String(n.agent)),
-		Action:    types.NewEntityUID(ActionType, types.String(actionClass)),
-		Resource:  ents.resource.UID,
-		Context:   contextRecord(&n, now.UnixMilli()),
-	}
-	v := st.set.authorize(n.agent, actionClass, ents, req)
-	if len(v.errs) > 0 {
-		e.log.Warn().Strs(logfields.Errors, v.errs).Str(logfields.Agent, n.agent).Str(logfields.Action, actionClass).
-			Str(logfields.Host, n.host).Msg("policy evaluation errors")
+		return d, nil
 	}
 	d.MatchedPolicies = v.policies
 	switch {
@@ -283,4 +278,21 @@ func (e *Engine) decide(ctx context.Context, r *Request, actionClass string) (De
 		d.Outcome, d.Reason = Deny, ReasonNoPermit
 	}
 	return d, nil
+}
+
+// evaluate is Stage 2: Cedar on the candidate policies of the agent and the action class.
+func (e *Engine) evaluate(st *state, n *normalized, actionClass, provider string, now time.Time) verdict {
+	ents := &requestEntities{resource: resourceEntity(n, provider), actions: st.set.schema.actions}
+	req := types.Request{
+		Principal: types.NewEntityUID(AgentType, types.String(n.agent)),
+		Action:    types.NewEntityUID(ActionType, types.String(actionClass)),
+		Resource:  ents.resource.UID,
+		Context:   contextRecord(n, now.UnixMilli()),
+	}
+	v := st.set.authorize(n.agent, actionClass, ents, req)
+	if len(v.errs) > 0 {
+		e.log.Warn().Strs(logfields.Errors, v.errs).Str(logfields.Agent, n.agent).Str(logfields.Action, actionClass).
+			Str(logfields.Host, n.host).Msg("policy evaluation errors")
+	}
+	return v
 }

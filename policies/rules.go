@@ -248,7 +248,7 @@ func ParseRules(name string, data []byte, schema *Schema) (*Rules, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, newLoadError(ErrInvalidRules, tomlProblems(name, err))
 	}
-	lines := ruleLines(data, len(f.Rules))
+	lines := tableLines(data, "rules", len(f.Rules))
 	rs := &Rules{name: name, source: bytes.Clone(data), exact: map[string][]*Rule{}, oneUp: map[string][]*Rule{}}
 	var problems []Problem
 	seen := map[string]*Rule{}
@@ -353,8 +353,9 @@ func checkPathGlob(p string) error {
 	return nil
 }
 
-// ruleLines finds the line of each [[rules]] header, so messages can point at the rule.
-func ruleLines(data []byte, n int) []int {
+// tableLines finds the line of each [[key]] header, so messages can point at the entry. An entry
+// written another way (an inline array) gets line 0.
+func tableLines(data []byte, key string, n int) []int {
 	lines := make([]int, n)
 	var p unstable.Parser
 	p.Reset(data)
@@ -365,7 +366,7 @@ func ruleLines(data []byte, n int) []int {
 			continue
 		}
 		it := e.Key()
-		if it.Next() && string(it.Node().Data) == "rules" && it.IsLast() {
+		if it.Next() && string(it.Node().Data) == key && it.IsLast() {
 			lines[i] = p.Shape(p.Range(it.Node().Data)).Start.Line
 			i++
 		}

@@ -212,20 +212,36 @@ func parseSources(files []sourceFile, schema *Schema) (*Set, error) {
 	return set, nil
 }
 
-// inputPos matches the position cedar-go's scanner and parser put in their messages.
-var inputPos = regexp.MustCompile(`<input>:(\d+):(\d+):? ?`)
+// cedar-go's parser and scanner errors: `parse error at <input>:L:C "token": message` and
+// `<input>:L:C: message`.
+var (
+	parserError  = regexp.MustCompile(`^parse error at <input>:(\d+):(\d+) ("(?:[^"\\]|\\.)*"): (.*)$`)
+	scannerError = regexp.MustCompile(`^<input>:(\d+):(\d+): (.*)$`)
+)
+
+// parseProblem turns a cedar-go parse error into a problem at its position.
+func parseProblem(path string, err error) Problem {
+	msg := strings.TrimPrefix(err.Error(), "parser error: ")
+	p := Problem{File: path, Msg: msg}
+	if m := parserError.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Column, _ = strconv.Atoi(m[2])
+		p.Msg = "parse error: " + m[4]
+		if m[3] != `""` {
+			p.Msg = "parse error near " + m[3] + ": " + m[4]
+		}
+	} else if m := scannerError.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Column, _ = strconv.Atoi(m[2])
+		p.Msg = "syntax error: " + m[3]
+	}
+	return p
+}
 
 func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 	list, err := cedar.NewPolicyListFromBytes(f.name, f.data)
 	if err != nil {
-		msg := strings.TrimPrefix(err.Error(), "parser error: ")
-		p := Problem{File: f.path, Msg: msg}
-		if m := inputPos.FindStringSubmatchIndex(msg); m != nil {
-			p.Line, _ = strconv.Atoi(msg[m[2]:m[3]])
-			p.Column, _ = strconv.Atoi(msg[m[4]:m[5]])
-			p.Msg = strings.TrimSpace(msg[:m[0]] + msg[m[1]:])
-		}
-		return nil, []Problem{p}
+		return nil, []Problem{parseProblem(f.path, err)}
 	}
 	var out []*policy
 	var problems []Problem
