@@ -1,0 +1,61 @@
+package audit
+
+import (
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+// BenchmarkAppend reports what the audit log costs a decision: records/s when many connections
+// append at once, and the p50 latency one Append adds, with signing on and off.
+func BenchmarkAppend(b *testing.B) {
+	for _, signed := range []bool{false, true} {
+		name := "unsigned"
+		if signed {
+			name = "signed"
+		}
+		cfg := func(b *testing.B) Config {
+			c := Config{FilePath: filepath.Join(b.TempDir(), "audit.jsonl"), MaxSizeBytes: 1 << 30}
+			if signed {
+				c.SigningKeyPath, _, _ = testKey(b)
+			}
+			return c
+		}
+		b.Run(name+"/serial", func(b *testing.B) {
+			w := openTest(b, cfg(b))
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ev := decision(i, "api.anthropic.com", "ALLOW")
+				start := time.Now()
+				if err := w.Append(ev); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+		b.Run(name+"/parallel", func(b *testing.B) {
+			w := openTest(b, cfg(b))
+			b.SetParallelism(16) // many connections deciding at once
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					i++
+					if err := w.Append(decision(i, "api.anthropic.com", "ALLOW")); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+		})
+	}
+}
