@@ -100,6 +100,7 @@ type policy struct {
 	line   int    // of the effect keyword
 	column int
 	forbid bool
+	named  bool // the id comes from an @id annotation
 	cedar  *cedar.Policy
 }
 
@@ -196,8 +197,12 @@ func parseSources(files []sourceFile, schema *Schema) (*Set, error) {
 		problems = append(problems, fileProblems...)
 		for _, p := range ps {
 			if first, dup := set.byID[p.id]; dup {
+				hint := ""
+				if !p.named && !first.named {
+					hint = "; give them @id annotations"
+				}
 				problems = append(problems, Problem{File: p.file, Line: p.line, Column: p.column,
-					Msg: fmt.Sprintf("duplicate policy id %q (first at %s)", p.id, first.position())})
+					Msg: fmt.Sprintf("duplicate policy id %q (first at %s%s)", p.id, first.position(), hint)})
 				continue
 			}
 			set.byID[p.id] = p
@@ -259,7 +264,7 @@ func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 				problems = append(problems, Problem{File: f.path, Line: pos.Line, Column: pos.Column, Msg: "@id must not be empty"})
 				continue
 			}
-			p.id = string(id)
+			p.id, p.named = string(id), true
 		}
 		if err := schema.validator.Policy(p.id, (*xast.Policy)(cp.AST())); err != nil {
 			for _, e := range flatten(err) {
