@@ -8,7 +8,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-func TestHostPatternMatch(t *testing.T) {
+func TestHostListMatch(t *testing.T) {
 	for _, tc := range []struct {
 		pattern, host string
 		want          bool
@@ -28,22 +28,24 @@ func TestHostPatternMatch(t *testing.T) {
 		{"127.0.0.1", "127.0.0.1", true},
 		{"::1", "[::1]", true},
 		{"[2001:db8::1]", "2001:DB8:0::1", true},
+		{"*", "anything.example", true},
 	} {
-		p, err := ParseHostPattern(tc.pattern)
+		l, err := ParseHostList("intercept_hosts", []string{tc.pattern})
 		if err != nil {
 			t.Fatalf("%q: %v", tc.pattern, err)
 		}
-		if got := p.Match(tc.host); got != tc.want {
+		if got := l.Match(tc.host); got != tc.want {
 			t.Errorf("%q matches %q = %v, want %v", tc.pattern, tc.host, got, tc.want)
 		}
 	}
 }
 
-func TestHostPatternSyntax(t *testing.T) {
-	for _, bad := range []string{"", "*", "*.", "a.*.com", "*foo.com", "**.com", "api.x.com:443", "https://api.x.com",
+func TestHostListSyntax(t *testing.T) {
+	for _, bad := range []string{"", "*.", "a.*.com", "*foo.com", "**.com", "api.x.com:443", "https://api.x.com",
 		"api x.com", "api..com", "*.127.0.0.1x/", "a/b"} {
-		if _, err := ParseHostPattern(bad); err == nil {
-			t.Errorf("%q accepted", bad)
+		if _, err := ParseHostList("bypass_hosts", []string{"ok.example.com", bad}); err == nil ||
+			!strings.HasPrefix(err.Error(), "bypass_hosts[1]: ") {
+			t.Errorf("%q: error %v", bad, err)
 		}
 	}
 }
@@ -90,7 +92,7 @@ func TestValidateErrors(t *testing.T) {
 	if err == nil {
 		t.Fatal("accepted")
 	}
-	for _, want := range []string{`intercept_hosts[1]: "*bad.com"`, "strict_hosts[0]: pinned.example.com is also in bypass_hosts",
+	for _, want := range []string{`intercept_hosts[1]: host pattern "*bad.com"`, "strict_hosts[0]: pinned.example.com is also in bypass_hosts",
 		"leaf_cache_size", "fallback_period"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

@@ -54,6 +54,7 @@
 // ModeFallback for fallback_period; a strict host never falls back. The fallback is keyed by host
 // alone, so one agent's failed handshake downgrades that host for every agent for the period.
 //
-// Host patterns (intercept, bypass and strict lists) are exact names, IP literals, or "*." and a name
-// matching exactly one more label; hosts are lowercased and a trailing dot is stripped.
+// Host patterns (intercept, bypass and strict lists) are the policy layer's (policies.ParseHostPattern):
+// exact names, IP literals, "*." and a name matching exactly one more label, or "*"; hosts are
+// lowercased and a trailing dot is stripped. bypass_hosts is checked before intercept_hosts.
 package mitm
