@@ -33,13 +33,14 @@ type TailOptions struct {
 }
 
 // Tail calls fn for each matching record of the log whose live file is live, in chain order: line
-// is the record as written (without "\n"). Lines that are not records are skipped; verify is the
-// tool that judges them.
+// is the record as written (without "\n"); a completion record without an envelope is given its
+// decision's in ev when the decision was read. Lines that are not records are skipped; verify is
+// the tool that judges them.
 func Tail(ctx context.Context, live string, opt TailOptions, fn func(line []byte, ev *Event) error) error {
 	if opt.Poll <= 0 {
 		opt.Poll = 200 * time.Millisecond
 	}
-	t := &tailer{opt: opt, fn: fn, agentDecisions: map[string]bool{}}
+	t := &tailer{opt: opt, fn: fn, decisions: map[string]*Envelope{}}
 	files, err := Files(live)
 	if err != nil {
 		return err
@@ -59,9 +60,9 @@ func Tail(ctx context.Context, live string, opt TailOptions, fn func(line []byte
 type tailer struct {
 	opt TailOptions
 	fn  func([]byte, *Event) error
-	// agentDecisions remembers decision ids of the --agent agent, so that their completion records
-	// (which need not repeat the envelope) are shown too.
-	agentDecisions map[string]bool
+	// decisions remembers the envelopes of decisions not yet completed, so that completion records
+	// (which need not repeat the envelope) are attributed and filtered by agent like their decision.
+	decisions map[string]*Envelope
 }
 
 // tailPos is where the history stopped in the live file.
@@ -100,7 +101,7 @@ func (t *tailer) history(files []string, live string) (*tailPos, error) {
 				break
 			}
 		}
-		t.agentDecisions = map[string]bool{}
+		t.decisions = map[string]*Envelope{}
 	}
 	var ring []tailRecord
 	emit := func(r tailRecord) error {
@@ -187,22 +188,22 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 	if f.DenyOnly && (ev.Kind != KindDecision || ev.Decision == nil || ev.Decision.Outcome != "DENY") {
 		return nil, false
 	}
-	if f.AgentID != "" {
-		switch {
-		case ev.Envelope != nil && ev.Envelope.Agent.AgentID == f.AgentID:
-			if ev.Kind == KindDecision {
-				if len(t.agentDecisions) > 100_000 {
-					clear(t.agentDecisions)
-				}
-				t.agentDecisions[ev.ID] = true
-			} else {
-				delete(t.agentDecisions, ev.DecisionID)
-			}
-		case ev.Kind == KindCompletion && ev.Envelope == nil && t.agentDecisions[ev.DecisionID]:
-			delete(t.agentDecisions, ev.DecisionID)
-		default:
-			return nil, false
+	switch {
+	case ev.Kind == KindDecision && ev.Envelope != nil:
+		if len(t.decisions) > 100_000 {
+			clear(t.decisions)
 		}
+		t.decisions[ev.ID] = ev.Envelope
+	case ev.Kind == KindCompletion:
+		if env, ok := t.decisions[ev.DecisionID]; ok {
+			delete(t.decisions, ev.DecisionID)
+			if ev.Envelope == nil {
+				ev.Envelope = env
+			}
+		}
+	}
+	if f.AgentID != "" && (ev.Envelope == nil || ev.Envelope.Agent.AgentID != f.AgentID) {
+		return nil, false
 	}
 	return &ev, true
 }

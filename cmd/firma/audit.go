@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/openfirma/firma/daemon/audit"
+)
+
+const auditUsage = `usage:
+  firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]
+  firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]`
+
+// auditCmd is `firma audit verify|tail`.
+func auditCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, auditUsage)
+	}
+	switch args[0] {
+	case "verify":
+		return auditVerifyCmd(args[1:], stdout, stderr)
+	case "tail":
+		return auditTailCmd(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprintln(stdout, auditUsage)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], auditUsage)
+}
+
+// auditVerifyCmd exits 0 when every line checks out, 1 naming the first bad line otherwise.
+func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pubPath := fs.String("pubkey", "", "PEM public key (openssl pkey -pubout); without it only the chain is checked")
+	cfgPath := fs.String("c", "", "firma.toml: verify every file of [sidecar.audit] file_path")
+	files, err := auditParseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if *cfgPath != "" {
+		if len(files) > 0 {
+			return fmt.Errorf("%w: give -c or files, not both", errUsage)
+		}
+		live, err := auditLivePath(*cfgPath)
+		if err != nil {
+			return err
+		}
+		if files, err = audit.Files(live); err != nil {
+			return err
+		}
+		if len(files) == 0 {
+			return fmt.Errorf("no audit files at %s", live)
+		}
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("%w: no files to verify\n%s", errUsage, auditUsage)
+	}
+	var pub crypto.PublicKey // stays a nil interface without --pubkey: chain only
+	keyID := ""
+	if *pubPath != "" {
+		k, err := audit.LoadPublicKey(*pubPath)
+		if err != nil {
+			return err
+		}
+		pub, keyID = k, audit.KeyID(k)
+	} else {
+		fmt.Fprintln(stderr, "warning: no --pubkey: checking the hash chain only, not who wrote it")
+	}
+	rep, err := audit.Verify(pub, files...)
+	if err != nil {
+		return err
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintf(stderr, "note: %s\n", n)
+	}
+	if p := rep.Problem; p != nil {
+		fmt.Fprintf(stdout, "FAIL %s:%d: %s: %s\n", p.File, p.Line, p.Kind, p.Detail)
+		if rep.Records > 0 {
+			fmt.Fprintf(stdout, "  %d records before it verified (seq %d..%d)\n", rep.Records, rep.FirstSeq, rep.LastSeq)
+		}
+		return exitCode(1)
+	}
+	how := "chain verified, signatures NOT checked"
+	if pub != nil {
+		how = fmt.Sprintf("chain and signatures verified with key %.16s…", keyID)
+	}
+	fmt.Fprintf(stdout, "OK %d records, seq %d..%d, %d file(s): %s\n", rep.Records, rep.FirstSeq, rep.LastSeq, len(rep.Files), how)
+	fmt.Fprintf(stdout, "  last line: seq %d hash %s\n", rep.LastSeq, rep.LastHash)
+	return nil
+}
+
+// auditTailCmd prints records, human-readable unless --json, and with --follow keeps printing them
+// across rotations until interrupted.
+func auditTailCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "", "firma.toml: tail [sidecar.audit] file_path")
+	follow := fs.Bool("follow", false, "keep printing new records, across rotations")
+	fs.BoolVar(follow, "f", false, "short for --follow")
+	deny := fs.Bool("deny", false, "only DENY decisions")
+	agent := fs.String("agent", "", "only records of this agent id")
+	since := fs.String("since", "", "only records from this long ago (15m, 2h) or since this RFC 3339 time")
+	last := fs.Int("n", 10, "how many of the newest records to print first (0 = all); ignored with --since")
+	asJSON := fs.Bool("json", false, "print the records as written (JSON lines)")
+	rest, err := auditParseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	var live string
+	switch {
+	case *cfgPath != "" && len(rest) == 0:
+		if live, err = auditLivePath(*cfgPath); err != nil {
+			return err
+		}
+	case *cfgPath == "" && len(rest) == 1:
+		live = rest[0]
+	case *cfgPath == "" && len(rest) == 0:
+		if _, err := os.Stat("firma.toml"); err != nil {
+			return fmt.Errorf("%w: give -c firma.toml or the audit FILE\n%s", errUsage, auditUsage)
+		}
+		if live, err = auditLivePath("firma.toml"); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: give -c firma.toml or one audit FILE\n%s", errUsage, auditUsage)
+	}
+	if *last < 0 {
+		return fmt.Errorf("%w: -n %d is negative", errUsage, *last)
+	}
+	opt := audit.TailOptions{Filter: audit.Filter{DenyOnly: *deny, AgentID: *agent}, Last: *last, Follow: *follow}
+	if *since != "" {
+		if opt.Since, err = auditParseSince(*since, time.Now()); err != nil {
+			return fmt.Errorf("%w: --since: %w", errUsage, err)
+		}
+	}
+	if _, err := os.Stat(live); err != nil && !*follow {
+		if files, ferr := audit.Files(live); ferr != nil || len(files) == 0 {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return audit.Tail(ctx, live, opt, func(line []byte, ev *audit.Event) error {
+		var err error
+		if *asJSON {
+			_, err = fmt.Fprintf(stdout, "%s\n", line)
+		} else {
+			_, err = fmt.Fprintln(stdout, audit.FormatHuman(ev, time.Local))
+		}
+		return err
+	})
+}
+
+// auditParseSince reads "15m" (ago) or an RFC 3339 time.
+func auditParseSince(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q is negative", s)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither a duration (15m) nor an RFC 3339 time", s)
+	}
+	return t, nil
+}
+
+// auditLivePath is [sidecar.audit] file_path of the config at path.
+func auditLivePath(path string) (string, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Sidecar.Audit.FilePath == "" {
+		return "", fmt.Errorf("%s: sidecar.audit.file_path is not set", path)
+	}
+	return filepath.Clean(cfg.Sidecar.Audit.FilePath), nil
+}
+
+// auditParseFlags parses flags that may come before, between or after the positional arguments;
+// everything after "--" is positional.
+func auditParseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %w", errUsage, err)
+		}
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" || len(rest) == 0 {
+			return append(pos, rest...), nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
+}

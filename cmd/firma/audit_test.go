@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/daemon/audit"
+)
+
+// auditTestLog writes a signed log of 3 decisions with a rotation in the middle and returns the
+// live path and the public key file.
+func auditTestLog(t *testing.T) (dir, live, pub string) {
+	t.Helper()
+	dir = t.TempDir()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	key := filepath.Join(dir, "audit.key")
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	pder, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	pub = filepath.Join(dir, "audit.pub")
+	os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pder}), 0o644)
+	live = filepath.Join(dir, "audit.jsonl")
+	w, err := audit.Open(audit.Config{FilePath: live, SigningKeyPath: key}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, host := range []string{"api.anthropic.com", "paste.rs", "example.com"} {
+		outcome := "ALLOW"
+		if host == "paste.rs" {
+			outcome = "DENY"
+		}
+		ev := &audit.Event{Kind: audit.KindDecision,
+			Envelope: &audit.Envelope{Agent: audit.Agent{AgentID: "claude-code", PID: 100 + i, Exe: "/usr/bin/python3"},
+				Intent: audit.Intent{Resource: audit.Resource{Host: host + ":443"}}},
+			Decision: &audit.Decision{Outcome: outcome, MatchedPolicies: []string{"forbid_at_claude-code.cedar_19"}}}
+		if err := w.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			w.Rotate()
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, live, pub
+}
+
+func TestAuditVerifyCommand(t *testing.T) {
+	dir, live, pub := auditTestLog(t)
+	files, _ := audit.Files(live)
+	var out, errb bytes.Buffer
+	args := append([]string{"audit", "verify"}, files...)
+	args = append(args, "--pubkey", pub) // flags after files work too
+	if code := run(args, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "OK 6 records") {
+		t.Fatalf("verify: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+
+	cfg := filepath.Join(dir, "firma.toml")
+	os.WriteFile(cfg, []byte("[sidecar.audit]\nfile_path = \""+live+"\"\n"), 0o600)
+	out.Reset()
+	if code := run([]string{"audit", "verify", "-c", cfg, "--pubkey", pub}, &out, &errb); code != 0 {
+		t.Fatalf("verify -c: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+
+	// One edited field: exit 1 naming file and line.
+	data, _ := os.ReadFile(live)
+	os.WriteFile(live, bytes.Replace(data, []byte(`"example.com:443"`), []byte(`"example.org:443"`), 1), 0o600)
+	out.Reset()
+	code := run([]string{"audit", "verify", "--pubkey", pub, files[1], files[0]}, &out, &errb)
+	if code != 1 || !strings.Contains(out.String(), "FAIL "+live+":2: bad signature") {
+		t.Fatalf("tampered: exit %d\n%s", code, out.String())
+	}
+
+	if code := run([]string{"audit", "verify"}, &out, &errb); code != 2 {
+		t.Fatalf("no files: exit %d", code)
+	}
+	if code := run([]string{"audit", "verify", "--bogus", live}, &out, &errb); code != 2 {
+		t.Fatalf("bad flag: exit %d", code)
+	}
+}
+
+func TestAuditTailCommand(t *testing.T) {
+	_, live, _ := auditTestLog(t)
+	var out, errb bytes.Buffer
+	if code := run([]string{"audit", "tail", "--deny", live}, &out, &errb); code != 0 {
+		t.Fatalf("tail: exit %d %s", code, errb.String())
+	}
+	got := strings.TrimSpace(out.String())
+	if strings.Count(got, "\n") != 0 || !strings.Contains(got, "claude-code  pid=101 /usr/bin/python3  DENY") ||
+		!strings.Contains(got, "paste.rs:443") || !strings.Contains(got, "[forbid_at_claude-code.cedar_19]") {
+		t.Fatalf("tail --deny:\n%s", got)
+	}
+	out.Reset()
+	if code := run([]string{"audit", "tail", "--json", "--since", "1h", "--agent", "claude-code", live}, &out, &errb); code != 0 {
+		t.Fatalf("tail --json: exit %d %s", code, errb.String())
+	}
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[0], `{"id":`) {
+		t.Fatalf("tail --json --agent:\n%s", out.String())
+	}
+	if code := run([]string{"audit", "tail", "--since", "yesterday", live}, &out, &errb); code != 2 {
+		t.Fatalf("bad --since: exit %d", code)
+	}
+}
+
+func TestAuditParseSince(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	if got, _ := auditParseSince("15m", now); !got.Equal(now.Add(-15 * time.Minute)) {
+		t.Fatal(got)
+	}
+	if got, _ := auditParseSince("2026-01-01T10:00:00Z", now); got.Hour() != 10 {
+		t.Fatal(got)
+	}
+	if _, err := auditParseSince("-5m", now); err == nil {
+		t.Fatal("negative accepted")
+	}
+}
