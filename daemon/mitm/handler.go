@@ -216,6 +216,9 @@ func modifyResponse(resp *http.Response) error {
 	st.mu.Lock()
 	st.upstreamStatus = resp.StatusCode
 	st.mu.Unlock()
+	// Alt-Svc would send the agent to HTTP/3 (QUIC), which the kernel refuses, or to another
+	// endpoint; the agent keeps talking to the intercepted host over TCP.
+	resp.Header.Del("Alt-Svc")
 	// A 101's body is the upgraded connection, which the proxy needs as an io.ReadWriteCloser.
 	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil {
 		resp.Body = &watchedBody{rc: resp.Body, st: st}

@@ -169,6 +169,13 @@ func New(opts Options) (*Interceptor, error) {
 	}
 	i.transport = newTransport(&cfg, opts.Dial, opts.RootCAs)
 	i.proxy = i.newReverseProxy()
+	if cfg.Enabled {
+		opts.Log.Info().Int(logfields.InterceptHosts, len(i.hosts.intercept)).
+			Int(logfields.BypassHosts, len(i.hosts.bypass)).Int(logfields.StrictHosts, len(i.hosts.strict)).
+			Str(logfields.Fingerprint, opts.CA.Fingerprint()).
+			Msgf("https mitm enabled for %d hosts (%d bypass, %d strict)",
+				len(i.hosts.intercept), len(i.hosts.bypass), len(i.hosts.strict))
+	}
 	return i, nil
 }
 

@@ -690,3 +690,26 @@ func TestServeStopsOnContext(t *testing.T) {
 		t.Fatal("Serve did not return after cancel")
 	}
 }
+
+// Alt-Svc never reaches the agent (it would point it at QUIC), other upstream headers do; the
+// startup line counts the configured hosts.
+func TestResponseHeadersAndStartupLine(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	up := e.upstream(apiHost)
+	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Alt-Svc", `h3=":443"; ma=86400`)
+		w.Header().Set("X-Request-Id", "req-1")
+		w.WriteHeader(201)
+	})
+	resp, err := e.client(true).Get(e.url(apiHost, "/v1/x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 || resp.Header.Get("Alt-Svc") != "" || resp.Header.Get("X-Request-Id") != "req-1" {
+		t.Errorf("got %d %v", resp.StatusCode, resp.Header)
+	}
+	if !strings.Contains(e.logs.String(), `"message":"https mitm enabled for 3 hosts (0 bypass, 0 strict)"`) {
+		t.Errorf("no startup line:\n%s", e.logs.String())
+	}
+}

@@ -10,4 +10,7 @@ const (
 	Upstream       = "upstream"        // address of the upstream connection a request used
 	ErrorClass     = "error_class"     // e.g. connector_network_error
 	Error          = "error"
+	InterceptHosts = "intercept_hosts" // how many patterns a list holds
+	BypassHosts    = "bypass_hosts"
+	StrictHosts    = "strict_hosts"
 )
