@@ -371,3 +371,10 @@ type replayConn struct {
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// meta returns the ConnMeta of the n-th accepted agent connection.
+func (e *env) meta(n int) *ConnMeta {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.metas[n]
+}

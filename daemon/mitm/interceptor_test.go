@@ -189,8 +189,8 @@ func TestHTTP2ConcurrentStreams(t *testing.T) {
 		t.Errorf("upstream saw %d requests, want %d", got, n/2)
 	}
 	e.hooks.waitDone(t, n/2)
-	if e.metas[0].Negotiated != "h2" {
-		t.Errorf("negotiated %q with the agent, want h2", e.metas[0].Negotiated)
+	if e.meta(0).Negotiated != "h2" {
+		t.Errorf("negotiated %q with the agent, want h2", e.meta(0).Negotiated)
 	}
 }
 
@@ -711,5 +711,22 @@ func TestResponseHeadersAndStartupLine(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), `"message":"https mitm enabled for 3 hosts (0 bypass, 0 strict)"`) {
 		t.Errorf("no startup line:\n%s", e.logs.String())
+	}
+}
+
+// A client dialing an IP literal sends no SNI: the leaf carries an IP SAN and the upstream is
+// verified against the IP.
+func TestIPLiteralWithoutSNI(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	up := e.upstream("127.0.0.1")
+	st, body := get(t, e.client(false), "GET", e.url("127.0.0.1", "/ip"), nil, nil)
+	if st != 200 || body != "hello from 127.0.0.1 /ip\n" {
+		t.Fatalf("got %d %q", st, body)
+	}
+	if m := e.meta(0); m.SNI != "" || m.Host != "127.0.0.1" {
+		t.Errorf("meta %+v", m)
+	}
+	if n := len(up.Requests()); n != 1 {
+		t.Errorf("upstream saw %d requests", n)
 	}
 }
