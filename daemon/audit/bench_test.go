@@ -59,3 +59,24 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkVerify reports how fast `firma audit verify` checks a signed log.
+func BenchmarkVerify(b *testing.B) {
+	key, _, pub := testKey(b)
+	path := filepath.Join(b.TempDir(), "audit.jsonl")
+	w := openTest(b, Config{FilePath: path, SigningKeyPath: key, MaxSizeBytes: 1 << 30})
+	for i := range 2000 {
+		if err := w.Append(decision(i, "api.anthropic.com", "ALLOW")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w.Close()
+	b.ResetTimer()
+	for b.Loop() {
+		rep, err := Verify(pub, path)
+		if err != nil || !rep.OK() {
+			b.Fatal(err, rep.Problem)
+		}
+	}
+	b.ReportMetric(float64(2002*b.N)/b.Elapsed().Seconds(), "lines/s")
+}

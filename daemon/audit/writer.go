@@ -69,8 +69,11 @@ type Writer struct {
 	hash      string   // hashBody of that line
 	meta      []*Event // KindLog records to write before the next records (an open record first)
 	outage    *outage
-	buf       []byte
-	arena     []byte
+	// rotateAfter holds size rotation back for a while after it failed (the old file is still
+	// being written), so that a failing rename is not retried and logged on every write.
+	rotateAfter time.Time
+	buf         []byte
+	arena       []byte
 }
 
 type request struct {
@@ -384,12 +387,13 @@ func (w *Writer) prepare() error {
 		}
 		w.tailDirty = false
 	}
-	if w.size >= w.cfg.MaxSizeBytes {
+	if w.size >= w.cfg.MaxSizeBytes && !time.Now().Before(w.rotateAfter) {
 		if err := w.rotate("rotated (size)"); err != nil {
 			w.log.Error().Err(err).Str(logfields.File, w.path).Msg("audit log rotation failed")
 			if w.f == nil {
 				return err
 			}
+			w.rotateAfter = time.Now().Add(time.Minute)
 		}
 	}
 	return nil

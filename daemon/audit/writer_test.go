@@ -449,3 +449,30 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFailedRotationKeepsWriting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	w := openTest(t, Config{FilePath: path})
+	w.Append(decision(1, "a", "DENY"))
+	// Something already holds the name the live file would be rotated to.
+	if err := os.WriteFile(rotatedName(path, 1), []byte("not ours\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Rotate(); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("Rotate onto an existing name: %v", err)
+	}
+	if err := w.Append(decision(2, "a", "DENY")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	rep, err := Verify(nil, path)
+	if err != nil || !rep.OK() || rep.Records != 4 {
+		t.Fatalf("verify: %v %+v %v", err, rep, rep.Problem)
+	}
+}

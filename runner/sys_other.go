@@ -1,0 +1,19 @@
+//go:build !linux
+
+package runner
+
+import "github.com/rs/zerolog"
+
+// InitArg and HoldArg name firma run's hidden modes; see sys_linux.go.
+const (
+	InitArg = "__init"
+	HoldArg = "__hold"
+)
+
+func realHost(zerolog.Logger) (*host, error) { return nil, ErrUnsupported }
+
+// Init is only meaningful on Linux.
+func Init() error { return ErrUnsupported }
+
+// Hold is only meaningful on Linux.
+func Hold() error { return ErrUnsupported }
