@@ -70,6 +70,6 @@ type Origin struct {
 type Origins interface {
 	// Lookup returns the record for a TCP peer and removes it (each flow is accepted once).
 	Lookup(peer netip.AddrPort) (Origin, error)
-	// LookupDNS returns the record for a UDP peer (a DNS socket sends many queries).
-	LookupDNS(peer netip.AddrPort) (Origin, error)
+	// LookupDNS returns the record for a DNS peer and keeps it: one socket sends many queries.
+	LookupDNS(peer netip.AddrPort, proto Proto) (Origin, error)
 }

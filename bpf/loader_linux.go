@@ -185,9 +185,10 @@ func (p *Programs) Lookup(peer netip.AddrPort) (Origin, error) {
 	return toOrigin(o), nil
 }
 
-// LookupDNS returns the record of a redirected DNS socket by its agent-side address.
-func (p *Programs) LookupDNS(peer netip.AddrPort) (Origin, error) {
-	key := peerKey(peer, UDP)
+// LookupDNS returns the record of a redirected DNS socket (UDP, or TCP to port 53) by its
+// agent-side address, keeping it for the socket's next query.
+func (p *Programs) LookupDNS(peer netip.AddrPort, proto Proto) (Origin, error) {
+	key := peerKey(peer, proto)
 	var o redirectOrigin
 	if err := p.objs.Origins.Lookup(&key, &o); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
