@@ -3,6 +3,8 @@ package main
 // commands is the subcommand table. Each entry's run function lives in its own file
 // (sidecar.go, run.go, authority.go, audit.go, policy.go, ca.go, check.go, demo.go).
 var commands = map[string]command{
-	"audit": {"verify and tail the signed audit log (firma audit verify|tail)", auditCmd},
-	"run":   {"run a program under enforcement (firma run --profile P -- CMD...)", runCmd},
+	"audit":     {"verify and tail the signed audit log (firma audit verify|tail)", auditCmd},
+	"authority": {"manage capabilities and serve signed policy bundles (firma authority -c firma.toml)", authorityCmd},
+	"sidecar":   {"run the sidecar (firma sidecar -c firma.toml)", sidecarCmd},
+	"run":       {"run a program under enforcement (firma run --profile P -- CMD...)", runCmd},
 }

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/daemon"
+)
+
+// sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`.
+func sidecarCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "firma.toml", "config file")
+	cleanup := fs.Bool("cleanup", false, "detach and unpin the kernel programs, then exit (ends enforcement)")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if err := cfg.validateSidecar(); err != nil {
+		return err
+	}
+	if *cleanup {
+		if err := bpf.Cleanup(cfg.Sidecar.Transparent.PinDir); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		fmt.Fprintf(stdout, "detached and unpinned %s\n", cfg.Sidecar.Transparent.PinDir)
+		return nil
+	}
+	log, err := newLogger(stderr, cfg.Sidecar.LogLevel, *logFormat, "sidecar")
+	if err != nil {
+		return fmt.Errorf("%s: sidecar.log_level: %w", cfg.path, err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	err = daemon.Run(ctx, cfg.Sidecar, log, daemon.RunOptions{Reload: reload, Notifier: daemon.NewNotifier(log)})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
