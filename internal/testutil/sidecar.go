@@ -1,0 +1,411 @@
+//go:build linux
+
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/daemon/audit"
+)
+
+// AgentID is the identity the harness gives its agent cgroup.
+const AgentID = "test-agent"
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binary builds cmd/firma (and the Go test client) once per test binary and returns the path of
+// the requested one: "firma" or "httpclient".
+func Binary(tb testing.TB, name string) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildDir, buildErr = os.MkdirTemp("", "firma-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		for out, pkg := range map[string]string{"firma": "./cmd/firma", "httpclient": "./internal/testutil/cmd/httpclient"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, out), pkg)
+			cmd.Dir = root
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, name)
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the firma module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// SidecarOptions shape the sidecar a test runs.
+type SidecarOptions struct {
+	// Policies are the .cedar files of the policy dir (name → text). Default: TestPolicy.
+	Policies map[string]string
+	// Rules is mapping-rules.toml. Default: every intent is communication.external.send.
+	Rules string
+	// DefaultProtected is [sidecar.mapping] default_protected (default true).
+	DefaultProtected *bool
+	// Resolve is [sidecar.upstream] resolve: names to the fake upstreams' addresses.
+	Resolve map[string]string
+	// UpstreamCA is [sidecar.upstream] ca_file.
+	UpstreamCA string
+	// ExtraTOML is appended to the generated firma.toml (more sections, more agents).
+	ExtraTOML string
+	// NoAgent leaves out the harness's [[sidecar.agents]] entry.
+	NoAgent bool
+	// Env is added to the sidecar's environment.
+	Env []string
+}
+
+// TestPolicy permits the agent to reach allowed.test and plain.test (except /secret paths) and
+// forbids denied.test for everyone.
+const TestPolicy = `@id("permit-test-hosts")
+permit (
+    principal == Firma::Agent::"test-agent",
+    action == Firma::Action::"communication.external.send",
+    resource
+) when {
+    resource has "host" &&
+    (resource.host == "allowed.test" || resource.host == "plain.test" || resource.host like "*.allowed.test")
+};
+
+@id("forbid-secret-paths")
+forbid (principal, action, resource)
+when { resource has "path" && resource.path like "/secret*" };
+
+@id("forbid-denied")
+forbid (principal, action, resource)
+when { resource has "host" && resource.host == "denied.test" };
+`
+
+// CatchAllRules classifies every intent, connection-level, HTTP and DNS alike.
+const CatchAllRules = `[[rules]]
+method = "*"
+host = "*"
+action_class = "communication.external.send"
+`
+
+// Sidecar is a firma sidecar process run by a test, with an enforced parent cgroup and one agent
+// cgroup inside it.
+type Sidecar struct {
+	Bin        string
+	Dir        string
+	ConfigPath string
+	AuditPath  string
+	PinDir     string
+	Parent     *Cgroup // the enforced parent ([sidecar.transparent] cgroup)
+	Agent      *Cgroup // Parent/<rand>, the agent AgentID
+	Port       uint16
+	DNSPort    uint16
+	ProxyPort  uint16
+
+	opts   SidecarOptions
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	exited chan struct{}
+}
+
+// NewSidecar writes a config and starts a sidecar with it, waiting until it logs "sidecar ready".
+func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
+	tb.Helper()
+	RequireRoot(tb)
+	s := &Sidecar{Bin: Binary(tb, "firma"), Dir: tb.TempDir(), opts: opts}
+	s.Parent = NewCgroup(tb, nil)
+	s.Agent = NewCgroup(tb, s.Parent)
+	s.Port, s.DNSPort, s.ProxyPort = FreePort(tb), FreePort(tb), FreePort(tb)
+	s.PinDir = "/sys/fs/bpf/" + filepath.Base(s.Parent.Path)
+	s.AuditPath = filepath.Join(s.Dir, "audit.jsonl")
+	s.ConfigPath = filepath.Join(s.Dir, "firma.toml")
+	s.writeFiles(tb)
+	tb.Cleanup(func() {
+		s.Stop(tb)
+		if err := bpf.Cleanup(s.PinDir); err != nil {
+			tb.Errorf("bpf cleanup: %v", err)
+		}
+	})
+	s.Start(tb)
+	return s
+}
+
+func (s *Sidecar) writeFiles(tb testing.TB) {
+	tb.Helper()
+	polDir := filepath.Join(s.Dir, "policies")
+	if err := os.Mkdir(polDir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	pols := s.opts.Policies
+	if pols == nil {
+		pols = map[string]string{"test.cedar": TestPolicy}
+	}
+	for name, text := range pols {
+		if err := os.WriteFile(filepath.Join(polDir, name), []byte(text), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	rules := s.opts.Rules
+	if rules == "" {
+		rules = CatchAllRules
+	}
+	rulesPath := filepath.Join(s.Dir, "mapping-rules.toml")
+	if err := os.WriteFile(rulesPath, []byte(rules), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	protected := true
+	if s.opts.DefaultProtected != nil {
+		protected = *s.opts.DefaultProtected
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `[sidecar]
+log_level = "debug"
+
+[sidecar.transparent]
+cgroup = %q
+port = %d
+dns_port = %d
+ipv6 = true
+pin_dir = %q
+
+[sidecar.interceptor]
+listen_addr = "127.0.0.1:%d"
+
+[sidecar.policy]
+dir = %q
+
+[sidecar.mapping]
+rules_path = %q
+default_protected = %v
+
+[sidecar.audit]
+file_path = %q
+
+[sidecar.upstream]
+allow_cidrs = ["127.0.0.0/8", "::1/128"]
+`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, polDir, rulesPath, protected, s.AuditPath)
+	if s.opts.UpstreamCA != "" {
+		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
+	}
+	if len(s.opts.Resolve) > 0 {
+		names := make([]string, 0, len(s.opts.Resolve))
+		for n := range s.opts.Resolve {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		var kv []string
+		for _, n := range names {
+			kv = append(kv, fmt.Sprintf("%q = %q", n, s.opts.Resolve[n]))
+		}
+		fmt.Fprintf(&b, "resolve = { %s }\n", strings.Join(kv, ", "))
+	}
+	if !s.opts.NoAgent {
+		fmt.Fprintf(&b, "\n[[sidecar.agents]]\ncgroup = %q\nagent_id = %q\n", strings.TrimPrefix(s.Agent.Rel, "/"), AgentID)
+	}
+	b.WriteString("\n" + s.opts.ExtraTOML + "\n")
+	if err := os.WriteFile(s.ConfigPath, []byte(b.String()), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Start runs the sidecar and waits for "sidecar ready".
+func (s *Sidecar) Start(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	s.stderr = &lockedBuffer{}
+	cmd := exec.Command(s.Bin, "sidecar", "-c", s.ConfigPath)
+	cmd.Dir = s.Dir
+	cmd.Env = append(CleanEnv(), s.opts.Env...)
+	cmd.Stdout = s.stderr
+	cmd.Stderr = s.stderr
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		tb.Fatal(err)
+	}
+	s.cmd = cmd
+	exited := make(chan struct{})
+	s.exited = exited
+	s.mu.Unlock()
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(s.stderr.String(), "sidecar ready") {
+		select {
+		case <-exited:
+			tb.Fatalf("sidecar exited before ready:\n%s", s.stderr.String())
+		case <-deadline:
+			tb.Fatalf("sidecar not ready after 30s:\n%s", s.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Kill9 kills the sidecar without letting it clean up, as a crash would.
+func (s *Sidecar) Kill9(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+}
+
+// Stop sends SIGTERM and waits (bounded) for the sidecar to drain and exit.
+func (s *Sidecar) Stop(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		tb.Errorf("sidecar did not exit on SIGTERM:\n%s", s.Logs())
+	}
+}
+
+// Logs is everything the sidecar has written to stdout and stderr.
+func (s *Sidecar) Logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+// Run runs a command inside the agent cgroup with no proxy variables and returns its combined
+// output.
+func (s *Sidecar) Run(tb testing.TB, name string, args ...string) (string, error) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := s.Agent.Command(ctx, tb, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// Events reads the audit log.
+func (s *Sidecar) Events(tb testing.TB) []audit.Event {
+	tb.Helper()
+	return ReadEvents(tb, s.AuditPath)
+}
+
+// Decisions returns the decision records (not completions) of the audit log.
+func (s *Sidecar) Decisions(tb testing.TB) []audit.Event {
+	tb.Helper()
+	var out []audit.Event
+	for _, ev := range s.Events(tb) {
+		if ev.Kind == audit.KindDecision {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// WaitEvent polls the audit log until match holds for some record, and returns it.
+func (s *Sidecar) WaitEvent(tb testing.TB, what string, match func(audit.Event) bool) audit.Event {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, ev := range s.Events(tb) {
+			if match(ev) {
+				return ev
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no audit record %s; log:\n%s\nsidecar:\n%s", what, dumpFile(s.AuditPath), s.Logs())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// ReadEvents parses an audit JSONL file.
+func ReadEvents(tb testing.TB, path string) []audit.Event {
+	tb.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	var out []audit.Event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var ev audit.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			tb.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func dumpFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
