@@ -61,7 +61,15 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("no audit files at %s", live)
 		}
 	}
-	if len(files) == 0 {
+	var chain []string
+	for _, f := range files {
+		if audit.IsTornSave(f) { // audit.jsonl* matches them too
+			fmt.Fprintf(stderr, "note: skipping %s: a torn tail cut off at a restart, not part of the chain\n", f)
+			continue
+		}
+		chain = append(chain, f)
+	}
+	if files = chain; len(files) == 0 {
 		return fmt.Errorf("%w: no files to verify\n%s", errUsage, auditUsage)
 	}
 	var pub crypto.PublicKey // stays a nil interface without --pubkey: chain only

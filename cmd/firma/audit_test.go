@@ -60,11 +60,17 @@ func auditTestLog(t *testing.T) (dir, live, pub string) {
 func TestAuditVerifyCommand(t *testing.T) {
 	dir, live, pub := auditTestLog(t)
 	files, _ := audit.Files(live)
+	// A torn tail saved at a restart matches audit.jsonl* too; verify skips it.
+	torn := live + ".torn-1763785829000000000"
+	os.WriteFile(torn, []byte(`{"id":"01M8`), 0o600)
 	var out, errb bytes.Buffer
-	args := append([]string{"audit", "verify"}, files...)
+	args := append([]string{"audit", "verify", torn}, files...)
 	args = append(args, "--pubkey", pub) // flags after files work too
 	if code := run(args, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "OK 6 records") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	if !strings.Contains(errb.String(), "note: skipping "+torn) {
+		t.Fatalf("torn save not skipped with a note: %s", errb.String())
 	}
 
 	cfg := filepath.Join(dir, "firma.toml")

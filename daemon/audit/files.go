@@ -64,6 +64,21 @@ func Files(live string) ([]string, error) {
 	return out, nil
 }
 
+// tornSuffix marks the file a resume saves a crash's incomplete last line to.
+const tornSuffix = ".torn-"
+
+// IsTornSave reports whether path is where a resume saved a torn tail (file_path + ".torn-" + unix
+// nanoseconds): evidence kept beside the log, not part of the chain.
+func IsTornSave(path string) bool {
+	base := filepath.Base(path)
+	i := strings.LastIndex(base, tornSuffix)
+	if i < 0 {
+		return false
+	}
+	_, err := strconv.ParseUint(base[i+len(tornSuffix):], 10, 64)
+	return err == nil
+}
+
 // lineInfo is what the writer needs of a line to chain after it.
 type lineInfo struct {
 	seq  uint64

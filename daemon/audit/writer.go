@@ -606,7 +606,7 @@ func (w *Writer) cutTorn(end fileEnd) (*LogRecord, error) {
 	if _, err := f.ReadAt(tail, end.good); err != nil {
 		return nil, fmt.Errorf("repairing audit log: reading torn tail: %w", err)
 	}
-	saved := fmt.Sprintf("%s.torn-%d", w.path, time.Now().UnixNano())
+	saved := fmt.Sprintf("%s%s%d", w.path, tornSuffix, time.Now().UnixNano())
 	if err := writeFileSync(saved, tail); err != nil {
 		return nil, fmt.Errorf("repairing audit log: saving torn tail: %w", err)
 	}

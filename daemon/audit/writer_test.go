@@ -387,6 +387,9 @@ func TestTornTailIsCutSavedAndRecorded(t *testing.T) {
 	if len(saved) != 1 {
 		t.Fatalf("torn tail not saved: %v", saved)
 	}
+	if !IsTornSave(saved[0]) || IsTornSave(path) || IsTornSave(rotatedName(path, 1)) {
+		t.Fatal("IsTornSave")
+	}
 	if data, _ := os.ReadFile(saved[0]); string(data) != torn {
 		t.Fatalf("saved %q, want %q", data, torn)
 	}
