@@ -46,5 +46,13 @@
 // I/O error, file removed) the partial batch is cut off the file, every record in it gets the
 // error, and Healthy reports it until a write succeeds again; the chain continues from the last
 // line on disk, and the first line after the outage is a "recovered" record that says since when
-// and how many records were refused.
+// and how many records were refused. A failed fsync is reported by Healthy in the same way.
+//
+// # Use
+//
+// The sidecar opens one Writer at start (Open fails when the log cannot be written then), checks
+// Healthy before accepting a connection, appends the decision record and waits for Append to
+// return before any byte goes upstream, appends a completion record (DecisionID = the decision's
+// ID) when the connection ends, calls Rotate on SIGHUP/SIGUSR1 and Close at exit. Verify and Tail
+// back `firma audit verify` and `firma audit tail`; both work on files alone.
 package audit

@@ -137,7 +137,7 @@ func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
 	}
 	if err := w.writeBatch(nil); err != nil {
 		w.closeFile()
-		return nil, fmt.Errorf("audit log %s: %w", w.path, err)
+		return nil, err
 	}
 	go w.run()
 	go w.syncer()
@@ -315,6 +315,9 @@ func (w *Writer) checkFile() {
 		return
 	}
 	pi, err := os.Stat(w.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return // cannot tell; the next tick looks again
+	}
 	if err != nil || !os.SameFile(fi, pi) {
 		w.log.Error().Str(logfields.File, w.path).Msg("audit file was moved or removed by someone else; starting a new file that continues the chain")
 		w.closeFile()
