@@ -33,8 +33,8 @@ type TailOptions struct {
 }
 
 // Tail calls fn for each matching record of the log whose live file is live, in chain order: line
-// is the record as written (without "\n"); a completion record without an envelope is given its
-// decision's in ev when the decision was read. Lines that are not records are skipped; verify is
+// is the record as written (without "\n"); a completion record that does not repeat its decision's
+// agent and intent is given them in ev when the decision was read. Lines that are not records are skipped; verify is
 // the tool that judges them.
 func Tail(ctx context.Context, live string, opt TailOptions, fn func(line []byte, ev *Event) error) error {
 	if opt.Poll <= 0 {
@@ -198,7 +198,13 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 		if env, ok := t.decisions[ev.DecisionID]; ok {
 			delete(t.decisions, ev.DecisionID)
 			if ev.Envelope == nil {
-				ev.Envelope = env
+				ev.Envelope = &Envelope{}
+			}
+			if ev.Envelope.Agent == (Agent{}) {
+				ev.Envelope.Agent = env.Agent
+			}
+			if ev.Envelope.Intent.Resource.Host == "" {
+				ev.Envelope.Intent = env.Intent
 			}
 		}
 	}
@@ -377,6 +383,8 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 	}
 	fmt.Fprintf(&b, "  %s  %s", agent, proc)
 	switch {
+	case ev.Kind == KindCompletion && ev.Decision != nil:
+		fmt.Fprintf(&b, "  DONE %s", ev.Decision.Outcome)
 	case ev.Kind == KindCompletion:
 		b.WriteString("  DONE")
 	case ev.Decision != nil:

@@ -39,8 +39,12 @@ func TestTailHistoryAndFilters(t *testing.T) {
 		if err := w.Append(ev); err != nil {
 			t.Fatal(err)
 		}
-		// A completion without an envelope still belongs to its decision's agent.
-		if err := w.Append(&Event{Kind: KindCompletion, DecisionID: ev.ID, Result: &Result{BytesUp: 1}}); err != nil {
+		// A completion without the agent still belongs to its decision's agent.
+		done := &Event{Kind: KindCompletion, DecisionID: ev.ID, Result: &Result{BytesUp: 1}}
+		if i%3 == 0 {
+			done.Envelope = &Envelope{Transport: Transport{Mode: "connect", Dialed: "203.0.113.7:443"}}
+		}
+		if err := w.Append(done); err != nil {
 			t.Fatal(err)
 		}
 	}
