@@ -10,4 +10,5 @@ const (
 	LastContact     = "last_contact"
 	Feed            = "feed"
 	Stale           = "stale"
+	Deadline        = "deadline"
 )

@@ -1,0 +1,550 @@
+package authority
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/internal/logfields"
+	"github.com/openfirma/firma/policies"
+)
+
+// The HTTP API. Every answer that a sidecar trusts is a PASETO v4.public token signed by the
+// authority key; transport security is not relied on.
+//
+//	GET  /v1/bundle[?wait=S]              200: signed bundle (ETag "<version>")
+//	     If-None-Match: "<version>"       304 when unchanged, after waiting up to S seconds for a
+//	                                      change, with a signed heartbeat in Firma-Freshness
+//	GET  /v1/revocations?since=N&epoch=E[&wait=S]
+//	                                      200: signed page of entries [N, next) of list epoch E;
+//	                                      the whole list (from 0) when E is not the current epoch.
+//	                                      With wait, hangs until there is something past N.
+//	POST /v1/capabilities                 issue a capability (JSON in and out); trusted local
+//	                                      callers only (see trustedPeer)
+//	GET  /healthz                         200 {"status":"ok",…}
+const (
+	PathBundle       = "/v1/bundle"
+	PathRevocations  = "/v1/revocations"
+	PathCapabilities = "/v1/capabilities"
+	PathHealth       = "/healthz"
+
+	// HeaderFreshness carries the signed heartbeat on a 304 from PathBundle.
+	HeaderFreshness = "Firma-Freshness"
+
+	contentTypeToken = "application/vnd.firma.paseto"
+)
+
+// maxWait caps one long poll; the server also keeps it under half the bundle TTL so that a
+// sidecar hears from it well before its bundle goes stale.
+const maxWait = 30 * time.Second
+
+// resyncInterval is how often the server rereads its inputs even without a file event.
+const resyncInterval = 10 * time.Second
+
+// Server serves signed policy bundles, revocations and capability issuance.
+type Server struct {
+	cfg    Config
+	key    Signer
+	pub    ed25519.PublicKey
+	schema *policies.Schema // nil: embedded
+	log    zerolog.Logger
+	now    func() time.Time
+
+	reloadMu      sync.Mutex // serializes reloads of the bundle and the revocation list
+	lastBundleErr string     // the last rejected edit's error, so a resync does not repeat it
+	lastRevErr    string     // likewise for the revocation file
+	revLoaded     bool       // the revocation file has been read once
+
+	mu       sync.Mutex
+	bundle   *Bundle
+	bundleCh chan struct{} // closed and replaced when the bundle changes
+	revs     []Revocation
+	revEpoch string
+	revCh    chan struct{}
+	issuer   *Issuer // nil when issuance_policy_dir is not set
+}
+
+// NewServer loads everything the server serves and fails if any of it is bad: the schema, the
+// policy bundle, the issuance policies (when issuance_policy_dir is set) and the revocation file
+// (a missing file is an empty list; it is created by the first revoke).
+func NewServer(cfg Config, key Signer, log zerolog.Logger) (*Server, error) {
+	if err := errors.Join(cfg.Validate(), cfg.RequireServe()); err != nil {
+		return nil, err
+	}
+	pub, ok := key.Public().(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("authority key is %T, want Ed25519", key.Public())
+	}
+	s := &Server{
+		cfg:      cfg,
+		key:      key,
+		pub:      pub,
+		log:      log,
+		now:      time.Now,
+		bundleCh: make(chan struct{}),
+		revCh:    make(chan struct{}),
+		revEpoch: NewTokenID(),
+	}
+	if cfg.Schema != "" {
+		sch, err := policies.LoadSchema(cfg.Schema)
+		if err != nil {
+			return nil, err
+		}
+		s.schema = sch
+	}
+	b, err := BuildBundle(cfg.PolicyDir, s.schema, cfg.BundleTTL())
+	if err != nil {
+		return nil, fmt.Errorf("policy bundle: %w", err)
+	}
+	s.bundle = b
+	if cfg.IssuancePolicyDir != "" {
+		is, err := NewIssuer(key, cfg.IssuancePolicyDir, s.schema, cfg.MaxTTL())
+		if err != nil {
+			return nil, err
+		}
+		s.issuer = is
+	}
+	if err := s.reloadRevocations(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("revocation file: %w", err)
+	}
+	return s, nil
+}
+
+// PublicKey is the authority's public key.
+func (s *Server) PublicKey() ed25519.PublicKey { return s.pub }
+
+// Bundle returns the bundle currently served.
+func (s *Server) Bundle() *Bundle {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bundle
+}
+
+// ListenAndServe listens on listen_addr and serves until ctx is done.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", s.cfg.ListenAddr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve watches the policy dir, schema, issuance dir and revocation file, serves the API on ln,
+// and shuts down cleanly (in-flight long polls end at once) when ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	fw, err := newFileWatcher(s.log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer fw.Close()
+	watches := []struct {
+		path string
+		fn   func()
+	}{
+		{s.cfg.PolicyDir, s.reloadBundle},
+		{s.cfg.RevocationFile, func() { s.reloadRevocations() }},
+	}
+	if s.cfg.Schema != "" {
+		watches = append(watches, struct {
+			path string
+			fn   func()
+		}{s.cfg.Schema, s.reloadBundle})
+	}
+	if s.cfg.IssuancePolicyDir != "" {
+		watches = append(watches, struct {
+			path string
+			fn   func()
+		}{s.cfg.IssuancePolicyDir, s.reloadIssuer})
+	}
+	for _, w := range watches {
+		if _, err := fw.watch(w.path, w.fn); err != nil {
+			ln.Close()
+			return fmt.Errorf("watching %s: %w", w.path, err)
+		}
+	}
+
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	b := s.Bundle()
+	s.log.Info().Str(logfields.Listen, ln.Addr().String()).Str(logfields.Version, b.Version).
+		Int(logfields.Count, len(b.Files)).Str(logfields.Fingerprint, KeyID(s.pub)).Msg("authority ready")
+
+	// fsnotify is the fast path; a periodic resync catches anything it missed (an overflowed
+	// queue, a replaced directory, a network filesystem).
+	resync := time.NewTicker(resyncInterval)
+	defer resync.Stop()
+	for running := true; running; {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serving: %w", err)
+		case <-resync.C:
+			s.reloadBundle()
+			s.reloadRevocations()
+		case <-ctx.Done():
+			running = false
+		}
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = srv.Shutdown(shutdown)
+	<-errc
+	s.log.Info().Msg("authority stopped")
+	return err
+}
+
+// reloadBundle rebuilds the bundle; a broken edit keeps the last good one and says why.
+func (s *Server) reloadBundle() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	s.mu.Lock()
+	schema := s.schema
+	s.mu.Unlock()
+	if s.cfg.Schema != "" {
+		sch, err := policies.LoadSchema(s.cfg.Schema)
+		if err != nil {
+			if s.lastBundleErr != err.Error() {
+				s.log.Error().Err(err).Str(logfields.File, s.cfg.Schema).Msg("schema edit rejected; keeping the last good bundle")
+			}
+			s.lastBundleErr = err.Error()
+			return
+		}
+		schema = sch
+	}
+	b, err := BuildBundle(s.cfg.PolicyDir, schema, s.cfg.BundleTTL())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		if s.lastBundleErr != err.Error() {
+			s.log.Error().Err(err).Str(logfields.Dir, s.cfg.PolicyDir).Str(logfields.Version, s.bundle.Version).
+				Msg("policy edit rejected; keeping the last good bundle")
+		}
+		s.lastBundleErr = err.Error()
+		return
+	}
+	s.lastBundleErr = ""
+	s.schema = schema
+	if b.Version == s.bundle.Version {
+		return
+	}
+	s.bundle = b
+	close(s.bundleCh)
+	s.bundleCh = make(chan struct{})
+	s.log.Info().Str(logfields.Version, b.Version).Int(logfields.Count, len(b.Files)).Msg("policy bundle updated")
+}
+
+// reloadRevocations rereads the revocation file. Appended records extend the current epoch; any
+// other change (a line edited or removed) starts a new epoch, so that sidecars refetch the list.
+// An unreadable file keeps the list already loaded.
+func (s *Server) reloadRevocations() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	recs, bad, err := ReadRevocations(s.cfg.RevocationFile)
+	problem := ""
+	switch {
+	case err != nil:
+		problem = err.Error()
+	case bad != nil:
+		problem = bad.Error()
+	}
+	repeated := problem == s.lastRevErr
+	s.lastRevErr = problem
+	if err != nil {
+		switch {
+		case repeated:
+		case errors.Is(err, os.ErrNotExist) && !s.revLoaded:
+			s.log.Warn().Str(logfields.File, s.cfg.RevocationFile).Msg("revocation file does not exist yet; no token is revoked")
+		default:
+			s.log.Error().Err(err).Str(logfields.File, s.cfg.RevocationFile).Msg("revocation file unreadable; keeping the revocations already loaded")
+		}
+		return err
+	}
+	if bad != nil && !repeated {
+		s.log.Error().Err(bad).Str(logfields.File, s.cfg.RevocationFile).Msg("revocation file has bad lines; they are skipped")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revLoaded = true
+	if equalRevocations(recs, s.revs) {
+		return nil
+	}
+	if len(recs) < len(s.revs) || !equalRevocations(recs[:len(s.revs)], s.revs) {
+		s.revEpoch = NewTokenID()
+		s.log.Warn().Str(logfields.File, s.cfg.RevocationFile).Msg("revocation file was edited, not appended to; sidecars will refetch it")
+	}
+	for _, r := range recs[min(len(s.revs), len(recs)):] {
+		s.log.Info().Str(logfields.TokenID, r.TokenID).Str(logfields.Reason, r.Reason).Msg("token revoked")
+	}
+	s.revs = recs
+	close(s.revCh)
+	s.revCh = make(chan struct{})
+	return nil
+}
+
+// reloadIssuer reloads the issuance policies; a broken edit keeps the old ones.
+func (s *Server) reloadIssuer() {
+	s.mu.Lock()
+	schema := s.schema
+	s.mu.Unlock()
+	is, err := NewIssuer(s.key, s.cfg.IssuancePolicyDir, schema, s.cfg.MaxTTL())
+	if err != nil {
+		s.log.Error().Err(err).Str(logfields.Dir, s.cfg.IssuancePolicyDir).Msg("issuance policy edit rejected; keeping the previous policies")
+		return
+	}
+	s.mu.Lock()
+	s.issuer = is
+	s.mu.Unlock()
+	s.log.Info().Str(logfields.Dir, s.cfg.IssuancePolicyDir).Int(logfields.Count, is.Policies().Len()).Msg("issuance policies reloaded")
+}
+
+// Handler is the API, for tests and for embedding.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathBundle, s.handleBundle)
+	mux.HandleFunc("GET "+PathRevocations, s.handleRevocations)
+	mux.HandleFunc("POST "+PathCapabilities, s.handleIssue)
+	mux.HandleFunc("GET "+PathHealth, s.handleHealth)
+	return mux
+}
+
+// waitParam reads ?wait=S, capped by maxWait and half the bundle TTL.
+func (s *Server) waitParam(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil || secs < 0 {
+		return 0, fmt.Errorf("wait=%q is not a number of seconds", v)
+	}
+	return min(time.Duration(secs*float64(time.Second)), maxWait, s.cfg.BundleTTL()/2), nil
+}
+
+func etag(version string) string { return `"` + version + `"` }
+
+// matchesETag reports whether an If-None-Match header names version.
+func matchesETag(header, version string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if strings.Trim(t, `"`) == version {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.waitParam(r)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err)
+		return
+	}
+	inm := r.Header.Get("If-None-Match")
+	s.mu.Lock()
+	b, changed := s.bundle, s.bundleCh
+	s.mu.Unlock()
+	if inm != "" && matchesETag(inm, b.Version) && wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			httpError(w, http.StatusServiceUnavailable, errors.New("shutting down"))
+			return
+		}
+		t.Stop()
+		b = s.Bundle()
+	}
+	now := s.now()
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("ETag", etag(b.Version))
+	if inm != "" && matchesETag(inm, b.Version) {
+		fresh, err := signFreshness(s.key, b.Version, b.TTL, now)
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err)
+			return
+		}
+		w.Header().Set(HeaderFreshness, fresh)
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	tok, err := signBundle(s.key, b, now)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err)
+		return
+	}
+	w.Header().Set("Content-Type", contentTypeToken)
+	w.Write([]byte(tok))
+}
+
+func (s *Server) handleRevocations(w http.ResponseWriter, r *http.Request) {
+	wait, err := s.waitParam(r)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err)
+		return
+	}
+	q := r.URL.Query()
+	since := 0
+	if v := q.Get("since"); v != "" {
+		if since, err = strconv.Atoi(v); err != nil || since < 0 {
+			httpError(w, http.StatusBadRequest, fmt.Errorf("since=%q is not a count", v))
+			return
+		}
+	}
+	epoch := q.Get("epoch")
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		revs, cur, changed := s.revs, s.revEpoch, s.revCh
+		s.mu.Unlock()
+		reset := epoch != cur || since > len(revs)
+		from := since
+		if reset {
+			from = 0
+		}
+		if reset || from < len(revs) || wait == 0 {
+			s.writeRevocations(w, cur, from, revs)
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			wait = 0
+		case <-r.Context().Done():
+			httpError(w, http.StatusServiceUnavailable, errors.New("shutting down"))
+			return
+		}
+	}
+}
+
+func (s *Server) writeRevocations(w http.ResponseWriter, epoch string, from int, revs []Revocation) {
+	tok, err := signRevocations(s.key, revocationClaims{
+		Epoch: epoch, From: from, Next: len(revs), Entries: revs[from:], IssuedAt: s.now().UTC(),
+	})
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", contentTypeToken)
+	w.Write([]byte(tok))
+}
+
+// IssueAPIRequest is the JSON body of POST /v1/capabilities.
+type IssueAPIRequest struct {
+	AgentID       string   `json:"agent_id"`
+	SessionID     string   `json:"session_id"`
+	Actions       []string `json:"actions"`
+	ResourceScope string   `json:"resource_scope"`
+	TTLSeconds    int64    `json:"ttl_seconds"`
+}
+
+// IssueAPIResponse is its answer: the signed token, its mirrors, and the capability file text.
+type IssueAPIResponse struct {
+	RawToken       string    `json:"raw_token"`
+	TokenID        string    `json:"token_id"`
+	AgentID        string    `json:"agent_id"`
+	SessionID      string    `json:"session_id"`
+	Actions        []string  `json:"actions"`
+	ResourceScope  string    `json:"resource_scope"`
+	IssuedAt       time.Time `json:"issued_at"`
+	ExpiresAt      time.Time `json:"expires_at"`
+	TTLClamped     bool      `json:"ttl_clamped"`
+	CapabilityFile string    `json:"capability_file"`
+}
+
+func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	remote, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
+	if err == nil {
+		err = trustedPeer(local, remote)
+	}
+	if err != nil {
+		s.log.Warn().Err(err).Str(logfields.Peer, r.RemoteAddr).Msg("capability request refused")
+		httpError(w, http.StatusForbidden, ErrUntrustedCaller)
+		return
+	}
+	s.mu.Lock()
+	is := s.issuer
+	s.mu.Unlock()
+	if is == nil {
+		httpError(w, http.StatusServiceUnavailable, errors.New("authority.issuance_policy_dir is not set"))
+		return
+	}
+	var req IssueAPIRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Errorf("request body: %w", err))
+		return
+	}
+	issued, err := is.Issue(IssueRequest{
+		AgentID:       req.AgentID,
+		SessionID:     req.SessionID,
+		Actions:       req.Actions,
+		ResourceScope: req.ResourceScope,
+		TTL:           time.Duration(req.TTLSeconds) * time.Second,
+	})
+	if err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, ErrIssuanceDenied) {
+			status = http.StatusForbidden
+		}
+		s.log.Warn().Err(err).Str(logfields.Agent, req.AgentID).Str(logfields.Peer, r.RemoteAddr).Msg("capability not issued")
+		httpError(w, status, err)
+		return
+	}
+	file, err := issued.File().Marshal()
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err)
+		return
+	}
+	c := issued.Claims
+	s.log.Info().Str(logfields.TokenID, c.TokenID).Str(logfields.Agent, c.AgentID).Str(logfields.Session, c.SessionID).
+		Strs(logfields.Actions, c.ActionSet).Str(logfields.ResourceScope, c.ResourceScope).Time(logfields.Expires, c.Expires).
+		Bool(logfields.TTLClamped, issued.Clamped).Str(logfields.Peer, r.RemoteAddr).Msg("capability issued")
+	writeJSON(w, http.StatusOK, IssueAPIResponse{
+		RawToken: issued.Raw, TokenID: c.TokenID, AgentID: c.AgentID, SessionID: c.SessionID,
+		Actions: c.ActionSet, ResourceScope: c.ResourceScope, IssuedAt: c.IssuedAt, ExpiresAt: c.Expires,
+		TTLClamped: issued.Clamped, CapabilityFile: string(file),
+	})
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	version, n := s.bundle.Version, len(s.revs)
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{
+		"status": "ok", "version": version, "revocations": n, "key_id": KeyID(s.pub),
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func httpError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, map[string]string{"error": err.Error()})
+}
