@@ -31,6 +31,11 @@
 #define VERDICT_REFUSE 0
 #define VERDICT_PROCEED 1
 
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPV4_SADDR_OFF 12 /* offsetof(struct iphdr, saddr) */
+#define IPV6_SADDR_OFF 8  /* offsetof(struct ipv6hdr, saddr) */
+
 #define DNS_PORT 53
 #define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
@@ -415,7 +420,8 @@ int firma_sockops(struct bpf_sock_ops *skops)
 }
 
 // DNS datagrams: the local port is only bound after sendmsg/connect ran, so the record is
-// published from the first packet the socket sends.
+// published from the first packet the socket sends. The source address comes from the packet's
+// IP header: an unconnected socket's own address stays 0.0.0.0 while routing picks one per packet.
 SEC("cgroup_skb/egress")
 int firma_egress(struct __sk_buff *skb)
 {
@@ -431,15 +437,16 @@ int firma_egress(struct __sk_buff *skb)
 	struct peer_key k = {};
 	k.proto = IPPROTO_UDP;
 	k.port = (__u16)s->src_port; // host order
-	if (s->family == AF_INET) {
-		set_mapped4(k.addr, s->src_ip4);
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 saddr;
+		if (bpf_skb_load_bytes(skb, IPV4_SADDR_OFF, &saddr, sizeof(saddr)))
+			return 1; // no record: the sidecar refuses the query
+		set_mapped4(k.addr, saddr);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, IPV6_SADDR_OFF, k.addr, sizeof(k.addr)))
+			return 1;
 	} else {
-		__u32 a[4] = {ld32(s->src_ip6[0]), ld32(s->src_ip6[1]), ld32(s->src_ip6[2]), ld32(s->src_ip6[3])};
-		if (is_mapped4(a[0], a[1], a[2]) || (a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && o->via_v4)) {
-			set_mapped4(k.addr, s->src_ip4);
-		} else {
-			__builtin_memcpy(k.addr, a, 16);
-		}
+		return 1;
 	}
 	publish(o, &k);
 	return 1;

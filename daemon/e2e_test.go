@@ -53,6 +53,15 @@ func (w *world) curl(t *testing.T, args ...string) (string, error) {
 }
 
 // decisionFor matches the decision record of a connection (not a DNS lookup) to host.
+// curlOutside runs curl from the test process, outside every enforced cgroup.
+func curlOutside(t *testing.T, w *world, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("curl", append([]string{"-sS", "--max-time", "10", "--cacert", w.ca.CertFile}, args...)...)
+	cmd.Env = testutil.CleanEnv()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 func decisionFor(host string) func(audit.Event) bool {
 	return func(ev audit.Event) bool {
 		return ev.Kind == audit.KindDecision && ev.Envelope != nil && ev.Envelope.Transport.Mode != "dns" &&
