@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -154,4 +155,84 @@ func TestUnwritableDirFails(t *testing.T) {
 	if err == nil || !errors.Is(err, syscall.EROFS) {
 		t.Fatalf("Open on a read-only fs: %v", err)
 	}
+}
+
+// Many connections append while the disk fills up and frees again: every Append that returned nil
+// is in the log, none that returned an error is, and the chain has no hole.
+func TestDiskFullUnderConcurrency(t *testing.T) {
+	dir := smallTmpfs(t, "16m")
+	key, _, pub := testKey(t)
+	path := filepath.Join(dir, "audit.jsonl")
+	log, _ := testLogger(t)
+	w, err := Open(Config{FilePath: path, SigningKeyPath: key, FsyncInterval: Duration(10 * time.Millisecond)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+
+	var mu sync.Mutex
+	ok, refused := map[string]bool{}, map[string]bool{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				time.Sleep(time.Millisecond) // the log itself must not fill the disk
+				ev := decision(g*10000+i, "api.anthropic.com", "ALLOW")
+				err := w.Append(ev)
+				mu.Lock()
+				if err == nil {
+					ok[ev.ID] = true
+				} else if errors.Is(err, ErrUnwritable) {
+					refused[ev.ID] = true
+				} else {
+					t.Error(err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	filler := filepath.Join(dir, "filler")
+	for range 3 {
+		fill(t, filler)
+		time.Sleep(30 * time.Millisecond)
+		os.Remove(filler)
+		time.Sleep(30 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	waitFor(t, "Healthy", func() bool { return w.Healthy() == nil })
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(ok) == 0 || len(refused) == 0 {
+		t.Fatalf("%d written, %d refused: the test did not exercise both", len(ok), len(refused))
+	}
+	rep, err := Verify(pub, path)
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify: %v %v", err, rep.Problem)
+	}
+	seen := 0
+	for _, l := range readLines(t, path) {
+		var ev Event
+		json.Unmarshal([]byte(l), &ev)
+		if ev.Kind != KindDecision {
+			continue
+		}
+		if refused[ev.ID] {
+			t.Fatalf("a refused record is in the log: %s", ev.ID)
+		}
+		if ok[ev.ID] {
+			seen++
+		}
+	}
+	if seen != len(ok) {
+		t.Fatalf("%d of %d acknowledged records in the log", seen, len(ok))
+	}
+	t.Logf("%d written, %d refused, %d lines", len(ok), len(refused), rep.Records)
 }
