@@ -282,14 +282,23 @@ func (e *Engine) decide(ctx context.Context, r *Request, actionClass string) (De
 
 // evaluate is Stage 2: Cedar on the candidate policies of the agent and the action class.
 func (e *Engine) evaluate(st *state, n *normalized, actionClass, provider string, now time.Time) verdict {
-	ents := &requestEntities{resource: resourceEntity(n, provider), actions: st.set.schema.actions}
+	c := st.set.candidates(n.agent, actionClass)
+	needContext, needResource := c.needs()
+	ents := &requestEntities{actions: st.set.schema.actions}
+	if needResource {
+		ents.resource = resourceEntity(n, provider)
+	} else {
+		ents.resource.UID = types.NewEntityUID(ResourceType, types.String(n.resource))
+	}
 	req := types.Request{
 		Principal: types.NewEntityUID(AgentType, types.String(n.agent)),
 		Action:    types.NewEntityUID(ActionType, types.String(actionClass)),
 		Resource:  ents.resource.UID,
-		Context:   contextRecord(n, now.UnixMilli()),
 	}
-	v := st.set.authorize(n.agent, actionClass, ents, req)
+	if needContext {
+		req.Context = contextRecord(n, now.UnixMilli())
+	}
+	v := st.set.authorizeCandidates(&c, ents, req)
 	if len(v.errs) > 0 {
 		e.log.Warn().Strs(logfields.Errors, v.errs).Str(logfields.Agent, n.agent).Str(logfields.Action, actionClass).
 			Str(logfields.Host, n.host).Msg("policy evaluation errors")

@@ -102,6 +102,9 @@ type policy struct {
 	forbid bool
 	named  bool // the id comes from an @id annotation
 	cedar  *cedar.Policy
+	// Whether the conditions read the context or the resource: when no candidate does, a decision
+	// skips building that record (the dearest part of a decision).
+	usesContext, usesResource bool
 }
 
 func (p *policy) position() string { return fmt.Sprintf("%s:%d:%d", p.file, p.line, p.column) }
@@ -254,6 +257,7 @@ func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 		pos := cp.Position()
 		line, col := effectPosition(f.data, pos)
 		p := &policy{file: f.path, line: line, column: col, forbid: cp.Effect() == cedar.Forbid, cedar: cp}
+		p.usesContext, p.usesResource = variablesUsed(cp)
 		effect := "permit"
 		if p.forbid {
 			effect = "forbid"
@@ -277,6 +281,21 @@ func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 		out = append(out, p)
 	}
 	return out, problems
+}
+
+// variablesUsed reports whether a policy's conditions mention context and resource. Scopes do not
+// read either record: they compare uids and walk entity parents.
+func variablesUsed(p *cedar.Policy) (usesContext, usesResource bool) {
+	for _, c := range p.AST().Conditions {
+		xast.Inspect(xast.NewNode(c.Body), func(n xast.IsNode) bool {
+			if v, ok := n.(xast.NodeTypeVariable); ok {
+				usesContext = usesContext || v.Name == "context"
+				usesResource = usesResource || v.Name == "resource"
+			}
+			return true
+		})
+	}
+	return usesContext, usesResource
 }
 
 func flatten(err error) []error {
@@ -478,6 +497,17 @@ func (s *Set) candidates(agent, action string) candidates {
 	return c
 }
 
+// needs reports whether any candidate reads the context or the resource's attributes.
+func (c *candidates) needs() (context, resource bool) {
+	for _, list := range c {
+		for _, p := range list {
+			context = context || p.usesContext
+			resource = resource || p.usesResource
+		}
+	}
+	return context, resource
+}
+
 // All makes candidates a cedar.PolicyIterator.
 func (c *candidates) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
 	return func(yield func(cedar.PolicyID, *cedar.Policy) bool) {
@@ -518,7 +548,11 @@ func (e *requestEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 // error must never be what lets a request through.
 func (s *Set) authorize(agent, action string, ents *requestEntities, req types.Request) verdict {
 	c := s.candidates(agent, action)
-	dec, diag := cedar.Authorize(&c, ents, req)
+	return s.authorizeCandidates(&c, ents, req)
+}
+
+func (s *Set) authorizeCandidates(c *candidates, ents *requestEntities, req types.Request) verdict {
+	dec, diag := cedar.Authorize(c, ents, req)
 	var v verdict
 	for _, e := range diag.Errors {
 		v.errs = append(v.errs, fmt.Sprintf("%s: %s", e.PolicyID, e.Message))
