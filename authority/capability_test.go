@@ -119,6 +119,7 @@ func TestCapabilityStoreOpenRefusesBadFiles(t *testing.T) {
 }
 
 func TestCapabilityHotReload(t *testing.T) {
+	t.Parallel()
 	key, pub, _ := newTestKey(t)
 	now := time.Now()
 	path := filepath.Join(t.TempDir(), "capability.toml")

@@ -325,15 +325,18 @@ func (c *Client) pollBundle(ctx context.Context) error {
 // acceptFreshness records a heartbeat for the current bundle.
 func (c *Client) acceptFreshness(fc *freshnessClaims, raw string, arrived time.Time, persist bool) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.bundle == nil || fc.Version != c.bundle.Version {
+		c.mu.Unlock()
 		return fmt.Errorf("%w: heartbeat for version %s, current is another", ErrBadBundle, fc.Version)
 	}
 	if fc.IssuedAt.Before(c.bundleIat) {
+		c.mu.Unlock()
 		return fmt.Errorf("%w: heartbeat older than one already seen (replayed?)", ErrBadBundle)
 	}
 	c.bundleIat = fc.IssuedAt
 	c.bundleFresh = contactTime(fc.IssuedAt, arrived)
+	c.mu.Unlock()
+	// Disk writes happen outside c.mu: Stale is on every decision's path.
 	if persist {
 		c.writeCache(cacheBundleFresh, []byte(raw+"\n"))
 	}
@@ -400,32 +403,39 @@ func (c *Client) pollRevocations(ctx context.Context) error {
 // acceptRevocations applies one signed page: a whole list (from 0) replaces the set, the next page
 // of the current list extends it, anything else is refused and the next poll refetches the list.
 func (c *Client) acceptRevocations(rc *revocationClaims, raw string, arrived time.Time, persist bool) error {
+	line := []byte(raw + "\n")
+	var save func()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if rc.IssuedAt.Before(c.revIat) {
+		c.mu.Unlock()
 		return errors.New("revocation list: page older than one already seen (replayed?)")
 	}
 	switch {
 	case rc.From == 0:
 		c.revs.replace(rc.Entries)
 		c.revEpoch, c.revNext = rc.Epoch, rc.Next
-		if persist {
-			c.writeCache(cacheRevocations, []byte(raw+"\n"))
-		}
+		save = func() { c.writeCache(cacheRevocations, line) }
 	case rc.Epoch == c.revEpoch && rc.From == c.revNext:
 		c.revs.add(rc.Entries)
 		c.revNext = rc.Next
-		if persist && len(rc.Entries) > 0 {
-			c.appendCache(cacheRevocations, []byte(raw+"\n"))
+		if len(rc.Entries) > 0 {
+			save = func() { c.appendCache(cacheRevocations, line) }
+		} else {
+			save = func() { c.writeCache(cacheRevocationFresh, line) }
 		}
 	default:
+		err := fmt.Errorf("revocation list: page [%d, %d) of %s does not follow [0, %d) of %s", rc.From, rc.Next, rc.Epoch, c.revNext, c.revEpoch)
 		c.revEpoch, c.revNext = "", 0 // refetch the whole list
-		return fmt.Errorf("revocation list: page [%d, %d) of %s does not follow [0, %d) of %s", rc.From, rc.Next, rc.Epoch, c.revNext, c.revEpoch)
+		c.mu.Unlock()
+		return err
 	}
 	c.revIat = rc.IssuedAt
 	c.revFresh = contactTime(rc.IssuedAt, arrived)
-	if persist && len(rc.Entries) == 0 && rc.From != 0 {
-		c.writeCache(cacheRevocationFresh, []byte(raw+"\n"))
+	c.mu.Unlock()
+	// Disk writes happen outside c.mu (Stale is on every decision's path); only this feed's
+	// goroutine writes these files, so their order is kept.
+	if persist {
+		save()
 	}
 	for _, r := range rc.Entries {
 		c.log.Info().Str(logfields.TokenID, r.TokenID).Str(logfields.Reason, r.Reason).Msg("revocation received")
@@ -492,11 +502,15 @@ func (c *Client) loadCache() {
 			bad(cacheBundle, err)
 		} else if lines := read(cacheBundleFresh); len(lines) == 1 {
 			fc, err := verifyFreshness(c.pub, lines[0])
-			if err == nil {
-				err = c.acceptFreshness(fc, lines[0], fc.IssuedAt, false)
-			}
-			if err != nil {
+			switch {
+			case err != nil:
 				bad(cacheBundleFresh, err)
+			case fc.Version != b.Version || fc.IssuedAt.Before(b.IssuedAt):
+				// A heartbeat from before the cached bundle arrived: the bundle says more.
+			default:
+				if err := c.acceptFreshness(fc, lines[0], fc.IssuedAt, false); err != nil {
+					bad(cacheBundleFresh, err)
+				}
 			}
 		}
 	}

@@ -108,6 +108,7 @@ log_level = "info"
 `
 
 func TestProcessGuideStep3AndAuthority(t *testing.T) {
+	t.Parallel()
 	const ttl = 3
 	work := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(work, ".local"), 0o755); err != nil {

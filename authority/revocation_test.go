@@ -57,6 +57,7 @@ func TestAppendRevocation(t *testing.T) {
 }
 
 func TestRevocationFileReloads(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "revocations.txt")
 	rf, err := OpenRevocationFile(path, testLogger(t)) // does not exist yet
 	if err != nil {

@@ -226,6 +226,7 @@ func TestNewServerRefusesBrokenPolicyDir(t *testing.T) {
 }
 
 func TestClientFollowsAuthority(t *testing.T) {
+	t.Parallel()
 	cfg := authorityFiles(t, 60)
 	a := startAuthority(t, cfg)
 	client, adopted, _ := startClient(t, a.url, PublicKeyPath(cfg.KeyFile), t.TempDir())
@@ -289,6 +290,7 @@ func TestClientFollowsAuthority(t *testing.T) {
 // reports stale; a restarted client with the authority still down restores the same view from its
 // cache, deadline included.
 func TestClientStaleAfterTTL(t *testing.T) {
+	t.Parallel()
 	const ttl = 3 * time.Second
 	cfg := authorityFiles(t, int64(ttl/time.Second))
 	a := startAuthority(t, cfg)
@@ -332,6 +334,7 @@ func TestClientStaleAfterTTL(t *testing.T) {
 }
 
 func TestClientRejectsForeignAuthority(t *testing.T) {
+	t.Parallel()
 	cfg := authorityFiles(t, 60)
 	a := startAuthority(t, cfg)
 	_, _, otherPubDir := newTestKey(t)
@@ -347,6 +350,7 @@ func TestClientRejectsForeignAuthority(t *testing.T) {
 }
 
 func TestClientCacheTamperIgnored(t *testing.T) {
+	t.Parallel()
 	cfg := authorityFiles(t, 60)
 	a := startAuthority(t, cfg)
 	cache := t.TempDir()
