@@ -146,21 +146,31 @@ func scanEnd(path string) (fileEnd, error) {
 	}
 }
 
-// firstLine returns the first complete line of path, or nil when it has none.
-func firstLine(path string) (*lineInfo, error) {
+// readFirstLine returns the first line of path without its "\n"; complete is false when the file
+// ends before a newline (line is then what there is, empty for an empty file).
+func readFirstLine(path string) (line []byte, complete bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer f.Close()
-	line, err := bufio.NewReaderSize(f, 64<<10).ReadBytes('\n')
+	line, err = bufio.NewReaderSize(f, 64<<10).ReadBytes('\n')
 	if errors.Is(err, io.EOF) {
-		return nil, nil
+		return line, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
+		return nil, false, fmt.Errorf("reading %s: %w", path, err)
 	}
-	info, err := parseLineInfo(line[:len(line)-1])
+	return line[:len(line)-1], true, nil
+}
+
+// firstLine returns the first complete line of path, or nil when it has none.
+func firstLine(path string) (*lineInfo, error) {
+	line, complete, err := readFirstLine(path)
+	if err != nil || !complete {
+		return nil, err
+	}
+	info, err := parseLineInfo(line)
 	if err != nil {
 		return nil, fmt.Errorf("%s:1: not an audit record: %w", path, err)
 	}

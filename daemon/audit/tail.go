@@ -341,12 +341,10 @@ func rotatedTwin(live string, fi os.FileInfo) string {
 
 // firstTime is the time of path's first record (zero when unknown).
 func firstTime(path string) time.Time {
-	f, err := os.Open(path)
+	line, _, err := readFirstLine(path)
 	if err != nil {
 		return time.Time{}
 	}
-	defer f.Close()
-	line, _ := bufio.NewReaderSize(f, 64<<10).ReadBytes('\n')
 	var ev struct {
 		Time time.Time `json:"time"`
 	}

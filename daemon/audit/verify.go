@@ -173,22 +173,17 @@ func (v *verifier) order(files []string) ([]string, error) {
 			return nil, fmt.Errorf("verifying audit log: %s given twice (as %s)", f, other)
 		}
 		seen[abs] = f
-		fh, err := os.Open(f)
+		line, complete, err := readFirstLine(f)
 		if err != nil {
 			return nil, fmt.Errorf("verifying audit log: %w", err)
 		}
-		line, err := bufio.NewReader(fh).ReadBytes('\n')
-		fh.Close()
-		if len(line) == 0 && errors.Is(err, io.EOF) {
+		if len(line) == 0 && !complete {
 			v.report.Notes = append(v.report.Notes, fmt.Sprintf("%s is empty", f))
 			continue
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("verifying audit log: reading %s: %w", f, err)
-		}
 		var r record
-		if jerr := json.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &r); jerr != nil || r.Seq == 0 {
-			if err != nil {
+		if jerr := json.Unmarshal(line, &r); jerr != nil || r.Seq == 0 {
+			if !complete {
 				v.fail(f, 1, 0, ProblemTruncated, "the file ends inside its first line")
 			} else {
 				v.fail(f, 1, 0, ProblemMalformed, "not an audit record, so the file cannot be put in chain order")
@@ -401,51 +396,47 @@ func (v *verifier) accept(fi, n int, r record, body []byte) bool {
 }
 
 // lineAfter returns the line after line n of file fi, in that file or the next.
-func (v *verifier) lineAfter(fi, n int) ([]byte, bool) {
-	for i := fi; i < len(v.files) && i <= fi+1; i++ {
-		f, err := os.Open(v.files[i])
-		if err != nil {
-			return nil, false
-		}
-		br := bufio.NewReaderSize(f, 256<<10)
-		for k := 1; ; k++ {
-			raw, err := br.ReadBytes('\n')
-			if err != nil {
-				break
-			}
-			if i > fi || k > n {
-				f.Close()
-				return raw, true
-			}
-		}
-		f.Close()
-	}
-	return nil, false
+func (v *verifier) lineAfter(fi, n int) (next []byte, ok bool) {
+	v.scanAfter(fi, n, func(_ string, _ int, raw []byte) bool {
+		next, ok = raw, true
+		return true
+	})
+	return next, ok
 }
 
-// find looks for a line with seq at or after line n of file fi, and returns where it is ("" if
-// nowhere): it tells a reordered line from a removed one.
-func (v *verifier) find(fi, n int, seq uint64) string {
+// find looks for a line with seq after line n of file fi, and returns where it is ("" if nowhere):
+// it tells a reordered line from a removed one.
+func (v *verifier) find(fi, n int, seq uint64) (at string) {
+	v.scanAfter(fi, n, func(file string, k int, raw []byte) bool {
+		var r record
+		if json.Unmarshal(raw, &r) == nil && r.Seq == seq {
+			at = fmt.Sprintf("%s:%d", file, k)
+			return true
+		}
+		return false
+	})
+	return at
+}
+
+// scanAfter calls fn for each complete line after line n of file fi, through the remaining files,
+// until fn returns true. It runs only after a problem was found, so it rereads the files.
+func (v *verifier) scanAfter(fi, n int, fn func(file string, line int, raw []byte) bool) {
 	for i := fi; i < len(v.files); i++ {
 		f, err := os.Open(v.files[i])
 		if err != nil {
-			return ""
+			return
 		}
 		br := bufio.NewReaderSize(f, 256<<10)
 		for k := 1; ; k++ {
 			raw, err := br.ReadBytes('\n')
-			if len(raw) > 0 && (i > fi || k > n) {
-				var r record
-				if json.Unmarshal(raw, &r) == nil && r.Seq == seq {
-					f.Close()
-					return fmt.Sprintf("%s:%d", v.files[i], k)
-				}
-			}
 			if err != nil {
 				break
+			}
+			if (i > fi || k > n) && fn(v.files[i], k, raw[:len(raw)-1]) {
+				f.Close()
+				return
 			}
 		}
 		f.Close()
 	}
-	return ""
 }
