@@ -15,6 +15,9 @@ const (
 // MethodConnect marks a connection-level intent: the sidecar knows a name and a port, not a request.
 const MethodConnect = "CONNECT"
 
+// MethodDNS marks a name lookup through the sidecar's resolver: Host is the queried name, Port 53.
+const MethodDNS = "DNS"
+
 // Request is one intent to judge. The daemon fills it from kernel-attested identity and what it
 // sniffed; Decide normalizes Host and Path before anything matches them.
 type Request struct {

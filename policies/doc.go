@@ -17,7 +17,9 @@
 //     default_protected, else PASSTHROUGH, and nothing further runs;
 //  3. Stage 1: with Request.Capability set, Authorize(agent, action class, resource, now), where
 //     resource is the normalized host+path without port or query ("api.anthropic.com/v1/messages",
-//     or "api.anthropic.com" for CONNECT and DNS); an error denies with "capability: <error>";
+//     or "api.anthropic.com" for CONNECT and DNS); an error denies with "capability: <error>" and
+//     no token id (MatchedPolicies still lists the forbids that match, so an audit query for a
+//     forbid finds every request it covers);
 //  4. Stage 2: Cedar on the policies indexed under the agent and the action class. Default deny,
 //     forbid beats permit, a forbid that fails to evaluate denies. MatchedPolicies are the
 //     determining ids: the forbids for a forbid-deny, the permits for an allow, none for a default

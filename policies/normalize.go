@@ -12,9 +12,6 @@ import (
 	"github.com/cedar-policy/cedar-go/types"
 )
 
-// MethodDNS marks a name lookup through the sidecar's resolver: Host is the queried name, Port 53.
-const MethodDNS = "DNS"
-
 // errMalformed prefixes what normalize refuses; the decision reason is its text.
 var errMalformed = errors.New("malformed request")
 

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 
 	cedar "github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
@@ -57,12 +59,11 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 	var s schema.Schema
 	s.SetFilename(name)
 	if err := s.UnmarshalCedar(data); err != nil {
-		// The parser's errors already start with "name:line:col".
-		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+		return nil, newLoadError(ErrInvalidSchema, []Problem{schemaProblem(name, err)})
 	}
 	res, err := s.Resolve()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSchema, name, err)
+		return nil, newLoadError(ErrInvalidSchema, []Problem{{File: name, Msg: err.Error()}})
 	}
 	out := &Schema{
 		name:      name,
@@ -72,8 +73,12 @@ func ParseSchema(name string, data []byte) (*Schema, error) {
 		actions:   types.EntityMap{},
 		within:    map[types.EntityUID][]string{},
 	}
-	if err := out.check(); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSchema, name, err)
+	if errs := out.check(); len(errs) > 0 {
+		problems := make([]Problem, len(errs))
+		for i, err := range errs {
+			problems[i] = Problem{File: name, Msg: err.Error()}
+		}
+		return nil, newLoadError(ErrInvalidSchema, problems)
 	}
 	out.index()
 	return out, nil
@@ -102,15 +107,27 @@ var requiredResource = map[types.String]resolved.IsType{
 	"port":   resolved.LongType{},
 }
 
+// schemaPos matches the "name:line:col: " the schema parser starts its messages with.
+var schemaPos = regexp.MustCompile(`^(.*):(\d+):(\d+): (.*)$`)
+
+func schemaProblem(name string, err error) Problem {
+	if m := schemaPos.FindStringSubmatch(err.Error()); m != nil && m[1] == name {
+		line, _ := strconv.Atoi(m[2])
+		col, _ := strconv.Atoi(m[3])
+		return Problem{File: name, Line: line, Column: col, Msg: m[4]}
+	}
+	return Problem{File: name, Msg: err.Error()}
+}
+
 // check refuses a schema that firma's requests would not satisfy, so that a replaced schema fails at
 // load instead of making every decision an evaluation error.
-func (s *Schema) check() error {
+func (s *Schema) check() []error {
 	if _, ok := s.resolved.Entities[AgentType]; !ok {
-		return fmt.Errorf("entity type %s is not declared", AgentType)
+		return []error{fmt.Errorf("entity type %s is not declared", AgentType)}
 	}
 	res, ok := s.resolved.Entities[ResourceType]
 	if !ok {
-		return fmt.Errorf("entity type %s is not declared", ResourceType)
+		return []error{fmt.Errorf("entity type %s is not declared", ResourceType)}
 	}
 	var errs []error
 	for name, want := range requiredResource {
@@ -148,7 +165,7 @@ func (s *Schema) check() error {
 	}
 	sort.Strings(s.classes)
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
-	return errors.Join(errs...)
+	return errs
 }
 
 // index computes the action hierarchy once: every action's ancestors and every group's members.

@@ -4,6 +4,5 @@ package logfields
 const (
 	PolicySource = "policy_source" // "embedded", "authority bundle" or the policy dir
 	Rules        = "rules_path"
-	Schema       = "schema"
 	Errors       = "errors"
 )
