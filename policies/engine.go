@@ -72,6 +72,14 @@ func New(cfg Config, mapping MappingConfig, log zerolog.Logger) (*Engine, error)
 	return e, nil
 }
 
+// CheckConfig loads everything cfg and mapping name, exactly as New does, without building an
+// engine: `firma check config` uses it. A problem in a file is a *LoadError naming file and line.
+func CheckConfig(cfg Config, mapping MappingConfig) error {
+	e := &Engine{cfg: cfg, mapping: mapping}
+	_, err := e.load(nil)
+	return err
+}
+
 // Version is a content hash of the active schema, policy set, mapping rules and default_protected.
 func (e *Engine) Version() string { return e.active.Load().version }
 

@@ -284,6 +284,9 @@ func TestNewFailsOnBadInput(t *testing.T) {
 		if _, err := New(tc.cfg, tc.m, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v, %+v): %v, want %q", tc.cfg, tc.m, err, tc.want)
 		}
+		if err := CheckConfig(tc.cfg, tc.m); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckConfig(%+v, %+v): %v, want %q", tc.cfg, tc.m, err, tc.want)
+		}
 	}
 }
 
