@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -98,7 +99,7 @@ func DefaultConfig() Config {
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
 		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
-		Audit:       audit.Config{FilePath: "audit.jsonl"},
+		Audit:       audit.DefaultConfig(),
 	}
 }
 
@@ -115,8 +116,10 @@ func (c *Config) Validate() error {
 		if c.Transparent.Cgroup == "" || !cgroupPathOK(c.Transparent.Cgroup) {
 			bad("transparent.cgroup", "%q is not a relative cgroup path", c.Transparent.Cgroup)
 		}
-		if c.Transparent.PinDir == "" {
-			bad("transparent.pin_dir", "must be set")
+		if c.Transparent.PinDir == "" || !filepath.IsAbs(c.Transparent.PinDir) {
+			bad("transparent.pin_dir", "%q is not an absolute path", c.Transparent.PinDir)
+		} else if strings.Contains(filepath.Base(c.Transparent.PinDir), ".") {
+			bad("transparent.pin_dir", "%q: bpffs refuses names that contain a '.'", c.Transparent.PinDir)
 		}
 		if c.Transparent.DNSPort != 0 && c.Transparent.DNSPort == c.Transparent.Port {
 			bad("transparent.dns_port", "must differ from transparent.port")
@@ -165,8 +168,8 @@ func (c *Config) Validate() error {
 	if c.Upstream.DialTimeout <= 0 {
 		bad("upstream.dial_timeout", "must be positive")
 	}
-	if c.Audit.FilePath == "" {
-		bad("audit.file_path", "must be set")
+	if err := c.Audit.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("sidecar.%w", err))
 	}
 	return errors.Join(errs...)
 }

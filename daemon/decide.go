@@ -59,6 +59,7 @@ type intent struct {
 	sni       string
 	note      string // extra reason text for sidecar-made records (e.g. fallback)
 	refuse    string // the sidecar refuses by itself, with this reason, without asking the policy
+	qtype     string // DNS query type, recorded as the DNS record's resource.method
 }
 
 // verdict is a decision plus the audit record that carries it.
@@ -139,6 +140,9 @@ func (s *Sidecar) event(f *flow, in intent, d policies.Decision) *audit.Event {
 		}
 	} else if in.port != 0 {
 		resource.Host = hostPort(in.host, in.port)
+	}
+	if in.mode == modeDNS {
+		resource.Method = in.qtype
 	}
 	var action *string
 	if d.ActionClass != "" {

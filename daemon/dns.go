@@ -94,7 +94,7 @@ func (d *dnsServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	name := strings.TrimSuffix(strings.ToLower(q.Name), ".")
 	ctx := context.Background()
 	v := d.s.decide(ctx, f, intent{method: policies.MethodDNS, host: name, port: int(origin.Dst.Port()),
-		transport: "dns", mode: modeDNS})
+		transport: "dns", mode: modeDNS, qtype: dns.TypeToString[q.Qtype]})
 	if !v.allowed() {
 		d.reply(w, req, dns.RcodeRefused)
 		return

@@ -8,13 +8,13 @@ import (
 	"testing"
 
 	"github.com/openfirma/firma/daemon/audit"
-	"github.com/openfirma/firma/internal/testutil"
+	"github.com/openfirma/firma/internal/e2e"
 )
 
 // Every client stack resolves through the redirected resolver and connects with no proxy
 // variable; each must reach the allowed host and be refused the denied one.
 func TestClientsInCgroup(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	denied := w.denied.Addr.Addr().String()
 	clients := []struct {
 		name string
@@ -39,7 +39,7 @@ https.get("https://allowed.test/node", {ca}, res => {
     s.on("error", () => console.log("refused"));
   });
 }).on("error", e => console.log("error " + e.message));`, w.ca.CertFile, denied)}},
-		{"go", []string{testutil.Binary(t, "httpclient"), "-cacert", w.ca.CertFile, "-resolve", "denied.test:443:" + denied,
+		{"go", []string{e2e.Binary(t, "httpclient"), "-cacert", w.ca.CertFile, "-resolve", "denied.test:443:" + denied,
 			"https://allowed.test/go", "https://denied.test/"}},
 	}
 	for _, c := range clients {
@@ -66,7 +66,7 @@ https.get("https://allowed.test/node", {ca}, res => {
 // Plain HTTP is judged per request: on one keep-alive connection an allowed request, a denied one,
 // then an allowed one again.
 func TestPlainHTTPJudgedPerRequest(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	out, err := w.Run(t, "python3", "-c", `import http.client
 c = http.client.HTTPConnection("plain.test", 80, timeout=10)
 for p in ["/ok", "/secret/key", "/ok2"]:
@@ -96,8 +96,8 @@ print("socket reused:", c.sock is not None)`)
 
 // A ClientHello dribbled out a few bytes per TCP segment is still read whole and judged by SNI.
 func TestClientHelloSplitAcrossSegments(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
-	out, err := w.Run(t, testutil.Binary(t, "httpclient"), "-cacert", w.ca.CertFile, "-split", "40", "-delay", "15ms",
+	w := newWorld(t, e2e.SidecarOptions{})
+	out, err := w.Run(t, e2e.Binary(t, "httpclient"), "-cacert", w.ca.CertFile, "-split", "40", "-delay", "15ms",
 		"https://allowed.test/split")
 	if err != nil || strings.TrimSpace(out) != "200 hello from allowed /split" {
 		t.Fatalf("%v: %q\n%s", err, out, w.Logs())
@@ -111,7 +111,7 @@ func TestClientHelloSplitAcrossSegments(t *testing.T) {
 // The explicit proxy serves the guides' `curl --proxy http://127.0.0.1:8080` on hosts without
 // eBPF, and a process inside an enforced cgroup that uses it keeps its kernel identity.
 func TestExplicitProxy(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	proxy := fmt.Sprintf("http://127.0.0.1:%d", w.ProxyPort)
 
 	// From inside the cgroup: redirected, served as a proxy, judged as test-agent.
@@ -128,7 +128,7 @@ func TestExplicitProxy(t *testing.T) {
 		t.Fatalf("inside, denied path: %q", out)
 	}
 	ev := w.WaitEvent(t, "proxy CONNECT", func(ev audit.Event) bool {
-		return decisionFor("allowed.test")(ev) && ev.Envelope.Agent.AgentID == testutil.AgentID && ev.Envelope.Agent.Comm == "curl"
+		return decisionFor("allowed.test")(ev) && ev.Envelope.Agent.AgentID == e2e.AgentID && ev.Envelope.Agent.Comm == "curl"
 	})
 	if ev.Decision.Outcome != "ALLOW" || ev.Envelope.Transport.SNI != "allowed.test" {
 		t.Fatalf("record = %+v %+v", ev.Envelope, ev.Decision)
@@ -149,7 +149,7 @@ func TestExplicitProxy(t *testing.T) {
 // The kernel gives the agent its original peer back, and the ways around connect(2) that a
 // program might try are refused or redirected all the same.
 func TestBypassAttempts(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	allowed := w.allowed.Addr.Addr().String()
 	script := fmt.Sprintf(`import socket, ssl
 # getpeername reports the address the agent asked for, not the sidecar.
@@ -188,7 +188,7 @@ for port in (443, 8443):
 
 // DNS over UDP and TCP is redirected, judged by name, and answered.
 func TestDNSJudgedByName(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	out, err := w.Run(t, "python3", "-c", `import socket, struct
 def q(name, tcp=False):
     hdr = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)

@@ -14,20 +14,21 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/e2e"
 	"github.com/openfirma/firma/internal/testutil"
 )
 
 // world is a sidecar with fake upstreams: allowed.test (HTTPS), denied.test (HTTPS) and plain.test
 // (HTTP), each on its own loopback address, named through [sidecar.upstream] resolve.
 type world struct {
-	*testutil.Sidecar
+	*e2e.Sidecar
 	ca      *testutil.CA
 	allowed *testutil.Upstream
 	denied  *testutil.Upstream
 	plain   *testutil.Upstream
 }
 
-func newWorld(t *testing.T, opts testutil.SidecarOptions) *world {
+func newWorld(t *testing.T, opts e2e.SidecarOptions) *world {
 	t.Helper()
 	testutil.RequireRoot(t)
 	w := &world{ca: testutil.NewCA(t, "firma e2e upstream CA")}
@@ -41,7 +42,7 @@ func newWorld(t *testing.T, opts testutil.SidecarOptions) *world {
 	opts.Resolve["denied.test"] = w.denied.Addr.Addr().String()
 	opts.Resolve["plain.test"] = w.plain.Addr.Addr().String()
 	opts.UpstreamCA = w.ca.CertFile
-	w.Sidecar = testutil.NewSidecar(t, opts)
+	w.Sidecar = e2e.NewSidecar(t, opts)
 	return w
 }
 
@@ -70,7 +71,7 @@ func decisionFor(host string) func(audit.Event) bool {
 }
 
 func TestAllowedHostsReachUpstream(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 
 	out, err := w.curl(t, "https://allowed.test/hello")
 	if err != nil || out != "hello from allowed /hello\n" {
@@ -101,7 +102,7 @@ func TestAllowedHostsReachUpstream(t *testing.T) {
 }
 
 func TestDeniedHostNeverReachesUpstream(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 
 	// The name does not even resolve: the lookup is judged like the connection would be.
 	start := time.Now()
@@ -143,7 +144,7 @@ func TestDeniedHostNeverReachesUpstream(t *testing.T) {
 }
 
 func TestArbitraryIPWithAllowedSNIReachesResolvedAddress(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	// The agent asks for the denied upstream's address with the allowed host's SNI.
 	resolve := fmt.Sprintf("allowed.test:443:%s", w.denied.Addr.Addr())
 	out, err := w.curl(t, "--resolve", resolve, "https://allowed.test/x")
@@ -160,7 +161,7 @@ func TestArbitraryIPWithAllowedSNIReachesResolvedAddress(t *testing.T) {
 }
 
 func TestIPv6AndMappedDestinationsRedirected(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	for _, target := range []string{"[2001:db8::7]", "[::ffff:198.51.100.7]"} {
 		out, err := w.curl(t, "--resolve", "allowed.test:443:"+target, "https://allowed.test/v6")
 		if err != nil || out != "hello from allowed /v6\n" {
@@ -181,7 +182,7 @@ func TestIPv6AndMappedDestinationsRedirected(t *testing.T) {
 }
 
 func TestOutsideCgroupUntouchedAndDirectDialRefused(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	// From the test process (outside the enforced cgroup) the upstream is reached directly.
 	c, err := net.Dial("tcp", w.plain.Addr.String())
 	if err != nil {
@@ -221,7 +222,7 @@ except OSError as e:
 }
 
 func TestSidecarCrashFailsClosedAndRestartReusesPins(t *testing.T) {
-	w := newWorld(t, testutil.SidecarOptions{})
+	w := newWorld(t, e2e.SidecarOptions{})
 	if out, err := w.curl(t, "https://allowed.test/before"); err != nil {
 		t.Fatalf("before: %v %q", err, out)
 	}
@@ -250,7 +251,7 @@ func TestSidecarCrashFailsClosedAndRestartReusesPins(t *testing.T) {
 }
 
 func TestBadConfigExitsNamingFileAndLine(t *testing.T) {
-	bin := testutil.Binary(t, "firma")
+	bin := e2e.Binary(t, "firma")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "firma.toml")
 	os.WriteFile(cfg, []byte("[sidecar]\nlog_level = \"info\"\n\n[sidecar.transparent]\nprot = 1\n"), 0o600)
@@ -278,8 +279,8 @@ func assertDecision(t *testing.T, ev audit.Event, outcome, mode, host string) {
 		t.Errorf("mode/host = %s %s, want %s %s", ev.Envelope.Transport.Mode, ev.Envelope.Intent.Resource.Host, mode, host)
 	}
 	a := ev.Envelope.Agent
-	if a.AgentID != testutil.AgentID || a.PID <= 0 || a.Cgroup == "" {
-		t.Errorf("agent = %+v, want %s with pid and cgroup", a, testutil.AgentID)
+	if a.AgentID != e2e.AgentID || a.PID <= 0 || a.Cgroup == "" {
+		t.Errorf("agent = %+v, want %s with pid and cgroup", a, e2e.AgentID)
 	}
 }
 

@@ -1,6 +1,8 @@
 //go:build linux
 
-package testutil
+// Package e2e runs the real firma binary for end-to-end tests: a sidecar process with programs
+// attached to a fresh cgroup, and clients run inside it. Test code only.
+package e2e
 
 import (
 	"bufio"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // AgentID is the identity the harness gives its agent cgroup.
@@ -45,7 +48,7 @@ func Binary(tb testing.TB, name string) string {
 		if buildErr != nil {
 			return
 		}
-		for out, pkg := range map[string]string{"firma": "./cmd/firma", "httpclient": "./internal/testutil/cmd/httpclient"} {
+		for out, pkg := range map[string]string{"firma": "./cmd/firma", "httpclient": "./internal/e2e/cmd/httpclient"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, out), pkg)
 			cmd.Dir = root
 			if b, err := cmd.CombinedOutput(); err != nil {
@@ -128,8 +131,8 @@ type Sidecar struct {
 	ConfigPath string
 	AuditPath  string
 	PinDir     string
-	Parent     *Cgroup // the enforced parent ([sidecar.transparent] cgroup)
-	Agent      *Cgroup // Parent/<rand>, the agent AgentID
+	Parent     *testutil.Cgroup // the enforced parent ([sidecar.transparent] cgroup)
+	Agent      *testutil.Cgroup // Parent/<rand>, the agent AgentID
 	Port       uint16
 	DNSPort    uint16
 	ProxyPort  uint16
@@ -144,11 +147,11 @@ type Sidecar struct {
 // NewSidecar writes a config and starts a sidecar with it, waiting until it logs "sidecar ready".
 func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 	tb.Helper()
-	RequireRoot(tb)
+	testutil.RequireRoot(tb)
 	s := &Sidecar{Bin: Binary(tb, "firma"), Dir: tb.TempDir(), opts: opts}
-	s.Parent = NewCgroup(tb, nil)
-	s.Agent = NewCgroup(tb, s.Parent)
-	s.Port, s.DNSPort, s.ProxyPort = FreePort(tb), FreePort(tb), FreePort(tb)
+	s.Parent = testutil.NewCgroup(tb, nil)
+	s.Agent = testutil.NewCgroup(tb, s.Parent)
+	s.Port, s.DNSPort, s.ProxyPort = testutil.FreePort(tb), testutil.FreePort(tb), testutil.FreePort(tb)
 	s.PinDir = "/sys/fs/bpf/" + filepath.Base(s.Parent.Path)
 	s.AuditPath = filepath.Join(s.Dir, "audit.jsonl")
 	s.ConfigPath = filepath.Join(s.Dir, "firma.toml")
@@ -248,7 +251,7 @@ func (s *Sidecar) Start(tb testing.TB) {
 	s.stderr = &lockedBuffer{}
 	cmd := exec.Command(s.Bin, "sidecar", "-c", s.ConfigPath)
 	cmd.Dir = s.Dir
-	cmd.Env = append(CleanEnv(), s.opts.Env...)
+	cmd.Env = append(testutil.CleanEnv(), s.opts.Env...)
 	cmd.Stdout = s.stderr
 	cmd.Stderr = s.stderr
 	if err := cmd.Start(); err != nil {

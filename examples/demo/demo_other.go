@@ -1,0 +1,14 @@
+//go:build !linux
+
+package demo
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Run needs Linux: the demo attaches eBPF programs to a cgroup.
+func Run(context.Context, io.Writer, bool) error {
+	return errors.New("firma demo needs Linux with cgroup v2 and eBPF")
+}
