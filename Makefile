@@ -35,6 +35,12 @@ demo: build
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/firma
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/firma
+	for u in systemd/firma-sidecar.service systemd/firma-authority.service systemd/firma-agents.slice; do \
+		sed 's|/usr/local/bin/firma|$(PREFIX)/bin/firma|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	@echo "installed; run 'systemctl daemon-reload', write /etc/firma/firma.toml, then 'systemctl enable --now firma-sidecar'"
 
 clean:
 	rm -f $(BIN)
