@@ -15,14 +15,16 @@ import (
 
 // benchPolicies writes n policies spread over n/10 agents and every action class: nine in ten are
 // agent-bound permits with a host condition, one in ten an unbound forbid, as a large deployment's
-// set would look. The first permits the benchmark request.
+// set would look. The first permits the benchmark request; the second reads the context.
 func benchPolicies(n int) map[string][]byte {
 	classes := EmbeddedSchema().ActionClasses()
 	agents := max(1, n/10)
 	var b strings.Builder
-	// The benchmark request's own permit, so that every size has one.
+	// The benchmark request's own permit, so that every size has one, and an unbound forbid that
+	// reads the context, so that every decision builds the full Cedar request.
 	b.WriteString(`permit (principal == Firma::Agent::"agent-0", action == Firma::Action::"model.inference.chat", resource) when { resource.host == "api.anthropic.com" };` + "\n")
-	for i := 1; i < n; i++ {
+	b.WriteString(`forbid (principal, action, resource) when { context.uid == 0 && context.exe like "*/sh" };` + "\n")
+	for i := 2; i < n; i++ {
 		class := classes[i%len(classes)]
 		if i%10 == 9 {
 			fmt.Fprintf(&b, "forbid (principal, action == Firma::Action::%q, resource) when { resource.host == \"blocked%d.example\" };\n", class, i)

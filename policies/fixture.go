@@ -238,6 +238,10 @@ func (f *FixtureFile) Run(ctx context.Context, e *Engine) ([]FixtureResult, erro
 	out := make([]FixtureResult, 0, len(f.Cases))
 	for i := range f.Cases {
 		c := &f.Cases[i]
+		if c.Action != "" && !e.Set().Schema().HasActionClass(c.Action) {
+			return out, fmt.Errorf("%w: %s:%d: %s: action %q is not an action class of %s",
+				ErrInvalidFixture, f.Path, c.Line, c.Name, c.Action, e.Set().Schema().Name())
+		}
 		r := c.request
 		got, err := e.decide(ctx, &r, c.Action)
 		if err != nil {

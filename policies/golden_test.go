@@ -208,3 +208,16 @@ expect_policies = ["nope"]
 		t.Fatalf("want 4 mismatches, got %+v", res)
 	}
 }
+
+func TestFixtureUnknownAction(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.toml")
+	os.WriteFile(path, []byte("[[case]]\nprincipal = \"a\"\nmethod = \"GET\"\nhost = \"x.com\"\naction = \"web.requests\"\nexpect = \"DENY\"\n"), 0o644)
+	f, err := LoadFixtures(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := f.Engine(zerolog.Nop())
+	if _, err := f.Run(context.Background(), e); !errors.Is(err, ErrInvalidFixture) || !strings.Contains(err.Error(), `x.toml:1: case 1 (line 1): action "web.requests" is not an action class`) {
+		t.Errorf("got %v", err)
+	}
+}
