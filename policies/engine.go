@@ -61,7 +61,7 @@ type state struct {
 // defaults) and returns an engine deciding with them. A problem in any file is an error naming the
 // file and the line.
 func New(cfg Config, mapping MappingConfig, log zerolog.Logger) (*Engine, error) {
-	e := &Engine{cfg: cfg, mapping: mapping, log: log.With().Str(logfields.Component, "policies").Logger(), now: time.Now}
+	e := &Engine{cfg: cfg, mapping: mapping, log: log, now: time.Now}
 	st, err := e.load(nil)
 	if err != nil {
 		return nil, err
