@@ -13,7 +13,7 @@ import (
 // Config is the [run] section of firma.toml.
 //
 //	[run]
-//	sidecar = "/run/firma/control.sock" # control socket ("" = the default)
+//	sidecar = "/run/firma/control.sock" # control socket ("" = [sidecar.control] socket, else this)
 //	cgroup = ""                         # parent for agent cgroups ("" = the sidecar's enforced parent)
 //	profile = "generic"                 # profile when --profile is not given
 //	stop_timeout_seconds = 10           # after forwarding SIGTERM/SIGINT/SIGHUP/SIGQUIT, kill after this
@@ -91,7 +91,6 @@ func builtinProfiles() map[string]Profile {
 // DefaultConfig returns the defaults that apply to keys a file leaves out.
 func DefaultConfig() Config {
 	return Config{
-		Sidecar:            control.DefaultSocket,
 		Profile:            "generic",
 		StopTimeoutSeconds: 10,
 		Profiles:           builtinProfiles(),
@@ -129,10 +128,13 @@ func (p Profile) validate(key string) []error {
 	bad := func(k, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("run.%s.%s: %s", key, k, fmt.Sprintf(format, a...)))
 	}
-	for field, paths := range map[string][]string{"read_only": p.ReadOnly, "mask": p.Mask} {
-		for i, q := range paths {
+	for _, f := range []struct {
+		key   string
+		paths []string
+	}{{"read_only", p.ReadOnly}, {"mask", p.Mask}} {
+		for i, q := range f.paths {
 			if !path.IsAbs(q) && q != "~" && !strings.HasPrefix(q, "~/") {
-				bad(fmt.Sprintf("%s[%d]", field, i), "%q is neither absolute nor under ~/", q)
+				bad(fmt.Sprintf("%s[%d]", f.key, i), "%q is neither absolute nor under ~/", q)
 			}
 		}
 	}

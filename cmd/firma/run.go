@@ -52,7 +52,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.Profile, "profile", "", "profile: generic, codex, claude-code, or one from [run.profiles] (default [run] profile, else generic)")
 	fs.StringVar(&opts.AgentID, "agent-id", "", "agent id (default: the capability's agent_id, else the profile's)")
 	fs.StringVar(&opts.CapabilityFile, "capability-file", "", "capability TOML from `firma authority issue --output`")
-	fs.StringVar(&opts.Sidecar, "sidecar", "", "sidecar control socket (default [run] sidecar, else /run/firma/control.sock)")
+	fs.StringVar(&opts.Sidecar, "sidecar", "", "sidecar control socket (default [run] sidecar, else [sidecar.control] socket, else /run/firma/control.sock)")
 	fs.StringVar(&opts.Cgroup, "cgroup", "", "parent cgroup for the agent, relative to the cgroup2 mount; must be at or below the sidecar's enforced parent")
 	fs.StringVar(&opts.User, "user", "", "run the agent as this user (name, uid or uid:gid)")
 	logLevel := fs.String("log-level", "warn", "firma run's own log level (debug, info, warn, error)")
@@ -87,6 +87,9 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		cfg = fc.Run
+		if cfg.Sidecar == "" {
+			cfg.Sidecar = fc.Sidecar.Control.Socket // the socket the same file tells the sidecar to serve
+		}
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%s: %w", configName(path), err)
