@@ -24,7 +24,8 @@ type Info struct {
 	// Version is the sidecar's version string.
 	Version string `json:"version"`
 	// Cgroup is the enforced parent cgroup ([sidecar.transparent] cgroup) relative to the cgroup2
-	// mount, with a leading slash. Every descendant of it is enforced. Empty when the sidecar does
+	// mount ("/firma.slice/firma-agents.slice"; a missing leading slash is tolerated). Every
+	// descendant of it is enforced. Empty when the sidecar does
 	// not enforce transparently, in which case a runner must refuse to start anything.
 	Cgroup string `json:"cgroup"`
 	// CACertPEM is firma's MITM CA certificate, PEM; empty when MITM is off.
@@ -129,6 +130,9 @@ func (r Registration) validate(enforced string) error {
 	}
 	if enforced == "" {
 		return errors.New("the sidecar enforces no cgroup (transparent mode is off)")
+	}
+	if enforced, err = CleanCgroup(enforced); err != nil {
+		return fmt.Errorf("the sidecar's enforced cgroup: %w", err)
 	}
 	if !Under(cg, enforced) {
 		return fmt.Errorf("cgroup %s is not below the enforced parent %s", cg, enforced)

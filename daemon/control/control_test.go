@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
 )
 
 // TestMain lets the test binary act as a control client in a child process (for the root tests
@@ -150,6 +149,15 @@ func TestInfoRegisterUnregister(t *testing.T) {
 	}
 }
 
+func TestRegisterUnderSlashlessParent(t *testing.T) {
+	reg := newRegistry()
+	reg.info.Cgroup = "firma-agents.slice/"
+	c := dial(t, startServer(t, reg, nil))
+	if err := c.Register(context.Background(), Registration{Cgroup: "/firma-agents.slice/run-1", AgentID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRegisterRefusalsComeBackVerbatim(t *testing.T) {
 	reg := newRegistry()
 	reg.reject = errors.New("capability /etc/firma/cap.toml: token expired at 2026-01-01T00:00:00Z")
@@ -209,9 +217,18 @@ func TestPeerInsideEnforcedCgroupIsRefused(t *testing.T) {
 			t.Fatalf("cgroup looked up for pid %d, want ours (%d)", asked, os.Getpid())
 		}
 	}
-	// A sibling whose name merely starts with the parent's is not inside it.
+	// The sidecar may report its parent without the leading slash, as firma.toml writes it.
 	reg := newRegistry()
+	reg.info.Cgroup = "firma-agents.slice"
 	path := startServer(t, reg, func(s *Server) {
+		s.peerCgroup = func(int32) (string, error) { return "/firma-agents.slice/x", nil }
+	})
+	if _, err := dial(t, path).Info(context.Background()); !errors.Is(err, ErrPermission) {
+		t.Fatalf("peer inside a slash-less parent: %v", err)
+	}
+	// A sibling whose name merely starts with the parent's is not inside it.
+	reg = newRegistry()
+	path = startServer(t, reg, func(s *Server) {
 		s.peerCgroup = func(int32) (string, error) { return "/firma-agents.slice-other", nil }
 	})
 	if _, err := dial(t, path).Info(context.Background()); err != nil {
@@ -347,4 +364,3 @@ func TestParseProcCgroup(t *testing.T) {
 		t.Fatal("no v2 line accepted")
 	}
 }
-

@@ -262,6 +262,10 @@ func (s *Server) allowed(p peer) error {
 	if enforced == "" {
 		return nil
 	}
+	enforced, err := CleanCgroup(enforced)
+	if err != nil {
+		return fmt.Errorf("%w: the sidecar's enforced cgroup: %v", ErrPermission, err)
+	}
 	cg, err := s.peerCgroup(p.PID)
 	if err != nil {
 		return fmt.Errorf("%w: cgroup of peer pid %d: %v", ErrPermission, p.PID, err)
