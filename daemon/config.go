@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/policies"
 )
@@ -25,6 +26,7 @@ type Config struct {
 	Mapping     policies.MappingConfig `toml:"mapping"`
 	Upstream    UpstreamConfig         `toml:"upstream"`
 	Audit       audit.Config           `toml:"audit"`
+	Authority   authority.ClientConfig `toml:"authority"`
 }
 
 // TransparentConfig is [sidecar.transparent]: the eBPF redirect.
@@ -100,6 +102,7 @@ func DefaultConfig() Config {
 		Mapping:     policies.DefaultMappingConfig(),
 		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
 		Audit:       audit.DefaultConfig(),
+		Authority:   authority.DefaultClientConfig(),
 	}
 }
 
@@ -167,6 +170,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.DialTimeout <= 0 {
 		bad("upstream.dial_timeout", "must be positive")
+	}
+	if err := c.Authority.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("sidecar.%w", err))

@@ -84,6 +84,8 @@ func (s *Sidecar) decide(ctx context.Context, f *flow, in intent) verdict {
 		d = policies.Decision{Outcome: policies.Deny, Reason: in.refuse}
 	case in.host == "":
 		d = policies.Decision{Outcome: policies.Deny, Reason: reasonNoHost}
+	case s.trust.stale():
+		d = policies.Decision{Outcome: policies.Deny, Reason: reasonStale}
 	default:
 		var err error
 		d, err = s.engine.Decide(ctx, policies.Request{

@@ -21,6 +21,7 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -41,6 +42,10 @@ type Sidecar struct {
 	names        *nameTable
 	dns          *dnsServer
 	sniffTimeout time.Duration
+	trust        *trust
+
+	regMu    sync.Mutex
+	regClose map[string]func() error // per registered cgroup: release its capability
 
 	httpTransport *http.Transport
 	proxyAddr     netip.AddrPort // the explicit proxy's address, when it listens
@@ -54,7 +59,8 @@ type Sidecar struct {
 // New prepares a sidecar from a validated config: it opens the audit log and loads policy, but
 // touches neither the kernel nor the network. Errors name the file at fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
-	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: time.Duration(cfg.Transparent.SniffTimeout)}
+	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: time.Duration(cfg.Transparent.SniffTimeout),
+		regClose: map[string]func() error{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -110,6 +116,17 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.ids.Close)
+
+	if s.trust, err = newTrust(cfg.Authority, s.engine, log.With().Str(logfields.Component, "authority").Logger()); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.trust.close, s.closeRegistrations)
+	if err := s.trust.openStatic(s.ids, cfg.Agents, log); err != nil {
+		return nil, err
+	}
+	if !cfg.Authority.Stage1() {
+		log.Warn().Msg("capabilities are not enforced: no [sidecar.authority] url or public_key_path")
+	}
 	return s, nil
 }
 
@@ -157,6 +174,26 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.log.Error().Err(err).Msg("policy watch stopped")
 		}
 	}()
+	go s.trust.run(ctx, s.log)
+	if cfg.Control.Socket != "" {
+		ln, err := control.Listen(cfg.Control.Socket)
+		if err != nil {
+			return fmt.Errorf("control socket: %w", err)
+		}
+		srv := control.NewServer(s, s.log.With().Str(logfields.Component, "control").Logger())
+		go srv.Serve(ctx, ln)
+		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
+	}
+	return nil
+}
+
+func (s *Sidecar) closeRegistrations() error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	for cg, closeFn := range s.regClose {
+		closeFn()
+		delete(s.regClose, cg)
+	}
 	return nil
 }
 

@@ -1,0 +1,90 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/openfirma/firma/authority"
+	"github.com/openfirma/firma/daemon/control"
+)
+
+// version is reported to runners over the control socket.
+const version = "firma 0.1"
+
+var _ control.Registry = (*Sidecar)(nil)
+
+// Info tells a runner where to place an agent and what to hide from it.
+func (s *Sidecar) Info() control.Info {
+	info := control.Info{Version: version}
+	if s.cfg.Transparent.Enabled {
+		info.Cgroup = cleanCgroup(s.cfg.Transparent.Cgroup)
+		if s.cfg.Transparent.DNSPort != 0 {
+			info.DNS = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.cfg.Transparent.DNSPort)))
+		}
+	}
+	info.Hide = s.hiddenPaths()
+	return info
+}
+
+// hiddenPaths are the sidecar's own files, which no agent may see.
+func (s *Sidecar) hiddenPaths() []string {
+	var paths []string
+	add := func(p string) {
+		if p == "" {
+			return
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			paths = append(paths, abs)
+		}
+	}
+	add(s.cfg.Control.Socket)
+	add(s.cfg.Audit.FilePath)
+	add(s.cfg.Audit.SigningKeyPath)
+	add(s.cfg.Authority.CacheDir)
+	add(s.cfg.Authority.RevocationFile)
+	return paths
+}
+
+// Register maps a `firma run` cgroup to its agent once its capability verifies: a capability that
+// does not verify, or names another agent, is refused here so that nothing is launched.
+func (s *Sidecar) Register(ctx context.Context, r control.Registration) error {
+	c, closeFn, err := s.trust.capability(r.CapabilityFile)
+	if err != nil {
+		return fmt.Errorf("capability %s: %w", r.CapabilityFile, err)
+	}
+	if ac, ok := c.(*authority.Capability); ok {
+		if got := ac.Claims().AgentID; got != r.AgentID {
+			closeFn()
+			return fmt.Errorf("capability %s: %w: token is for %q, not %q", r.CapabilityFile, authority.ErrCapabilityMismatch, got, r.AgentID)
+		}
+		cl := ac.Claims()
+		if err := cl.CheckTime(time.Now(), s.cfg.Authority.ClockSkew()); err != nil {
+			closeFn()
+			return fmt.Errorf("capability %s: %w", r.CapabilityFile, err)
+		}
+	}
+	s.regMu.Lock()
+	if old, ok := s.regClose[r.Cgroup]; ok {
+		old()
+	}
+	s.regClose[r.Cgroup] = closeFn
+	s.regMu.Unlock()
+	s.ids.Register(Agent{ID: r.AgentID, SessionID: r.SessionID, Cgroup: r.Cgroup, CapabilityFile: r.CapabilityFile, Capability: c})
+	return nil
+}
+
+// Unregister forgets a `firma run` cgroup.
+func (s *Sidecar) Unregister(ctx context.Context, cgroup string) error {
+	s.ids.Unregister(cgroup)
+	s.regMu.Lock()
+	if closeFn, ok := s.regClose[cgroup]; ok {
+		closeFn()
+		delete(s.regClose, cgroup)
+	}
+	s.regMu.Unlock()
+	return nil
+}
