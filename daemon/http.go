@@ -97,12 +97,17 @@ func (h *httpFront) connect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "firma: CONNECT needs host:port", http.StatusBadRequest)
 		return
 	}
+	// Count the tunnel before hijacking: the hijack ends the server's Serve, and serveHTTP must
+	// not return (closing the connection) before the tunnel is registered.
+	h.wg.Add(1)
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		h.wg.Done()
 		http.Error(w, "firma: cannot tunnel", http.StatusInternalServerError)
 		return
 	}
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		h.wg.Done()
 		conn.Close()
 		return
 	}
@@ -112,7 +117,6 @@ func (h *httpFront) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	tf := *h.f
 	tf.hint, tf.port, tf.start = normalizeHost(host), port, time.Now()
-	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
 		defer conn.Close()
