@@ -116,6 +116,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	cfg.Transparent.DNSPort = dnsPort
 	cfg.Transparent.PinDir = "/sys/fs/bpf/" + name // bpffs refuses names with a '.'.
 	cfg.Interceptor.ListenAddr = ""
+	cfg.Control.Socket = filepath.Join(dir, "control.sock")
 	cfg.Agents = []daemon.AgentConfig{{Cgroup: agentCg, AgentID: agentID, SessionID: "demo"}}
 	cfg.Upstream.CAFile = caFile
 	cfg.Upstream.AllowCIDRs = []string{"127.0.77.0/24"}

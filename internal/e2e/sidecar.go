@@ -136,6 +136,8 @@ type Sidecar struct {
 	Port       uint16
 	DNSPort    uint16
 	ProxyPort  uint16
+	// ControlSocket is where `firma run` registers agents with this sidecar.
+	ControlSocket string
 
 	opts   SidecarOptions
 	mu     sync.Mutex
@@ -154,6 +156,7 @@ func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 	s.Port, s.DNSPort, s.ProxyPort = testutil.FreePort(tb), testutil.FreePort(tb), testutil.FreePort(tb)
 	s.PinDir = "/sys/fs/bpf/" + filepath.Base(s.Parent.Path)
 	s.AuditPath = filepath.Join(s.Dir, "audit.jsonl")
+	s.ControlSocket = filepath.Join(s.Dir, "run", "control.sock")
 	s.ConfigPath = filepath.Join(s.Dir, "firma.toml")
 	s.writeFiles(tb)
 	tb.Cleanup(func() {
@@ -207,6 +210,9 @@ pin_dir = %q
 [sidecar.interceptor]
 listen_addr = "127.0.0.1:%d"
 
+[sidecar.control]
+socket = %q
+
 [sidecar.policy]
 dir = %q
 
@@ -219,7 +225,7 @@ file_path = %q
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, polDir, rulesPath, protected, s.AuditPath)
+`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
