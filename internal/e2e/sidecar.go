@@ -89,6 +89,10 @@ type SidecarOptions struct {
 	UpstreamCA string
 	// ExtraTOML is appended to the generated firma.toml (more sections, more agents).
 	ExtraTOML string
+	// AuditTOML is added inside [sidecar.audit] (signing_key_path, fsync_interval, …).
+	AuditTOML string
+	// AuditPath replaces the audit log's path (default: audit.jsonl in the sidecar's dir).
+	AuditPath string
 	// NoAgent leaves out the harness's [[sidecar.agents]] entry.
 	NoAgent bool
 	// Env is added to the sidecar's environment.
@@ -156,6 +160,9 @@ func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 	s.Port, s.DNSPort, s.ProxyPort = testutil.FreePort(tb), testutil.FreePort(tb), testutil.FreePort(tb)
 	s.PinDir = "/sys/fs/bpf/" + filepath.Base(s.Parent.Path)
 	s.AuditPath = filepath.Join(s.Dir, "audit.jsonl")
+	if opts.AuditPath != "" {
+		s.AuditPath = opts.AuditPath
+	}
 	s.ControlSocket = filepath.Join(s.Dir, "run", "control.sock")
 	s.ConfigPath = filepath.Join(s.Dir, "firma.toml")
 	s.writeFiles(tb)
@@ -222,10 +229,11 @@ default_protected = %v
 
 [sidecar.audit]
 file_path = %q
+%s
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath)
+`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
