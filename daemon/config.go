@@ -12,6 +12,7 @@ import (
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -180,18 +181,22 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// cgroupPathOK accepts a relative cgroup path without "..".
+// cgroupPathOK accepts a relative cgroup path without ".." whose slices nest as systemd nests them.
 func cgroupPathOK(p string) bool {
-	if p == "" || strings.HasPrefix(p, "/") && len(strings.Trim(p, "/")) == 0 {
+	if strings.Trim(p, "/") == "" {
 		return false
 	}
-	for _, el := range strings.Split(strings.Trim(p, "/"), "/") {
-		if el == "" || el == "." || el == ".." {
-			return false
-		}
-	}
-	return true
+	_, err := control.SlicePath(p)
+	return err == nil
 }
 
-// cleanCgroup is the canonical form of a cgroup path: leading slash, no trailing slash.
-func cleanCgroup(p string) string { return path.Clean("/" + strings.Trim(p, "/")) }
+// cleanCgroup is the canonical form of a configured cgroup path: a leading slash, no trailing slash,
+// and systemd slices expanded to where systemd puts them ("firma-agents.slice" is
+// "/firma.slice/firma-agents.slice"), so a service with Slice=firma-agents.slice is covered whether
+// or not systemd runs. Paths are validated first; an invalid one falls back to plain cleaning.
+func cleanCgroup(p string) string {
+	if cg, err := control.SlicePath(p); err == nil {
+		return cg
+	}
+	return path.Clean("/" + strings.Trim(p, "/"))
+}

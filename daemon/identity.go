@@ -162,3 +162,14 @@ func exeOf(pid uint32) string {
 	}
 	return strings.TrimSuffix(exe, " (deleted)")
 }
+
+// registeredCgroups lists the cgroups `firma run` registered.
+func (ids *Identities) registeredCgroups() []string {
+	ids.mu.RLock()
+	defer ids.mu.RUnlock()
+	out := make([]string, 0, len(ids.registered))
+	for cg := range ids.registered {
+		out = append(out, cg)
+	}
+	return out
+}

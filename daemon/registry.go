@@ -2,14 +2,17 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/logfields"
 )
 
 // version is reported to runners over the control socket.
@@ -87,4 +90,27 @@ func (s *Sidecar) Unregister(ctx context.Context, cgroup string) error {
 	}
 	s.regMu.Unlock()
 	return nil
+}
+
+// sweepInterval is how often the sidecar forgets registrations whose cgroup has gone (a runner
+// killed with SIGKILL cannot unregister).
+const sweepInterval = 10 * time.Second
+
+// sweepRegistrations drops registrations whose cgroup directory no longer exists, until ctx ends.
+func (s *Sidecar) sweepRegistrations(ctx context.Context) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, cg := range s.ids.registeredCgroups() {
+			if _, err := os.Stat(filepath.Join(s.ids.mount, filepath.FromSlash(cg))); errors.Is(err, os.ErrNotExist) {
+				s.Unregister(ctx, cg)
+				s.log.Info().Str(logfields.Cgroup, cg).Msg("agent cgroup gone: registration dropped")
+			}
+		}
+	}
 }

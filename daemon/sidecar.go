@@ -182,6 +182,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		}
 		srv := control.NewServer(s, s.log.With().Str(logfields.Component, "control").Logger())
 		go srv.Serve(ctx, ln)
+		go s.sweepRegistrations(ctx)
 		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
 	}
 	return nil

@@ -192,7 +192,7 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	}
 	parent := enforced
 	if p := firstNonEmpty(opts.Cgroup, cfg.Cgroup); p != "" {
-		if parent, err = control.CleanCgroup(p); err != nil {
+		if parent, err = control.SlicePath(p); err != nil {
 			return 1, fmt.Errorf("--cgroup: %w", err)
 		}
 		if parent != enforced && !control.Under(parent, enforced) {

@@ -528,9 +528,10 @@ func TestRunRefusesUnenforcedPlacement(t *testing.T) {
 		want   string
 	}{
 		"no enforced cgroup":          {"", "", "reports no enforced cgroup"},
-		"--cgroup outside the parent": {"/firma-agents.slice", "/user.slice", "outside the sidecar's enforced parent"},
-		"--cgroup sibling prefix":     {"/firma-agents.slice", "/firma-agents.slice-x", "outside"},
-		"parent missing":              {"/firma-agents.slice", "/firma-agents.slice/missing", "does not exist"},
+		"--cgroup outside the parent": {"/firma.slice/firma-agents.slice", "/user.slice", "outside the sidecar's enforced parent"},
+		"--cgroup sibling prefix":     {"/firma.slice/firma-agents.slice", "/firma.slice/firma-agents.slice-x", "outside"},
+		"--cgroup unnested slice":     {"/firma.slice/firma-agents.slice", "/firma-agents.slice-x.slice", "outside"},
+		"parent missing":              {"/firma.slice/firma-agents.slice", "firma-agents.slice/missing", "does not exist"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			fh := newFakeHost(t)
