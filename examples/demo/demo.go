@@ -89,8 +89,9 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	if err != nil {
 		return err
 	}
+	// Not a .slice: systemd would read the dashes as nesting.
 	name := fmt.Sprintf("firma-demo-%d", os.Getpid())
-	parent := name + ".slice"
+	parent := name
 	agentCg := parent + "/agent.scope"
 	if err := os.MkdirAll(filepath.Join(mount, agentCg), 0o755); err != nil {
 		return fmt.Errorf("creating the demo cgroup: %w", err)
@@ -114,7 +115,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	cfg.Transparent.Cgroup = parent
 	cfg.Transparent.Port = port
 	cfg.Transparent.DNSPort = dnsPort
-	cfg.Transparent.PinDir = "/sys/fs/bpf/" + name // bpffs refuses names with a '.'.
+	cfg.Transparent.PinDir = "/sys/fs/bpf/" + name
 	cfg.Interceptor.ListenAddr = ""
 	cfg.Control.Socket = filepath.Join(dir, "control.sock")
 	cfg.Agents = []daemon.AgentConfig{{Cgroup: agentCg, AgentID: agentID, SessionID: "demo"}}
