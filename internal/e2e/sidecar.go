@@ -153,6 +153,15 @@ type Sidecar struct {
 // NewSidecar writes a config and starts a sidecar with it, waiting until it logs "sidecar ready".
 func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 	tb.Helper()
+	s := PrepareSidecar(tb, opts)
+	s.Start(tb)
+	return s
+}
+
+// PrepareSidecar makes the cgroups, picks ports and writes the config, without starting anything:
+// a test that must watch start-up itself calls Start.
+func PrepareSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
+	tb.Helper()
 	testutil.RequireRoot(tb)
 	s := &Sidecar{Bin: Binary(tb, "firma"), Dir: tb.TempDir(), opts: opts}
 	s.Parent = testutil.NewCgroup(tb, nil)
@@ -172,7 +181,6 @@ func NewSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 			tb.Errorf("bpf cleanup: %v", err)
 		}
 	})
-	s.Start(tb)
 	return s
 }
 
