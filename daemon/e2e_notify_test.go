@@ -57,7 +57,9 @@ func TestSdNotifyReadyOnlyAfterAttach(t *testing.T) {
 					c.Close()
 				}
 				nl.mu.Lock()
-				nl.readySeen, nl.readyOK = true, pinned && err == nil
+				if !nl.readySeen { // the first READY=1 is the one that counts
+					nl.readySeen, nl.readyOK = true, pinned && err == nil
+				}
 				nl.mu.Unlock()
 			}
 		}
