@@ -3,6 +3,7 @@
 package daemon_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -241,7 +242,27 @@ func TestSidecarCrashFailsClosedAndRestartReusesPins(t *testing.T) {
 		t.Fatal("links are not pinned after the crash")
 	}
 
+	// Restart under traffic: an agent keeps connecting while the sidecar comes up, so flows arrive
+	// at every stage of start-up (this once crashed the sidecar between listen and attach).
+	hammer := w.Agent.Command(context.Background(), t, "python3", "-c", `import socket, time
+end = time.time() + 3
+while time.time() < end:
+    try:
+        socket.create_connection(("allowed.test", 443), timeout=1).close()
+    except OSError:
+        pass
+    time.sleep(0.002)`)
+	if err := hammer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
 	w.Start(t)
+	if err := hammer.Wait(); err != nil {
+		t.Fatalf("hammer: %v", err)
+	}
+	if strings.Contains(w.Logs(), "panic") {
+		t.Fatalf("sidecar panicked during a restart under traffic:\n%s", w.Logs())
+	}
 	if !strings.Contains(w.Logs(), "reused_pins=true") {
 		t.Errorf("restart did not reuse the pinned programs:\n%s", w.Logs())
 	}

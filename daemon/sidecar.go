@@ -130,15 +130,16 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	return s, nil
 }
 
-// Start binds the listeners, then attaches the kernel programs, so that redirected flows always
-// find the sidecar listening. It returns once everything is in place.
+// Start attaches the kernel programs, then binds the listeners, and returns once everything is in
+// place. Attaching first means the origin table exists before the first flow can be accepted: on a
+// restart the pinned programs already redirect to the port, and until the sidecar listens those
+// connections are refused, never let through.
 func (s *Sidecar) Start(ctx context.Context) error {
 	cfg := s.cfg
+	s.origins = noOrigins{}
 	if cfg.Transparent.Enabled {
-		for _, a := range loopbacks(cfg.Transparent.IPv6) {
-			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.handleTransparent); err != nil {
-				return err
-			}
+		if err := s.attach(); err != nil {
+			return err
 		}
 		if cfg.Transparent.DNSPort != 0 {
 			d, err := newDNSServer(s, cfg.Upstream.Nameservers)
@@ -155,19 +156,16 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.dns = d
 			s.closers = append(s.closers, func() error { d.shutdown(); return nil })
 		}
+		for _, a := range loopbacks(cfg.Transparent.IPv6) {
+			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.handleTransparent); err != nil {
+				return err
+			}
+		}
 	}
 	if s.proxyAddr.IsValid() {
 		if err := s.listen(ctx, s.proxyAddr, s.handleProxy); err != nil {
 			return err
 		}
-	}
-	if cfg.Transparent.Enabled {
-		if err := s.attach(); err != nil {
-			return err
-		}
-	}
-	if s.origins == nil {
-		s.origins = noOrigins{}
 	}
 	go func() {
 		if err := s.engine.Watch(ctx); err != nil && ctx.Err() == nil {
@@ -184,16 +182,6 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		go srv.Serve(ctx, ln)
 		go s.sweepRegistrations(ctx)
 		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
-	}
-	return nil
-}
-
-func (s *Sidecar) closeRegistrations() error {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-	for cg, closeFn := range s.regClose {
-		closeFn()
-		delete(s.regClose, cg)
 	}
 	return nil
 }
@@ -376,6 +364,16 @@ func (noOrigins) LookupDNS(netip.AddrPort, bpf.Proto) (bpf.Origin, error) {
 func (s *Sidecar) Healthy() error {
 	if err := s.audit.Healthy(); err != nil {
 		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
+
+func (s *Sidecar) closeRegistrations() error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	for cg, closeFn := range s.regClose {
+		closeFn()
+		delete(s.regClose, cg)
 	}
 	return nil
 }

@@ -292,7 +292,7 @@ func (s *Sidecar) Start(tb testing.TB) {
 	for !strings.Contains(s.stderr.String(), "sidecar ready") {
 		select {
 		case <-exited:
-			tb.Fatalf("sidecar exited before ready:\n%s", s.stderr.String())
+			tb.Fatalf("sidecar exited before ready (%v):\n%s", cmd.ProcessState, s.stderr.String())
 		case <-deadline:
 			tb.Fatalf("sidecar not ready after 30s:\n%s", s.stderr.String())
 		case <-time.After(20 * time.Millisecond):
