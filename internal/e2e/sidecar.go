@@ -34,8 +34,8 @@ var (
 	buildErr  error
 )
 
-// Binary builds cmd/firma (and the Go test client) once per test binary and returns the path of
-// the requested one: "firma" or "httpclient".
+// Binary builds cmd/firma and the Go test clients once per test binary and returns the path of the
+// requested one: "firma", "httpclient" or "benchclient".
 func Binary(tb testing.TB, name string) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -48,7 +48,11 @@ func Binary(tb testing.TB, name string) string {
 		if buildErr != nil {
 			return
 		}
-		for out, pkg := range map[string]string{"firma": "./cmd/firma", "httpclient": "./internal/e2e/cmd/httpclient"} {
+		for out, pkg := range map[string]string{
+			"firma":       "./cmd/firma",
+			"httpclient":  "./internal/e2e/cmd/httpclient",
+			"benchclient": "./internal/e2e/cmd/benchclient",
+		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, out), pkg)
 			cmd.Dir = root
 			if b, err := cmd.CombinedOutput(); err != nil {
