@@ -182,14 +182,19 @@ func (s *Sidecar) event(f *flow, in intent, d policies.Decision) *audit.Event {
 }
 
 // complete appends the record that closes an allowed decision: what was dialed, bytes each way,
-// duration, upstream status, error. A failure here is logged: the flow already happened.
+// duration, upstream status, error. It repeats the decision's envelope, so that every record names
+// the process behind it. A failure here is logged: the flow already happened.
 func (s *Sidecar) complete(v verdict, res audit.Result, dialed netip.AddrPort) {
 	if v.event == nil {
 		return
 	}
 	ev := &audit.Event{Kind: audit.KindCompletion, DecisionID: v.event.ID, Result: &res}
-	if dialed.IsValid() {
-		ev.Envelope = &audit.Envelope{Transport: audit.Transport{Mode: v.event.Envelope.Transport.Mode, Dialed: dialed.String()}}
+	if v.event.Envelope != nil {
+		env := *v.event.Envelope
+		if dialed.IsValid() {
+			env.Transport.Dialed = dialed.String()
+		}
+		ev.Envelope = &env
 	}
 	if res.Error != "" && v.Outcome == policies.Allow {
 		ev.Decision = &audit.Decision{Outcome: string(policies.Abort), MatchedPolicies: []string{}, Reason: res.Error}

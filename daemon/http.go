@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
@@ -135,6 +136,10 @@ func (s *Sidecar) forward(w http.ResponseWriter, r *http.Request, v verdict, sch
 	}
 	cw := &countingWriter{ResponseWriter: w}
 	var failed error
+	var dialed atomic.Value // netip.AddrPort of the upstream connection used
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		dialed.Store(addrPortOf(info.Conn.RemoteAddr()))
+	}}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = scheme
@@ -142,6 +147,7 @@ func (s *Sidecar) forward(w http.ResponseWriter, r *http.Request, v verdict, sch
 			pr.Out.Host = pr.In.Host
 			pr.Out.Header.Del("Proxy-Authorization")
 			pr.Out.Header.Del("Proxy-Connection")
+			pr.Out = pr.Out.WithContext(httptrace.WithClientTrace(pr.Out.Context(), trace))
 		},
 		Transport: s.httpTransport,
 		ModifyResponse: func(resp *http.Response) error {
@@ -169,7 +175,8 @@ func (s *Sidecar) forward(w http.ResponseWriter, r *http.Request, v verdict, sch
 	if failed != nil {
 		res.Error = errorResult(failed, start).Error
 	}
-	s.complete(v, res, netip.AddrPort{})
+	up, _ := dialed.Load().(netip.AddrPort)
+	s.complete(v, res, up)
 }
 
 // denyHTTP answers a denied request with 403 and the reason; the connection stays usable.
