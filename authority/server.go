@@ -205,6 +205,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err = srv.Shutdown(shutdown)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// http.Server counts a just-accepted connection that has sent nothing yet as active for up
+		// to 5 s: a client reconnecting at the wrong moment would hold the shutdown. Long polls have
+		// already ended with ctx; close whatever is left.
+		s.log.Info().Msg("closing connections still open after the shutdown grace period")
+		err = srv.Close()
+	}
 	<-errc
 	s.log.Info().Msg("authority stopped")
 	return err

@@ -217,9 +217,9 @@ except OSError as e:
 	if evs := w.Decisions(t); len(evs) != 0 {
 		t.Fatalf("audit records for traffic that was not an agent's: %+v", evs)
 	}
-	if !strings.Contains(w.Logs(), "connection without origin record refused") {
-		t.Errorf("no log line for the refused direct connection")
-	}
+	waitFor(t, "the log line for the refused direct connection", func() bool {
+		return strings.Contains(w.Logs(), "connection without origin record refused")
+	})
 }
 
 func TestSidecarCrashFailsClosedAndRestartReusesPins(t *testing.T) {
