@@ -13,6 +13,8 @@ import (
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/credentials"
+	"github.com/openfirma/firma/daemon/mitm"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -28,6 +30,8 @@ type Config struct {
 	Upstream    UpstreamConfig         `toml:"upstream"`
 	Audit       audit.Config           `toml:"audit"`
 	Authority   authority.ClientConfig `toml:"authority"`
+	CA          mitm.CAConfig          `toml:"ca"`
+	Credentials []credentials.Config   `toml:"credentials"`
 }
 
 // TransparentConfig is [sidecar.transparent]: the eBPF redirect.
@@ -55,6 +59,9 @@ type InterceptorConfig struct {
 	ListenAddr string `toml:"listen_addr"` // "" disables the explicit proxy
 	// AgentID is the identity given to explicit-proxy clients, which have no kernel-attested cgroup.
 	AgentID string `toml:"agent_id"`
+	// HTTPSMITM is [sidecar.interceptor.https_mitm]: which hosts are TLS-terminated and judged per
+	// request, for the transparent path and the explicit proxy alike.
+	HTTPSMITM mitm.Config `toml:"https_mitm"`
 }
 
 // ControlConfig is [sidecar.control]: the root-only socket `firma run` registers agents through.
@@ -98,7 +105,7 @@ func DefaultConfig() Config {
 			PinDir:       "/sys/fs/bpf/firma",
 			SniffTimeout: Duration(5 * time.Second),
 		},
-		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080"},
+		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: mitm.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
 		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
@@ -175,10 +182,33 @@ func (c *Config) Validate() error {
 	if err := c.Authority.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, prefixed("sidecar.ca.", c.CA.Validate())...)
+	if err := c.Interceptor.HTTPSMITM.Validate(); err != nil {
+		errs = append(errs, prefixed("sidecar.interceptor.https_mitm.", err)...)
+	} else {
+		errs = append(errs, prefixed("sidecar.", c.Interceptor.HTTPSMITM.ValidateCA(c.CA))...)
+	}
+	errs = append(errs, prefixed("sidecar.", credentials.ValidateAll(c.Credentials))...)
 	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("sidecar.%w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// prefixed names the section of a package's validation errors (which name keys relative to it),
+// one error per problem.
+func prefixed(prefix string, err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, prefixed(prefix, e)...)
+		}
+		return out
+	}
+	return []error{fmt.Errorf("%s%w", prefix, err)}
 }
 
 // cgroupPathOK accepts a relative cgroup path without ".." whose slices nest as systemd nests them.

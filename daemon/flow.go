@@ -93,6 +93,9 @@ func (s *Sidecar) serveTLS(ctx context.Context, conn net.Conn, f *flow, sn Sniff
 	}
 	in := intent{method: policies.MethodConnect, host: host, port: f.port, transport: "tls", mode: modeConnect,
 		sni: sn.Hello.ServerName}
+	if s.mitm != nil && sn.Hello.ServerName != "" && s.routeTLS(ctx, conn, f, sn, &in) {
+		return
+	}
 	s.tunnel(ctx, conn, f, in, sn.Prefix)
 }
 

@@ -30,6 +30,9 @@ func (s *Sidecar) Info() control.Info {
 		}
 	}
 	info.Hide = s.hiddenPaths()
+	if s.mitmCA != nil {
+		info.CACertPEM = string(s.mitmCA.CertPEM())
+	}
 	return info
 }
 
@@ -49,6 +52,10 @@ func (s *Sidecar) hiddenPaths() []string {
 	add(s.cfg.Audit.SigningKeyPath)
 	add(s.cfg.Authority.CacheDir)
 	add(s.cfg.Authority.RevocationFile)
+	add(s.cfg.CA.Dir)
+	for _, c := range s.cfg.Credentials {
+		add(c.ValueFromFile)
+	}
 	return paths
 }
 

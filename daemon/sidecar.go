@@ -22,6 +22,7 @@ import (
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/mitm"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -43,6 +44,8 @@ type Sidecar struct {
 	dns          *dnsServer
 	sniffTimeout time.Duration
 	trust        *trust
+	mitm         *mitm.Interceptor // nil when https_mitm is off
+	mitmCA       *mitm.CA
 
 	regMu    sync.Mutex
 	regClose map[string]func() error // per registered cgroup: release its capability
@@ -104,6 +107,12 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		DisableCompression:  true, // pass the agent's Accept-Encoding through untouched
 	}
 	s.closers = append(s.closers, func() error { s.httpTransport.CloseIdleConnections(); return nil })
+	if s.mitm, err = s.newInterceptor(); err != nil {
+		return nil, err
+	}
+	if s.mitm != nil {
+		s.closers = append(s.closers, s.mitm.Close)
+	}
 
 	mount, err := bpf.Cgroup2Mount()
 	if err != nil {

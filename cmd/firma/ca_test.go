@@ -1,10 +1,3 @@
-//go:build firma_ca_pending
-
-// Excluded from builds until daemon.Config has the field `CA mitm.CAConfig` (tag toml:"ca"): then delete the
-// build line above (in ca.go and ca_test.go) and add to commands.go:
-//
-//	"ca": {"show the sidecar's MITM CA: path and fingerprint (firma ca show -c firma.toml)", caCmd},
-
 package main
 
 import (

@@ -5,6 +5,7 @@ package main
 var commands = map[string]command{
 	"audit":     {"verify and tail the signed audit log (firma audit verify|tail)", auditCmd},
 	"authority": {"manage capabilities and serve signed policy bundles (firma authority -c firma.toml)", authorityCmd},
+	"ca":        {"show the sidecar's MITM CA: path and fingerprint (firma ca show -c firma.toml)", caCmd},
 	"check":     {"validate firma.toml and the files it names (firma check config FILE)", checkCmd},
 	"demo":      {"show enforcement end to end with fake upstreams (needs root)", demoCmd},
 	"sidecar":   {"run the sidecar (firma sidecar -c firma.toml)", sidecarCmd},
