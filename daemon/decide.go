@@ -140,11 +140,12 @@ func (s *Sidecar) event(f *flow, in intent, d policies.Decision) *audit.Event {
 			p := d.Provider
 			resource.Provider = &p
 		}
+	} else if in.mode == modeDNS {
+		// A lookup is of a name, not a connection to its port 53: the record carries the name (the
+		// guide's DENY check reads resource.host == "paste.rs") and the query type as the method.
+		resource.Method = in.qtype
 	} else if in.port != 0 {
 		resource.Host = hostPort(in.host, in.port)
-	}
-	if in.mode == modeDNS {
-		resource.Method = in.qtype
 	}
 	var action *string
 	if d.ActionClass != "" {

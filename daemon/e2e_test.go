@@ -113,7 +113,7 @@ func TestDeniedHostNeverReachesUpstream(t *testing.T) {
 		t.Fatalf("denied name resolved: %v %q", err, out)
 	}
 	dnsDeny := w.WaitEvent(t, "for the denied lookup", func(ev audit.Event) bool {
-		return ev.Envelope != nil && ev.Envelope.Transport.Mode == "dns" && ev.Envelope.Intent.Resource.Host == "denied.test:53"
+		return ev.Envelope != nil && ev.Envelope.Transport.Mode == "dns" && ev.Envelope.Intent.Resource.Host == "denied.test"
 	})
 	if dnsDeny.Decision.Outcome != "DENY" {
 		t.Errorf("dns decision = %+v", dnsDeny.Decision)
