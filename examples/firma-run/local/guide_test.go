@@ -1,0 +1,276 @@
+//go:build linux
+
+// Package local holds the assets of the guide "Secure a local coding agent" (setup.sh, the Claude
+// example config and mapping rules) and a test that follows the guide as written.
+package local
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/e2e"
+	"github.com/openfirma/firma/internal/testutil"
+)
+
+// The guide's own commands, verbatim (Steps 2 to 6). The heredocs are the guide's.
+const guideSteps = `set -e
+examples/firma-run/local/setup.sh
+cp examples/firma-run/local/assets/firma.local.claude.example.toml \
+  .local/firma.toml
+cp examples/firma-run/local/assets/mapping-rules.claude.local.example.toml \
+  .local/mapping-rules.toml
+firma authority generate-key -o .local/firma-authority.key
+# The setup.sh-generated .local/firma.toml is sidecar-only. Append an
+# [authority] section so the same file serves ` + "`firma authority`" + ` too.
+cat >> .local/firma.toml <<EOF
+[authority]
+listen_addr = "[::1]:50051"
+policy_dir = "examples/policies"
+issuance_policy_dir = ".local/issuance"
+revocation_file = ".local/revocations.txt"
+key_file = ".local/firma-authority.key"
+max_ttl_seconds = 28800
+bundle_ttl_seconds = 60
+log_level = "info"
+EOF
+mkdir -p .local/issuance
+cat > .local/issuance/issuance.cedar <<'EOF'
+permit (
+principal == Firma::Agent::"claude-code",
+action == Firma::Action::"communication.external.send",
+resource
+);
+EOF
+touch .local/revocations.txt
+firma authority -c .local/firma.toml issue \
+--agent-id claude-code \
+--session-id $(uuidgen) \
+--action communication.external.send \
+--resource-scope '*.anthropic.com*' \
+--ttl-seconds 28800 \
+--output .local/capability-claude.toml
+cat >> .local/firma.toml <<'EOF'
+[[sidecar.credentials]]
+host = "api.anthropic.com"
+mode = "basic"
+header = "x-api-key"
+value_from_env = "ANTHROPIC_API_KEY"
+EOF
+`
+
+const apiKey = "sk-ant-guide-0123456789"
+
+// TestGuideSecureACodingAgent follows the guide in a scratch copy of the repository: setup.sh, the
+// Claude config and mapping rules, the authority key, the [authority] section, issuance, a
+// capability, the credential, then the three terminals — authority, sidecar (holding the API key),
+// and `firma run --profile codex --capability-file … -- <agent>`.
+//
+// Departures, all test plumbing: the agent is a shell script rather than `claude code`; fake
+// api.anthropic.com and paste.rs upstreams run on loopback, named through an appended
+// [sidecar.upstream] section; and the authority port, transparent ports, cgroup and pin dir are
+// moved off the defaults so the test cannot disturb a real installation. The control socket stays
+// at its default (/run/firma/control.sock), because the guide's `firma run` names none.
+func TestGuideSecureACodingAgent(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("uuidgen"); err != nil {
+		t.Fatal("the guide uses uuidgen (Debian package uuid-runtime); .ci/run installs it")
+	}
+	repo := scratchRepo(t)
+	bin := filepath.Dir(e2e.Binary(t, "firma"))
+	env := append(testutil.CleanEnv(), "PATH="+bin+":"+os.Getenv("PATH"))
+
+	sh := exec.Command("bash", "-c", guideSteps)
+	sh.Dir, sh.Env = repo, env
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Fatalf("the guide's steps: %v\n%s", err, out)
+	}
+	check := exec.Command(filepath.Join(bin, "firma"), "check", "config", ".local/firma.toml")
+	check.Dir, check.Env = repo, env
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("firma check config on the guide's file: %v\n%s", err, out)
+	}
+
+	// Test plumbing: fake upstreams, and ports and paths of our own.
+	ca := testutil.NewCA(t, "guide upstream CA")
+	anthropic := testutil.NewHTTPSUpstream(t, "anthropic", netip.AddrPortFrom(testutil.LoopbackAddr(t), 443), ca, "api.anthropic.com")
+	paste := testutil.NewHTTPSUpstream(t, "paste", netip.AddrPortFrom(testutil.LoopbackAddr(t), 443), ca, "paste.rs")
+	parent := testutil.NewCgroup(t, nil)
+	pinDir := "/sys/fs/bpf/" + filepath.Base(parent.Path)
+	t.Cleanup(func() { bpf.Cleanup(pinDir) })
+	authPort := testutil.FreePort(t)
+	cfgPath := filepath.Join(repo, ".local/firma.toml")
+	cfg, _ := os.ReadFile(cfgPath)
+	text := strings.NewReplacer(
+		"[::1]:50051", fmt.Sprintf("[::1]:%d", authPort),
+		`cgroup = "firma-agents.slice"`, fmt.Sprintf("cgroup = %q", strings.TrimPrefix(parent.Rel, "/")),
+		"port = 15001", fmt.Sprintf("port = %d", testutil.FreePort(t)),
+		"dns_port = 15053", fmt.Sprintf("dns_port = %d", testutil.FreePort(t)),
+		`pin_dir = "/sys/fs/bpf/firma"`, fmt.Sprintf("pin_dir = %q", pinDir),
+		`listen_addr = "127.0.0.1:8080"`, fmt.Sprintf(`listen_addr = "127.0.0.1:%d"`, testutil.FreePort(t)),
+	).Replace(string(cfg))
+	text += fmt.Sprintf(`
+[sidecar.upstream]
+ca_file = %q
+allow_cidrs = ["127.0.0.0/8"]
+resolve = { "api.anthropic.com" = %q, "paste.rs" = %q }
+`, ca.CertFile, anthropic.Addr.Addr(), paste.Addr.Addr())
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Terminal 1: the authority. Terminal 2: the sidecar, which alone holds the API key.
+	firma := filepath.Join(bin, "firma")
+	authority := start(t, repo, append(env, "ANTHROPIC_API_KEY="), "authority ready", firma, "authority", "-c", ".local/firma.toml")
+	sidecar := start(t, repo, append(env, "ANTHROPIC_API_KEY="+apiKey), "sidecar ready", firma, "sidecar", "-c", ".local/firma.toml")
+	for _, line := range []string{"bootstrapping CA at .local/firma-ca", "wrote firma-ca.crt and firma-ca.key", "sidecar ready"} {
+		if !strings.Contains(sidecar.String(), line) {
+			t.Errorf("sidecar log lacks the guide's line %q:\n%s", line, sidecar)
+		}
+	}
+	waitBundle(t, repo)
+
+	// Terminal 3: the agent under firma run, exactly as the guide runs it.
+	agent := `echo "key in env: $(env | grep -c ANTHROPIC_API_KEY || true)"
+curl -sS --max-time 10 -X POST -d '{"model":"claude"}' https://api.anthropic.com/v1/messages
+curl -sS --max-time 10 https://paste.rs/ || echo "paste.rs: refused"`
+	run := exec.Command(firma, "run", "--profile", "codex", "--capability-file", ".local/capability-claude.toml", "--", "sh", "-c", agent)
+	run.Dir, run.Env = repo, append(env, "ANTHROPIC_API_KEY=sk-ant-from-the-users-shell")
+	out, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("firma run: %v\n%s\nsidecar:\n%s\nauthority:\n%s", err, out, sidecar, authority)
+	}
+	for _, want := range []string{"key in env: 0", "hello from anthropic /v1/messages", "paste.rs: refused"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("agent output lacks %q:\n%s\nsidecar:\n%s", want, out, sidecar)
+		}
+	}
+	if reqs := anthropic.Requests(); len(reqs) != 1 || reqs[0].Header.Get("X-Api-Key") != apiKey {
+		t.Errorf("api.anthropic.com saw %d requests, x-api-key %q; want the sidecar's key", len(reqs), firstKey(reqs))
+	}
+	if n := paste.Conns(); n != 0 {
+		t.Errorf("paste.rs got %d connections", n)
+	}
+
+	// The guide's check: a DENY event for paste.rs naming the claude-code forbid.
+	evs := e2e.ReadEvents(t, filepath.Join(repo, ".local/audit.jsonl"))
+	var deny *audit.Event
+	_ = audit.KindDecision
+	for i, ev := range evs {
+		if ev.Decision != nil && ev.Decision.Outcome == "DENY" && ev.Envelope != nil && ev.Envelope.Intent.Resource.Host == "paste.rs" {
+			deny = &evs[i]
+			break
+		}
+	}
+	if deny == nil {
+		t.Fatalf("no DENY with envelope.intent.resource.host == \"paste.rs\" in .local/audit.jsonl")
+	}
+	if got := deny.Decision.MatchedPolicies; len(got) != 1 || !strings.HasPrefix(got[0], "forbid_at_claude-code.cedar_") {
+		t.Errorf("matched_policies = %v, want [forbid_at_claude-code.cedar_…]", got)
+	}
+	var allow bool
+	for _, ev := range evs {
+		if ev.Decision != nil && ev.Decision.Outcome == "ALLOW" && ev.Envelope.Transport.Mode == "mitm" &&
+			ev.Envelope.Intent.Resource.Path == "/v1/messages" && ev.Envelope.Agent.AgentID == "claude-code" &&
+			ev.Capability != nil && ev.Capability.TokenID != "" {
+			allow = true
+		}
+	}
+	if !allow {
+		t.Errorf("no ALLOW record for POST /v1/messages by claude-code with its capability")
+	}
+}
+
+// scratchRepo copies what the guide touches (examples/firma-run/local and examples/policies) into
+// a fresh directory laid out like the repository.
+func scratchRepo(t *testing.T) string {
+	t.Helper()
+	repo := t.TempDir()
+	src, err := filepath.Abs("../../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"examples/firma-run/local", "examples/policies"} {
+		dst := filepath.Join(repo, dir)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if out, err := exec.Command("cp", "-a", filepath.Join(src, dir), dst).CombinedOutput(); err != nil {
+			t.Fatalf("copy %s: %v %s", dir, err, out)
+		}
+	}
+	return repo
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a long-lived command of the guide in dir and waits for its ready line.
+func start(t *testing.T, dir string, env []string, ready string, name string, args ...string) *syncBuffer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir, cmd.Env = dir, env
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), ready) {
+		if time.Now().After(deadline) || cmd.ProcessState != nil {
+			t.Fatalf("%s %v not ready:\n%s", name, args, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out
+}
+
+// waitBundle waits until the sidecar has the authority's bundle (its cache file exists).
+func waitBundle(t *testing.T, repo string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, _ := os.ReadDir(filepath.Join(repo, ".local/authority-cache"))
+		if len(entries) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sidecar never received the authority's bundle")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func firstKey(reqs []testutil.SeenRequest) string {
+	if len(reqs) == 0 {
+		return ""
+	}
+	return reqs[0].Header.Get("X-Api-Key")
+}
