@@ -93,6 +93,9 @@ type SidecarOptions struct {
 	UpstreamCA string
 	// ExtraTOML is appended to the generated firma.toml (more sections, more agents).
 	ExtraTOML string
+	// ProxyAgentID is [sidecar.interceptor] agent_id: the identity of explicit-proxy clients
+	// outside every enforced cgroup (none: they are denied as unknown agents).
+	ProxyAgentID string
 	// AuditTOML is added inside [sidecar.audit] (signing_key_path, fsync_interval, …).
 	AuditTOML string
 	// AuditPath replaces the audit log's path (default: audit.jsonl in the sidecar's dir).
@@ -228,6 +231,7 @@ pin_dir = %q
 
 [sidecar.interceptor]
 listen_addr = "127.0.0.1:%d"
+agent_id = %q
 
 [sidecar.control]
 socket = %q
@@ -245,7 +249,7 @@ file_path = %q
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
+`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
