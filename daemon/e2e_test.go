@@ -328,3 +328,34 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// A [[sidecar.agents]] cgroup that appears after the sidecar started (a service started later) is
+// enforced and attributed from its first connection.
+func TestAgentCgroupCreatedAfterStart(t *testing.T) {
+	testutil.RequireRoot(t)
+	w := newWorld(t, e2e.SidecarOptions{NoAgent: true, ExtraTOML: "[[sidecar.agents]]\ncgroup = \"PLACEHOLDER\"\nagent_id = \"late-agent\"\n"})
+	// The harness's parent exists only once the sidecar is prepared; point the entry below it,
+	// restart, and only then create the cgroup.
+	late := w.Parent.Rel + "/late.service"
+	cfg, _ := os.ReadFile(w.ConfigPath)
+	os.WriteFile(w.ConfigPath, []byte(strings.Replace(string(cfg), "PLACEHOLDER", strings.TrimPrefix(late, "/"), 1)), 0o600)
+	w.Stop(t)
+	w.Start(t)
+	if err := os.Mkdir(filepath.Join(w.Parent.Path, "late.service"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lateCg := &testutil.Cgroup{Path: filepath.Join(w.Parent.Path, "late.service"), Rel: late}
+	out, err := lateCg.Command(context.Background(), t, "curl", "-sS", "--max-time", "10", "--cacert", w.ca.CertFile,
+		"https://allowed.test/late").CombinedOutput()
+	// TestPolicy permits test-agent only: late-agent is judged (and denied) under its own name.
+	if err == nil {
+		t.Fatalf("late-agent reached a host only test-agent may: %s", out)
+	}
+	ev := w.WaitEvent(t, "a record for late-agent", func(ev audit.Event) bool {
+		return ev.Envelope != nil && ev.Envelope.Agent.AgentID == "late-agent"
+	})
+	if ev.Envelope.Agent.Cgroup != late || ev.Decision.Reason != "no policy permits" {
+		t.Errorf("record = %+v %+v", ev.Envelope.Agent, ev.Decision)
+	}
+	os.Remove(lateCg.Path)
+}
