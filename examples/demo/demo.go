@@ -107,9 +107,11 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	if err != nil {
 		return err
 	}
-	dnsPort, err := freePort()
-	if err != nil {
-		return err
+	dnsPort := port
+	for dnsPort == port {
+		if dnsPort, err = freePort(); err != nil {
+			return err
+		}
 	}
 	cfg := daemon.DefaultConfig()
 	cfg.Transparent.Cgroup = parent

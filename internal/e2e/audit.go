@@ -70,15 +70,11 @@ func (s *Sidecar) AuditFiles(tb testing.TB) []string {
 // Signal sends sig to the running sidecar (SIGHUP rotates the audit log).
 func (s *Sidecar) Signal(tb testing.TB, sig syscall.Signal) {
 	tb.Helper()
-	s.mu.Lock()
-	cmd := s.cmd
-	s.mu.Unlock()
-	if cmd == nil {
+	p := s.process()
+	if p == nil {
 		tb.Fatal("sidecar not started")
 	}
-	if err := cmd.Process.Signal(sig); err != nil {
-		tb.Fatalf("signalling the sidecar: %v", err)
-	}
+	p.Signal(sig)
 }
 
 // MountTmpfs mounts a tmpfs of size bytes on a fresh directory and unmounts it when the test ends.

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,10 +49,8 @@ type Authority struct {
 	Addr           string // 127.0.0.1:PORT, its listen_addr
 	BundleTTL      time.Duration
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	out    *lockedBuffer
-	exited chan struct{}
+	mu   sync.Mutex
+	proc *Process
 }
 
 // NewAuthority generates a key with `firma authority generate-key`, writes the config, policies and
@@ -129,63 +126,32 @@ func (a *Authority) SidecarTOML(cacheDir string) string {
 // Start runs `firma authority -c` and waits for "authority ready".
 func (a *Authority) Start(tb testing.TB) {
 	tb.Helper()
+	p := StartProcess(tb, a.Dir, testutil.CleanEnv(), `"authority ready"`, 15*time.Second, a.Bin, "authority", "-c", a.ConfigPath)
 	a.mu.Lock()
-	a.out = &lockedBuffer{}
-	cmd := exec.Command(a.Bin, "authority", "-c", a.ConfigPath)
-	cmd.Dir = a.Dir
-	cmd.Env = testutil.CleanEnv()
-	cmd.Stdout = a.out
-	cmd.Stderr = a.out
-	if err := cmd.Start(); err != nil {
-		a.mu.Unlock()
-		tb.Fatal(err)
-	}
-	a.cmd = cmd
-	exited := make(chan struct{})
-	a.exited = exited
+	a.proc = p
 	a.mu.Unlock()
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	deadline := time.After(15 * time.Second)
-	for !strings.Contains(a.out.String(), `"authority ready"`) {
-		select {
-		case <-exited:
-			tb.Fatalf("authority exited before ready:\n%s", a.out.String())
-		case <-deadline:
-			tb.Fatalf("authority not ready after 15s:\n%s", a.out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+}
+
+func (a *Authority) process() *Process {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.proc
 }
 
 // Kill stops the authority with SIGKILL, as a crash or a lost host would, and waits for it.
 func (a *Authority) Kill(tb testing.TB) {
 	tb.Helper()
-	a.mu.Lock()
-	cmd, exited := a.cmd, a.exited
-	a.mu.Unlock()
-	if cmd == nil {
-		return
+	if p := a.process(); p != nil {
+		p.Kill()
 	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	<-exited
 }
 
 // Logs is everything the authority process has written.
 func (a *Authority) Logs() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.out == nil {
-		return ""
+	if p := a.process(); p != nil {
+		return p.Logs()
 	}
-	return a.out.String()
+	return ""
 }
 
 // Firma runs the firma binary in the authority's dir and returns its stdout; a non-zero exit fails

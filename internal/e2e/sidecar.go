@@ -6,7 +6,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -150,11 +148,9 @@ type Sidecar struct {
 	// ControlSocket is where `firma run` registers agents with this sidecar.
 	ControlSocket string
 
-	opts   SidecarOptions
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	stderr *lockedBuffer
-	exited chan struct{}
+	opts SidecarOptions
+	mu   sync.Mutex
+	proc *Process
 }
 
 // NewSidecar writes a config and starts a sidecar with it, waiting until it logs "sidecar ready".
@@ -173,7 +169,8 @@ func PrepareSidecar(tb testing.TB, opts SidecarOptions) *Sidecar {
 	s := &Sidecar{Bin: Binary(tb, "firma"), Dir: tb.TempDir(), opts: opts}
 	s.Parent = testutil.NewCgroup(tb, nil)
 	s.Agent = testutil.NewCgroup(tb, s.Parent)
-	s.Port, s.DNSPort, s.ProxyPort = testutil.FreePort(tb), testutil.FreePort(tb), testutil.FreePort(tb)
+	ports := testutil.FreePorts(tb, 3)
+	s.Port, s.DNSPort, s.ProxyPort = ports[0], ports[1], ports[2]
 	s.PinDir = "/sys/fs/bpf/" + filepath.Base(s.Parent.Path)
 	s.AuditPath = filepath.Join(s.Dir, "audit.jsonl")
 	if opts.AuditPath != "" {
@@ -277,79 +274,41 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 // Start runs the sidecar and waits for "sidecar ready".
 func (s *Sidecar) Start(tb testing.TB) {
 	tb.Helper()
+	p := StartProcess(tb, s.Dir, append(testutil.CleanEnv(), s.opts.Env...), "sidecar ready", 30*time.Second,
+		s.Bin, "sidecar", "-c", s.ConfigPath)
 	s.mu.Lock()
-	s.stderr = &lockedBuffer{}
-	cmd := exec.Command(s.Bin, "sidecar", "-c", s.ConfigPath)
-	cmd.Dir = s.Dir
-	cmd.Env = append(testutil.CleanEnv(), s.opts.Env...)
-	cmd.Stdout = s.stderr
-	cmd.Stderr = s.stderr
-	if err := cmd.Start(); err != nil {
-		s.mu.Unlock()
-		tb.Fatal(err)
-	}
-	s.cmd = cmd
-	exited := make(chan struct{})
-	s.exited = exited
+	s.proc = p
 	s.mu.Unlock()
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	deadline := time.After(30 * time.Second)
-	for !strings.Contains(s.stderr.String(), "sidecar ready") {
-		select {
-		case <-exited:
-			tb.Fatalf("sidecar exited before ready (%v):\n%s", cmd.ProcessState, s.stderr.String())
-		case <-deadline:
-			tb.Fatalf("sidecar not ready after 30s:\n%s", s.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+}
+
+func (s *Sidecar) process() *Process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc
 }
 
 // Kill9 kills the sidecar without letting it clean up, as a crash would.
 func (s *Sidecar) Kill9(tb testing.TB) {
 	tb.Helper()
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if cmd == nil {
-		return
+	if p := s.process(); p != nil {
+		p.Kill()
 	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	<-exited
 }
 
 // Stop sends SIGTERM and waits (bounded) for the sidecar to drain and exit.
 func (s *Sidecar) Stop(tb testing.TB) {
 	tb.Helper()
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(15 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-		tb.Errorf("sidecar did not exit on SIGTERM:\n%s", s.Logs())
+	if p := s.process(); p != nil {
+		p.Stop(tb, 15*time.Second)
 	}
 }
 
 // Logs is everything the sidecar has written to stdout and stderr.
 func (s *Sidecar) Logs() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stderr.String()
+	if p := s.process(); p != nil {
+		return p.Logs()
+	}
+	return ""
 }
 
 // Run runs a command inside the agent cgroup with no proxy variables and returns its combined
@@ -424,21 +383,4 @@ func ReadEvents(tb testing.TB, path string) []audit.Event {
 func dumpFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

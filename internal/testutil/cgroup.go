@@ -128,21 +128,36 @@ func randHex(tb testing.TB, n int) string {
 // FreePort returns a TCP port that was free on 127.0.0.1 and [::1] a moment ago.
 func FreePort(tb testing.TB) uint16 {
 	tb.Helper()
-	for range 50 {
+	return FreePorts(tb, 1)[0]
+}
+
+// FreePorts returns n distinct TCP ports that were free on 127.0.0.1 and [::1] a moment ago: all
+// are held open until every one is chosen, so none is returned twice.
+func FreePorts(tb testing.TB, n int) []uint16 {
+	tb.Helper()
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	var ports []uint16
+	for tries := 0; len(ports) < n && tries < 50*n; tries++ {
 		l4, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
 			tb.Fatal(err)
 		}
-		port := l4.Addr().String()[strings.LastIndex(l4.Addr().String(), ":")+1:]
-		l6, err := net.Listen("tcp6", "[::1]:"+port)
-		l4.Close()
+		held = append(held, l4)
+		port := l4.Addr().(*net.TCPAddr).Port
+		l6, err := net.Listen("tcp6", "[::1]:"+strconv.Itoa(port))
 		if err != nil {
 			continue
 		}
-		l6.Close()
-		p, _ := strconv.Atoi(port)
-		return uint16(p)
+		held = append(held, l6)
+		ports = append(ports, uint16(port))
 	}
-	tb.Fatal("no free port on both loopbacks")
-	return 0
+	if len(ports) < n {
+		tb.Fatal("no free ports on both loopbacks")
+	}
+	return ports
 }

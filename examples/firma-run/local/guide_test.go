@@ -5,15 +5,12 @@
 package local
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -108,16 +105,17 @@ func TestGuideSecureACodingAgent(t *testing.T) {
 	parent := testutil.NewCgroup(t, nil)
 	pinDir := "/sys/fs/bpf/" + filepath.Base(parent.Path)
 	t.Cleanup(func() { bpf.Cleanup(pinDir) })
-	authPort := testutil.FreePort(t)
+	ports := testutil.FreePorts(t, 4)
+	authPort := ports[0]
 	cfgPath := filepath.Join(repo, ".local/firma.toml")
 	cfg, _ := os.ReadFile(cfgPath)
 	text := strings.NewReplacer(
 		"[::1]:50051", fmt.Sprintf("[::1]:%d", authPort),
 		`cgroup = "firma-agents.slice"`, fmt.Sprintf("cgroup = %q", strings.TrimPrefix(parent.Rel, "/")),
-		"port = 15001", fmt.Sprintf("port = %d", testutil.FreePort(t)),
-		"dns_port = 15053", fmt.Sprintf("dns_port = %d", testutil.FreePort(t)),
+		"port = 15001", fmt.Sprintf("port = %d", ports[1]),
+		"dns_port = 15053", fmt.Sprintf("dns_port = %d", ports[2]),
 		`pin_dir = "/sys/fs/bpf/firma"`, fmt.Sprintf("pin_dir = %q", pinDir),
-		`listen_addr = "127.0.0.1:8080"`, fmt.Sprintf(`listen_addr = "127.0.0.1:%d"`, testutil.FreePort(t)),
+		`listen_addr = "127.0.0.1:8080"`, fmt.Sprintf(`listen_addr = "127.0.0.1:%d"`, ports[3]),
 	).Replace(string(cfg))
 	text += fmt.Sprintf(`
 [sidecar.upstream]
@@ -131,11 +129,13 @@ resolve = { "api.anthropic.com" = %q, "paste.rs" = %q }
 
 	// Terminal 1: the authority. Terminal 2: the sidecar, which alone holds the API key.
 	firma := filepath.Join(bin, "firma")
-	authority := start(t, repo, append(env, "ANTHROPIC_API_KEY="), "authority ready", firma, "authority", "-c", ".local/firma.toml")
-	sidecar := start(t, repo, append(env, "ANTHROPIC_API_KEY="+apiKey), "sidecar ready", firma, "sidecar", "-c", ".local/firma.toml")
+	authority := e2e.StartProcess(t, repo, append(env, "ANTHROPIC_API_KEY="), "authority ready", 30*time.Second, firma, "authority", "-c", ".local/firma.toml")
+	t.Cleanup(func() { authority.Stop(t, 10*time.Second) })
+	sidecar := e2e.StartProcess(t, repo, append(env, "ANTHROPIC_API_KEY="+apiKey), "sidecar ready", 30*time.Second, firma, "sidecar", "-c", ".local/firma.toml")
+	t.Cleanup(func() { sidecar.Stop(t, 10*time.Second) })
 	for _, line := range []string{"bootstrapping CA at .local/firma-ca", "wrote firma-ca.crt and firma-ca.key", "sidecar ready"} {
-		if !strings.Contains(sidecar.String(), line) {
-			t.Errorf("sidecar log lacks the guide's line %q:\n%s", line, sidecar)
+		if !strings.Contains(sidecar.Logs(), line) {
+			t.Errorf("sidecar log lacks the guide's line %q:\n%s", line, sidecar.Logs())
 		}
 	}
 	waitBundle(t, repo)
@@ -148,11 +148,11 @@ curl -sS --max-time 10 https://paste.rs/ || echo "paste.rs: refused"`
 	run.Dir, run.Env = repo, append(env, "ANTHROPIC_API_KEY=sk-ant-from-the-users-shell")
 	out, err := run.CombinedOutput()
 	if err != nil {
-		t.Fatalf("firma run: %v\n%s\nsidecar:\n%s\nauthority:\n%s", err, out, sidecar, authority)
+		t.Fatalf("firma run: %v\n%s\nsidecar:\n%s\nauthority:\n%s", err, out, sidecar.Logs(), authority.Logs())
 	}
 	for _, want := range []string{"key in env: 0", "hello from anthropic /v1/messages", "paste.rs: refused"} {
 		if !strings.Contains(string(out), want) {
-			t.Errorf("agent output lacks %q:\n%s\nsidecar:\n%s", want, out, sidecar)
+			t.Errorf("agent output lacks %q:\n%s\nsidecar:\n%s", want, out, sidecar.Logs())
 		}
 	}
 	if reqs := anthropic.Requests(); len(reqs) != 1 || reqs[0].Header.Get("X-Api-Key") != apiKey {
@@ -208,48 +208,6 @@ func scratchRepo(t *testing.T) string {
 		}
 	}
 	return repo
-}
-
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// start runs a long-lived command of the guide in dir and waits for its ready line.
-func start(t *testing.T, dir string, env []string, ready string, name string, args ...string) *syncBuffer {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir, cmd.Env = dir, env
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String(), ready) {
-		if time.Now().After(deadline) || cmd.ProcessState != nil {
-			t.Fatalf("%s %v not ready:\n%s", name, args, out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return out
 }
 
 // waitBundle waits until the sidecar has the authority's bundle (its cache file exists).
