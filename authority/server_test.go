@@ -416,10 +416,7 @@ func TestIssueOverHTTPTrustsOnlyLocalRootOrSelf(t *testing.T) {
 
 	// Another local user is refused although it can connect.
 	testutil.RequireRoot(t)
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		t.Skip("curl not installed")
-	}
+	curl := testutil.RequireTool(t, "curl")
 	cmd := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
 		"--data", body, a.url+PathCapabilities)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

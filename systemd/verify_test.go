@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // units are every unit firma ships or shows.
@@ -58,9 +60,7 @@ func verify(t *testing.T, dir string, names []string) (string, error) {
 }
 
 func TestUnitsVerify(t *testing.T) {
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Skip("systemd-analyze not installed")
-	}
+	testutil.RequireTool(t, "systemd-analyze")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "firma")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/firma").CombinedOutput(); err != nil {

@@ -11,25 +11,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// requireRoot is testutil.RequireRoot, which this package cannot import: internal/testutil imports
-// daemon/audit (its sidecar helper reads audit logs), and a test importing it would be a cycle.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("FIRMA_REQUIRE_ROOT") != "" {
-		t.Fatal("test needs root and FIRMA_REQUIRE_ROOT is set")
-	}
-	t.Skip("test needs root")
-}
+	"github.com/openfirma/firma/internal/testutil"
+)
 
 // smallTmpfs mounts a tmpfs of size bytes and unmounts it when the test ends.
 func smallTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -144,7 +133,7 @@ func TestOpenOnFullDiskFails(t *testing.T) {
 }
 
 func TestUnwritableDirFails(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	// Root ignores permissions; a read-only bind mount is what stops it.
 	dir := smallTmpfs(t, "64k")
 	if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {

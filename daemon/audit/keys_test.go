@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 func TestLoadSigningKey(t *testing.T) {
@@ -74,9 +76,7 @@ func TestLoadSigningKey(t *testing.T) {
 // A third party with openssl and the public key can check a line: the canonical form in the
 // package doc is all it takes.
 func TestOpenSSLKeyAndThirdPartyVerification(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	testutil.RequireTool(t, "openssl")
 	dir := t.TempDir()
 	key, pub := filepath.Join(dir, "audit.key"), filepath.Join(dir, "audit.pub")
 	run := func(args ...string) {

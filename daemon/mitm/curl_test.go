@@ -6,15 +6,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // curl, a real agent-side client, over HTTP/1.1 and HTTP/2: it sees the firma CA as issuer, an
 // allowed then a denied request on one connection behave as they should, and a curl that does not
 // trust the CA fails the handshake.
 func TestCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed")
-	}
+	testutil.RequireTool(t, "curl")
 	for _, proto := range []string{"--http1.1", "--http2"} {
 		t.Run(proto, func(t *testing.T) {
 			e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
@@ -71,9 +71,7 @@ func TestCurl(t *testing.T) {
 // Node (the runtime of most coding agents), trusting the CA through NODE_EXTRA_CA_CERTS as the
 // guide says: keep-alive allowed then denied on one socket.
 func TestNodeClient(t *testing.T) {
-	if _, err := exec.LookPath("node"); err != nil {
-		t.Skip("node not installed")
-	}
+	testutil.RequireTool(t, "node")
 	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	const script = `
