@@ -32,6 +32,12 @@ type Config struct {
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          mitm.CAConfig          `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
+
+	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
+	// key, its policy and issuance dirs) that `firma run` hides from agents or keeps read-only, on
+	// top of the sidecar's own files. Set by the command that loads the file, not from TOML.
+	AgentHidden    []string `toml:"-"`
+	AgentProtected []string `toml:"-"`
 }
 
 // TransparentConfig is [sidecar.transparent]: the eBPF redirect.

@@ -30,33 +30,53 @@ func (s *Sidecar) Info() control.Info {
 		}
 	}
 	info.Hide = s.hiddenPaths()
+	info.Protect = s.protectedPaths()
 	if s.mitmCA != nil {
 		info.CACertPEM = string(s.mitmCA.CertPEM())
 	}
 	return info
 }
 
-// hiddenPaths are the sidecar's own files, which no agent may see.
+// hiddenPaths are the files an agent must not see: keys, the CA, the audit log (its directory too,
+// for rotated files; a runner skips a directory that holds its own workspace), credentials.
 func (s *Sidecar) hiddenPaths() []string {
-	var paths []string
-	add := func(p string) {
+	c := s.cfg
+	paths := []string{c.Control.Socket, c.Audit.FilePath, c.Audit.SigningKeyPath, c.CA.Dir,
+		c.Authority.CacheDir}
+	if c.Audit.FilePath != "" {
+		paths = append(paths, filepath.Dir(c.Audit.FilePath))
+	}
+	for _, cr := range c.Credentials {
+		paths = append(paths, cr.ValueFromFile)
+	}
+	return absPaths(append(paths, c.AgentHidden...))
+}
+
+// protectedPaths are the files an agent may read but must not change: what decides its policy and
+// its capabilities.
+func (s *Sidecar) protectedPaths() []string {
+	c := s.cfg
+	paths := []string{c.Policy.Dir, c.Policy.Schema, c.Mapping.RulesPath, c.Authority.PublicKeyPath,
+		c.Authority.RevocationFile}
+	for _, a := range c.Agents {
+		paths = append(paths, a.CapabilityFile)
+	}
+	return absPaths(append(paths, c.AgentProtected...))
+}
+
+// absPaths makes paths absolute (relative ones are relative to the sidecar's directory, as it
+// reads them) and drops empty ones and "/".
+func absPaths(paths []string) []string {
+	var out []string
+	for _, p := range paths {
 		if p == "" {
-			return
+			continue
 		}
-		if abs, err := filepath.Abs(p); err == nil {
-			paths = append(paths, abs)
+		if abs, err := filepath.Abs(p); err == nil && abs != "/" {
+			out = append(out, abs)
 		}
 	}
-	add(s.cfg.Control.Socket)
-	add(s.cfg.Audit.FilePath)
-	add(s.cfg.Audit.SigningKeyPath)
-	add(s.cfg.Authority.CacheDir)
-	add(s.cfg.Authority.RevocationFile)
-	add(s.cfg.CA.Dir)
-	for _, c := range s.cfg.Credentials {
-		add(c.ValueFromFile)
-	}
-	return paths
+	return out
 }
 
 // Register maps a `firma run` cgroup to its agent once its capability verifies: a capability that

@@ -214,6 +214,7 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	spec, err := buildSpec(specInput{
 		Command: opts.Command, Env: opts.Env, Dir: dir, Profile: profile, Info: info,
 		Socket: socket, User: user, Homes: h.homes(user), CgroupMounts: cgroupMounts(mounts), Exists: h.exists,
+		Capability: id.CapabilityFile,
 	})
 	if err != nil {
 		return 1, err
@@ -368,6 +369,8 @@ type specInput struct {
 	Homes        []string
 	CgroupMounts []string
 	Exists       func(string) bool
+	// Capability is the --capability-file: the agent may read it, never replace it.
+	Capability string
 }
 
 // alwaysHidden are host sockets that hand out more power than an agent may have: container
@@ -431,14 +434,31 @@ func buildSpec(in specInput) (childSpec, error) {
 	if in.Profile.Workspace {
 		spec.Workspace = in.Dir
 	}
+	var hide []string
 	for _, p := range in.Info.Hide {
 		if !path.IsAbs(p) {
 			return spec, fmt.Errorf("the sidecar asks to hide %q, which is not an absolute path", p)
 		}
+		// A directory holding the agent's own working directory cannot be hidden from it; the
+		// sidecar lists the files in it as well, and those are hidden one by one.
+		if in.Dir == p || strings.HasPrefix(in.Dir, strings.TrimSuffix(p, "/")+"/") {
+			continue
+		}
+		hide = append(hide, p)
 	}
-	spec.Hide = dedupe(append(append(append([]string{in.Socket}, in.Info.Hide...), alwaysHidden...),
+	for _, p := range in.Info.Protect {
+		if !path.IsAbs(p) {
+			return spec, fmt.Errorf("the sidecar asks to protect %q, which is not an absolute path", p)
+		}
+	}
+	spec.Hide = dedupe(append(append(append([]string{in.Socket}, hide...), alwaysHidden...),
 		expandHome(in.Profile.Mask, in.Homes)...))
-	spec.Protect = dedupe(append(append([]string(nil), alwaysProtected...), in.CgroupMounts...))
+	protect := append(append([]string(nil), alwaysProtected...), in.CgroupMounts...)
+	protect = append(protect, in.Info.Protect...)
+	if in.Capability != "" {
+		protect = append(protect, in.Capability)
+	}
+	spec.Protect = dedupe(protect)
 	return spec, nil
 }
 

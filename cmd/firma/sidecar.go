@@ -34,6 +34,13 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.validateSidecar(); err != nil {
 		return err
 	}
+	if cfg.has["authority"] {
+		// One firma.toml often serves both (the guide's .local/firma.toml): keep agents away from
+		// the authority's key and from what it signs.
+		a := cfg.Authority
+		cfg.Sidecar.AgentHidden = append(cfg.Sidecar.AgentHidden, a.KeyFile)
+		cfg.Sidecar.AgentProtected = append(cfg.Sidecar.AgentProtected, a.PolicyDir, a.IssuancePolicyDir, a.RevocationFile, a.Schema)
+	}
 	if *cleanup {
 		if err := bpf.Cleanup(cfg.Sidecar.Transparent.PinDir); err != nil {
 			return fmt.Errorf("cleanup: %w", err)

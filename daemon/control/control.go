@@ -35,6 +35,10 @@ type Info struct {
 	// Hide lists absolute paths an agent must not see: the control socket, the CA directory, the
 	// audit log and its signing key, and anything else of the sidecar's.
 	Hide []string `json:"hide,omitempty"`
+	// Protect lists absolute paths an agent may read but must not change: policy and mapping files,
+	// schemas, revocation lists, capability files. Applied after the workspace is bound read-write,
+	// so they stay read-only inside it.
+	Protect []string `json:"protect,omitempty"`
 }
 
 // Registration says that a cgroup (and its descendants) is an agent.

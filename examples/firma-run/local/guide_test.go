@@ -143,14 +143,20 @@ resolve = { "api.anthropic.com" = %q, "paste.rs" = %q }
 	// Terminal 3: the agent under firma run, exactly as the guide runs it.
 	agent := `echo "key in env: $(env | grep -c ANTHROPIC_API_KEY || true)"
 curl -sS --max-time 10 -X POST -d '{"model":"claude"}' https://api.anthropic.com/v1/messages
-curl -sS --max-time 10 https://paste.rs/ || echo "paste.rs: refused"`
+curl -sS --max-time 10 https://paste.rs/ || echo "paste.rs: refused"
+# The workspace is the repository, read-write; what decides the agent's policy is not.
+if grep -q PRIVATE .local/firma-authority.key 2>/dev/null; then echo "authority key: READABLE"; else echo "authority key: hidden"; fi
+if grep -q forbid examples/policies/claude-code.cedar && ! echo 'permit (principal, action, resource);' >> examples/policies/claude-code.cedar 2>/dev/null; then echo "policy: read-only"; else echo "policy: WRITABLE"; fi
+if touch .local/issuance/x.cedar 2>/dev/null; then echo "issuance: WRITABLE"; else echo "issuance: protected"; fi
+if touch workspace-is-writable 2>/dev/null; then echo "workspace: writable"; fi`
 	run := exec.Command(firma, "run", "--profile", "codex", "--capability-file", ".local/capability-claude.toml", "--", "sh", "-c", agent)
 	run.Dir, run.Env = repo, append(env, "ANTHROPIC_API_KEY=sk-ant-from-the-users-shell")
 	out, err := run.CombinedOutput()
 	if err != nil {
 		t.Fatalf("firma run: %v\n%s\nsidecar:\n%s\nauthority:\n%s", err, out, sidecar.Logs(), authority.Logs())
 	}
-	for _, want := range []string{"key in env: 0", "hello from anthropic /v1/messages", "paste.rs: refused"} {
+	for _, want := range []string{"key in env: 0", "hello from anthropic /v1/messages", "paste.rs: refused",
+		"authority key: hidden", "policy: read-only", "issuance: protected", "workspace: writable"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("agent output lacks %q:\n%s\nsidecar:\n%s", want, out, sidecar.Logs())
 		}
@@ -160,6 +166,9 @@ curl -sS --max-time 10 https://paste.rs/ || echo "paste.rs: refused"`
 	}
 	if n := paste.Conns(); n != 0 {
 		t.Errorf("paste.rs got %d connections", n)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "examples/policies/claude-code.cedar")); strings.Contains(string(b), "permit (principal, action, resource);") {
+		t.Error("the agent rewrote the policy the authority serves")
 	}
 
 	// The guide's check: a DENY event for paste.rs naming the claude-code forbid.
