@@ -262,53 +262,46 @@ static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 	return 0;
 }
 
-static __always_inline int configured(void) { return sidecar_port != 0; }
+// admit is what every connect and sendmsg hook checks first: a configured sidecar, the hook's own
+// address family, and a TCP or UDP socket. It returns the protocol, or 0 once the refusal is
+// counted.
+static __always_inline __u8 admit(struct bpf_sock_addr *ctx, __u32 family)
+{
+	if (sidecar_port == 0) {
+		count(CNT_REFUSE_UNCONFIGURED);
+		return 0;
+	}
+	__u8 proto = ctx->user_family == family ? sock_proto(ctx) : 0;
+	if (!proto)
+		count(CNT_REFUSE_PROTO);
+	return proto;
+}
 
 SEC("cgroup/connect4")
 int firma_connect4(struct bpf_sock_addr *ctx)
 {
-	if (!configured())
-		return refuse(CNT_REFUSE_UNCONFIGURED);
-	if (ctx->user_family != AF_INET)
-		return refuse(CNT_REFUSE_PROTO);
-	__u8 proto = sock_proto(ctx);
-	if (!proto)
-		return refuse(CNT_REFUSE_PROTO);
-	return connect4(ctx, proto);
+	__u8 proto = admit(ctx, AF_INET);
+	return proto ? connect4(ctx, proto) : VERDICT_REFUSE;
 }
 
 SEC("cgroup/connect6")
 int firma_connect6(struct bpf_sock_addr *ctx)
 {
-	if (!configured())
-		return refuse(CNT_REFUSE_UNCONFIGURED);
-	if (ctx->user_family != AF_INET6)
-		return refuse(CNT_REFUSE_PROTO);
-	__u8 proto = sock_proto(ctx);
-	if (!proto)
-		return refuse(CNT_REFUSE_PROTO);
-	return connect6(ctx, proto);
+	__u8 proto = admit(ctx, AF_INET6);
+	return proto ? connect6(ctx, proto) : VERDICT_REFUSE;
 }
 
-// Unconnected UDP (sendto): only DNS, to the resolver.
+// Unconnected UDP (sendto; the hooks only run for UDP): only DNS, to the resolver.
 SEC("cgroup/sendmsg4")
 int firma_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	if (!configured())
-		return refuse(CNT_REFUSE_UNCONFIGURED);
-	if (ctx->user_family != AF_INET || sock_proto(ctx) != IPPROTO_UDP)
-		return refuse(CNT_REFUSE_PROTO);
-	return connect4(ctx, IPPROTO_UDP);
+	return admit(ctx, AF_INET) == IPPROTO_UDP ? connect4(ctx, IPPROTO_UDP) : VERDICT_REFUSE;
 }
 
 SEC("cgroup/sendmsg6")
 int firma_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	if (!configured())
-		return refuse(CNT_REFUSE_UNCONFIGURED);
-	if (ctx->user_family != AF_INET6 || sock_proto(ctx) != IPPROTO_UDP)
-		return refuse(CNT_REFUSE_PROTO);
-	return connect6(ctx, IPPROTO_UDP);
+	return admit(ctx, AF_INET6) == IPPROTO_UDP ? connect6(ctx, IPPROTO_UDP) : VERDICT_REFUSE;
 }
 
 // redirected_to is true for a port the programs redirect to.
