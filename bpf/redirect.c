@@ -170,29 +170,40 @@ static __always_inline struct origin *remember(struct bpf_sock_addr *ctx, __u8 p
 	return o;
 }
 
-// is_dns is true for a flow the resolver takes: UDP or TCP to port 53.
-static __always_inline int is_dns(__u16 port) { return port == DNS_PORT; }
+// redirected_to is true for a port the programs redirect to: dialing it directly is refused.
+static __always_inline int redirected_to(__u16 port)
+{
+	return port && (port == sidecar_port || port == dns_port);
+}
+
+// redirect_port is where a flow to port goes: the resolver for port 53 (UDP or TCP), the
+// transparent listener for other TCP. It returns 0 for a flow that is refused, with *c the counter
+// to charge; otherwise *c is the redirect counter.
+static __always_inline __u16 redirect_port(__u16 port, __u8 proto, __u32 *c)
+{
+	if (port == DNS_PORT) {
+		*c = dns_port ? CNT_REDIRECT_DNS : CNT_REFUSE_UNCONFIGURED;
+		return dns_port;
+	}
+	if (proto == IPPROTO_TCP) {
+		*c = CNT_REDIRECT_TCP;
+		return sidecar_port;
+	}
+	*c = CNT_REFUSE_UDP;
+	return 0;
+}
 
 static __always_inline int connect4(struct bpf_sock_addr *ctx, __u8 proto)
 {
 	__u32 dst = ctx->user_ip4;
 	__u16 port = bpf_ntohs(ctx->user_port);
-	if (dst == bpf_htonl(LOOPBACK4) && (port == sidecar_port || (dns_port && port == dns_port)))
+	if (dst == bpf_htonl(LOOPBACK4) && redirected_to(port))
 		return refuse(CNT_REFUSE_SELF);
 
-	__u16 to;
 	__u32 c;
-	if (is_dns(port)) {
-		if (!dns_port)
-			return refuse(CNT_REFUSE_UNCONFIGURED);
-		to = dns_port;
-		c = CNT_REDIRECT_DNS;
-	} else if (proto == IPPROTO_TCP) {
-		to = sidecar_port;
-		c = CNT_REDIRECT_TCP;
-	} else {
-		return refuse(CNT_REFUSE_UDP);
-	}
+	__u16 to = redirect_port(port, proto, &c);
+	if (!to)
+		return refuse(c);
 	struct origin *o = remember(ctx, proto, 1);
 	if (!o)
 		return refuse(CNT_REFUSE_STORAGE);
@@ -211,24 +222,15 @@ static __always_inline int connect6(struct bpf_sock_addr *ctx, __u8 proto)
 	int mapped = is_mapped4(w0, w1, w2);
 	int self_addr = mapped ? w3 == bpf_htonl(LOOPBACK4)
 			       : (w0 == 0 && w1 == 0 && w2 == 0 && w3 == bpf_htonl(1));
-	if (self_addr && (port == sidecar_port || (dns_port && port == dns_port)))
+	if (self_addr && redirected_to(port))
 		return refuse(CNT_REFUSE_SELF);
 	if (!mapped && !ipv6_enabled)
 		return refuse(CNT_REFUSE_IPV6);
 
-	__u16 to;
 	__u32 c;
-	if (is_dns(port)) {
-		if (!dns_port)
-			return refuse(CNT_REFUSE_UNCONFIGURED);
-		to = dns_port;
-		c = CNT_REDIRECT_DNS;
-	} else if (proto == IPPROTO_TCP) {
-		to = sidecar_port;
-		c = CNT_REDIRECT_TCP;
-	} else {
-		return refuse(CNT_REFUSE_UDP);
-	}
+	__u16 to = redirect_port(port, proto, &c);
+	if (!to)
+		return refuse(c);
 	struct origin *o = remember(ctx, proto, mapped);
 	if (!o)
 		return refuse(CNT_REFUSE_STORAGE);
@@ -302,12 +304,6 @@ SEC("cgroup/sendmsg6")
 int firma_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return admit(ctx, AF_INET6) == IPPROTO_UDP ? connect6(ctx, IPPROTO_UDP) : VERDICT_REFUSE;
-}
-
-// redirected_to is true for a port the programs redirect to.
-static __always_inline int redirected_to(__u16 port)
-{
-	return port && (port == sidecar_port || port == dns_port);
 }
 
 // restore4 makes a redirected socket report its original peer instead of the sidecar.
