@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // fakeCapability records Stage 1 calls and answers with err, or token when err is nil.
@@ -159,7 +161,7 @@ func TestReload(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "p.cedar")
 	writeFile(t, file, permitA)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	e, err := New(Config{Dir: dir}, DefaultMappingConfig(), zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
@@ -346,7 +348,7 @@ func TestWatch(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "p.cedar")
 	writeFile(t, file, permitA)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	e, err := New(Config{Dir: dir}, DefaultMappingConfig(), zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
@@ -392,22 +394,4 @@ func TestWatch(t *testing.T) {
 	if e.Version() != v2 {
 		t.Error("a non-policy file changed the set")
 	}
-}
-
-// syncBuffer is a log sink safe for the watcher goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // testKey writes a fresh P-256 key as PKCS#8 PEM (0600) and its public key, and returns both paths.
@@ -43,9 +45,9 @@ func testKey(t testing.TB) (keyPath, pubPath string, pub *ecdsa.PublicKey) {
 	return keyPath, pubPath, &k.PublicKey
 }
 
-func testLogger(t testing.TB) (zerolog.Logger, *syncBuffer) {
+func testLogger(t testing.TB) (zerolog.Logger, *testutil.SyncBuffer) {
 	t.Helper()
-	b := &syncBuffer{}
+	b := &testutil.SyncBuffer{}
 	return zerolog.New(b), b
 }
 

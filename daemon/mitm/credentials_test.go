@@ -11,6 +11,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/daemon/credentials"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // The real injector behind the interceptor: the upstream sees the sidecar's x-api-key (from the
@@ -25,7 +27,7 @@ func TestCredentialsEndToEnd(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte(fileSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	inj, err := credentials.New([]credentials.Config{
 		{Host: apiHost, Mode: credentials.ModeBasic, Header: "x-api-key", ValueFromEnv: "ANTHROPIC_API_KEY"},
 		{Host: "openai.example.test", Mode: credentials.ModeBearer, ValueFromFile: keyFile},

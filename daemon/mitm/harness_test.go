@@ -106,24 +106,6 @@ func (h *fakeHooks) waitDone(tb testing.TB, n int) []doneCall {
 	}
 }
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type envOptions struct {
 	cfg   func(*Config)
 	creds Injector
@@ -140,7 +122,7 @@ type env struct {
 	hooks   *fakeHooks
 	addr    string
 	port    int
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	accepts atomic.Int64
 	dials   atomic.Int64
 
@@ -152,7 +134,7 @@ type env struct {
 
 func newEnv(tb testing.TB, o envOptions) *env {
 	tb.Helper()
-	e := &env{t: tb, routes: map[string]string{}, logs: &syncBuffer{}}
+	e := &env{t: tb, routes: map[string]string{}, logs: &testutil.SyncBuffer{}}
 	e.hooks = o.hooks
 	if e.hooks == nil {
 		e.hooks = &fakeHooks{}

@@ -161,7 +161,7 @@ func (a *Authority) Firma(tb testing.TB, args ...string) string {
 	cmd := exec.Command(a.Bin, args...)
 	cmd.Dir = a.Dir
 	cmd.Env = testutil.CleanEnv()
-	var stderr lockedBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

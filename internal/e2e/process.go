@@ -3,20 +3,20 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // Process is a long-running process a test started (a sidecar, an authority), with its output.
 type Process struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *testutil.SyncBuffer
 	exited chan struct{}
 }
 
@@ -24,7 +24,7 @@ type Process struct {
 // test if the process exits first or is not ready within timeout.
 func StartProcess(tb testing.TB, dir string, env []string, ready string, timeout time.Duration, name string, args ...string) *Process {
 	tb.Helper()
-	p := &Process{out: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &Process{out: &testutil.SyncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Dir, p.cmd.Env = dir, env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -81,22 +81,4 @@ func (p *Process) Stop(tb testing.TB, timeout time.Duration) {
 		p.Kill()
 		tb.Errorf("%s did not exit on SIGTERM:\n%s", p.cmd.Path, p.Logs())
 	}
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
