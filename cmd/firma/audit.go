@@ -21,19 +21,10 @@ const auditUsage = `usage:
 
 // auditCmd is `firma audit verify|tail`.
 func auditCmd(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, auditUsage)
-	}
-	switch args[0] {
-	case "verify":
-		return auditVerifyCmd(args[1:], stdout, stderr)
-	case "tail":
-		return auditTailCmd(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, auditUsage)
-		return nil
-	}
-	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], auditUsage)
+	return subcommands(args, stdout, stderr, auditUsage, map[string]func([]string, io.Writer, io.Writer) error{
+		"verify": auditVerifyCmd,
+		"tail":   auditTailCmd,
+	})
 }
 
 // auditVerifyCmd exits 0 when every line checks out, 1 naming the first bad line otherwise.

@@ -16,17 +16,9 @@ const caUsage = `usage:
 // caCmd is `firma ca show`: where the sidecar's MITM CA is and its fingerprint. It never creates a
 // CA; the sidecar bootstraps one on its first start.
 func caCmd(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, caUsage)
-	}
-	switch args[0] {
-	case "show":
-		return caShowCmd(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, caUsage)
-		return nil
-	}
-	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], caUsage)
+	return subcommands(args, stdout, stderr, caUsage, map[string]func([]string, io.Writer, io.Writer) error{
+		"show": caShowCmd,
+	})
 }
 
 func caShowCmd(args []string, stdout, stderr io.Writer) error {

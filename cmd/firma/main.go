@@ -75,3 +75,20 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %s%s  %s\n", n, strings.Repeat(" ", width-len(n)), commands[n].summary)
 	}
 }
+
+// subcommands runs the subcommand args[0] names, for commands that only group others
+// (firma audit verify|tail, firma policy validate|test, firma ca show).
+func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map[string]func([]string, io.Writer, io.Writer) error) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, usage)
+	}
+	if run, ok := subs[args[0]]; ok {
+		return run(args[1:], stdout, stderr)
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], usage)
+}

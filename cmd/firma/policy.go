@@ -29,19 +29,10 @@ const policyUsage = `usage:
 
 // policyCmd is `firma policy validate|test`.
 func policyCmd(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, policyUsage)
-	}
-	switch args[0] {
-	case "validate":
-		return policyValidateCmd(args[1:], stdout, stderr)
-	case "test":
-		return policyTestCmd(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, policyUsage)
-		return nil
-	}
-	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], policyUsage)
+	return subcommands(args, stdout, stderr, policyUsage, map[string]func([]string, io.Writer, io.Writer) error{
+		"validate": policyValidateCmd,
+		"test":     policyTestCmd,
+	})
 }
 
 // policyParseFlags lets flags and positional arguments interleave ("validate dir -v").
