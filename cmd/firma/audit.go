@@ -33,7 +33,7 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	pubPath := fs.String("pubkey", "", "PEM public key (openssl pkey -pubout); without it only the chain is checked")
 	cfgPath := fs.String("c", "", "firma.toml: verify every file of [sidecar.audit] file_path")
-	files, err := auditParseFlags(fs, args)
+	files, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func auditTailCmd(args []string, stdout, stderr io.Writer) error {
 	since := fs.String("since", "", "only records from this long ago (15m, 2h) or since this RFC 3339 time")
 	last := fs.Int("n", 10, "how many of the newest records to print first (0 = all); ignored with --since")
 	asJSON := fs.Bool("json", false, "print the records as written (JSON lines)")
-	rest, err := auditParseFlags(fs, args)
+	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
@@ -184,20 +184,4 @@ func auditLivePath(path string) (string, error) {
 		return "", fmt.Errorf("%s: sidecar.audit.file_path is not set", path)
 	}
 	return filepath.Clean(cfg.Sidecar.Audit.FilePath), nil
-}
-
-// auditParseFlags parses flags that may come before, between or after the positional arguments;
-// everything after "--" is positional.
-func auditParseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%w: %w", errUsage, err)
-		}
-		rest := fs.Args()
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" || len(rest) == 0 {
-			return append(pos, rest...), nil
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
-	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -91,4 +92,20 @@ func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map
 		return nil
 	}
 	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], usage)
+}
+
+// parseInterleaved parses flags that may come before, between or after the positional arguments
+// ("validate dir -v"); everything after "--" is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %w", errUsage, err)
+		}
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" || len(rest) == 0 {
+			return append(pos, rest...), nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
 }

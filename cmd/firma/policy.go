@@ -35,21 +35,6 @@ func policyCmd(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-// policyParseFlags lets flags and positional arguments interleave ("validate dir -v").
-func policyParseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%w: %w", errUsage, err)
-		}
-		rest := fs.Args()
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" || len(rest) == 0 {
-			return append(pos, rest...), nil
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
-	}
-}
-
 // policyConfig reads [sidecar.policy] and [sidecar.mapping] from firma.toml.
 func policyConfig(path string) (policies.Config, policies.MappingConfig, error) {
 	cfg, err := loadConfig(path)
@@ -77,7 +62,7 @@ func policyValidateCmd(args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("c", "", "firma.toml: validate its [sidecar.policy] and [sidecar.mapping] files")
 	schemaPath := fs.String("schema", "", "schema to validate against (default: -c's, else the embedded one)")
 	verbose := fs.Bool("v", false, "list every policy and rule")
-	targets, err := policyParseFlags(fs, args)
+	targets, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
@@ -218,7 +203,7 @@ func policyTestCmd(args []string, stdout, stderr io.Writer) error {
 	rules := fs.String("rules", "", "mapping rules file (overrides the fixture and -c)")
 	protected := fs.String("default-protected", "", "true or false (overrides the fixture and -c)")
 	verbose := fs.Bool("v", false, "print every case, not only failures")
-	files, err := policyParseFlags(fs, args)
+	files, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
