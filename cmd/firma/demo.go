@@ -19,6 +19,9 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	// The demo attaches programs and makes a cgroup: it must get to its cleanup even when its
+	// output goes to a reader that quits early (firma demo | head).
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return demo.Run(ctx, stdout, *keep)
