@@ -5,16 +5,15 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
-	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/daemon/credentials"
 	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -130,7 +129,7 @@ func (c *Config) Validate() error {
 		if c.Transparent.Port == 0 {
 			bad("transparent.port", "must be set")
 		}
-		if c.Transparent.Cgroup == "" || !cgroupPathOK(c.Transparent.Cgroup) {
+		if c.Transparent.Cgroup == "" || !cgroup.ValidRelative(c.Transparent.Cgroup) {
 			bad("transparent.cgroup", "%q is not a relative cgroup path", c.Transparent.Cgroup)
 		}
 		if c.Transparent.PinDir == "" || !filepath.IsAbs(c.Transparent.PinDir) {
@@ -148,13 +147,13 @@ func (c *Config) Validate() error {
 	seen := map[string]bool{}
 	for i, a := range c.Agents {
 		key := fmt.Sprintf("agents[%d]", i)
-		if !cgroupPathOK(a.Cgroup) {
+		if !cgroup.ValidRelative(a.Cgroup) {
 			bad(key+".cgroup", "%q is not a relative cgroup path", a.Cgroup)
 		}
 		if a.AgentID == "" {
 			bad(key+".agent_id", "must be set")
 		}
-		cg := cleanCgroup(a.Cgroup)
+		cg := cgroup.Canonical(a.Cgroup)
 		if seen[cg] {
 			bad(key+".cgroup", "%q is listed twice", a.Cgroup)
 		}
@@ -215,24 +214,4 @@ func prefixed(prefix string, err error) []error {
 		return out
 	}
 	return []error{fmt.Errorf("%s%w", prefix, err)}
-}
-
-// cgroupPathOK accepts a relative cgroup path without ".." whose slices nest as systemd nests them.
-func cgroupPathOK(p string) bool {
-	if strings.Trim(p, "/") == "" {
-		return false
-	}
-	_, err := control.SlicePath(p)
-	return err == nil
-}
-
-// cleanCgroup is the canonical form of a configured cgroup path: a leading slash, no trailing slash,
-// and systemd slices expanded to where systemd puts them ("firma-agents.slice" is
-// "/firma.slice/firma-agents.slice"), so a service with Slice=firma-agents.slice is covered whether
-// or not systemd runs. Paths are validated first; an invalid one falls back to plain cleaning.
-func cleanCgroup(p string) string {
-	if cg, err := control.SlicePath(p); err == nil {
-		return cg
-	}
-	return path.Clean("/" + strings.Trim(p, "/"))
 }

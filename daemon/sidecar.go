@@ -23,6 +23,7 @@ import (
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -114,7 +115,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		s.closers = append(s.closers, s.mitm.Close)
 	}
 
-	mount, err := bpf.Cgroup2Mount()
+	mount, err := cgroup.FindV2Mount()
 	if err != nil {
 		if cfg.Transparent.Enabled {
 			return nil, err
@@ -198,7 +199,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 // attach creates the parent cgroup when missing and attaches (or re-uses) the pinned programs.
 func (s *Sidecar) attach() error {
 	mount := s.ids.mount
-	parent := filepath.Join(mount, filepath.FromSlash(cleanCgroup(s.cfg.Transparent.Cgroup)))
+	parent := filepath.Join(mount, filepath.FromSlash(cgroup.Canonical(s.cfg.Transparent.Cgroup)))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("creating parent cgroup: %w", err)
 	}
