@@ -14,6 +14,7 @@ import (
 	"github.com/openfirma/firma/daemon/credentials"
 	"github.com/openfirma/firma/daemon/mitm"
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -48,7 +49,7 @@ type TransparentConfig struct {
 	IPv6    bool   `toml:"ipv6"`
 	PinDir  string `toml:"pin_dir"`
 	// SniffTimeout bounds how long the sidecar waits for a client's first bytes.
-	SniffTimeout Duration `toml:"sniff_timeout"`
+	SniffTimeout duration.Duration `toml:"sniff_timeout"`
 }
 
 // AgentConfig is one [[sidecar.agents]] entry: a static identity for a cgroup subtree.
@@ -80,22 +81,8 @@ type UpstreamConfig struct {
 	Resolve     map[string]string `toml:"resolve"`     // static name → address overrides
 	AllowCIDRs  []string          `toml:"allow_cidrs"` // otherwise-refused ranges to permit
 	Nameservers []string          `toml:"nameservers"` // "" = the host's resolv.conf
-	DialTimeout Duration          `toml:"dial_timeout"`
+	DialTimeout duration.Duration `toml:"dial_timeout"`
 }
-
-// Duration is a time.Duration that reads from TOML as "1.5s" or as integer seconds.
-type Duration time.Duration
-
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 // DefaultConfig returns the defaults that apply to keys a file leaves out.
 func DefaultConfig() Config {
@@ -108,12 +95,12 @@ func DefaultConfig() Config {
 			DNSPort:      15053,
 			IPv6:         true,
 			PinDir:       "/sys/fs/bpf/firma",
-			SniffTimeout: Duration(5 * time.Second),
+			SniffTimeout: duration.Of(5 * time.Second),
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: mitm.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
-		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
+		Upstream:    UpstreamConfig{DialTimeout: duration.Of(10 * time.Second)},
 		Audit:       audit.DefaultConfig(),
 		Authority:   authority.DefaultClientConfig(),
 	}
@@ -141,7 +128,7 @@ func (c *Config) Validate() error {
 			bad("transparent.dns_port", "must differ from transparent.port")
 		}
 	}
-	if c.Transparent.SniffTimeout <= 0 {
+	if c.Transparent.SniffTimeout.Duration <= 0 {
 		bad("transparent.sniff_timeout", "must be positive")
 	}
 	seen := map[string]bool{}
@@ -181,7 +168,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if c.Upstream.DialTimeout <= 0 {
+	if c.Upstream.DialTimeout.Duration <= 0 {
 		bad("upstream.dial_timeout", "must be positive")
 	}
 	if err := c.Authority.Validate(); err != nil {

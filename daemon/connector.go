@@ -51,7 +51,7 @@ func NewConnector(cfg UpstreamConfig, self []netip.AddrPort) (*Connector, error)
 	c := &Connector{
 		static:      map[string]netip.Addr{},
 		self:        map[netip.AddrPort]bool{},
-		dialTimeout: time.Duration(cfg.DialTimeout),
+		dialTimeout: cfg.DialTimeout.Duration,
 		own:         cachedOwnAddrs(10 * time.Second),
 	}
 	for name, a := range cfg.Resolve {

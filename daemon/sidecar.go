@@ -63,7 +63,7 @@ type Sidecar struct {
 // New prepares a sidecar from a validated config: it opens the audit log and loads policy, but
 // touches neither the kernel nor the network. Errors name the file at fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
-	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: time.Duration(cfg.Transparent.SniffTimeout),
+	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: cfg.Transparent.SniffTimeout.Duration,
 		regClose: map[string]func() error{}}
 	defer func() {
 		if err != nil {
