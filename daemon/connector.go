@@ -7,9 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/openfirma/firma/internal/hostname"
 )
 
 // ErrRefusedAddress means a name resolved only to addresses the sidecar will not dial.
@@ -59,7 +60,7 @@ func NewConnector(cfg UpstreamConfig, self []netip.AddrPort) (*Connector, error)
 		if err != nil {
 			return nil, fmt.Errorf("upstream.resolve %q: %w", name, err)
 		}
-		c.static[normalizeHost(name)] = addr.Unmap()
+		c.static[hostname.Normalize(name)] = addr.Unmap()
 	}
 	for _, p := range cfg.AllowCIDRs {
 		prefix, err := netip.ParsePrefix(p)
@@ -107,7 +108,7 @@ func newResolver(nameservers []string) Resolver {
 // Resolve returns the addresses host may be dialed at, in order, with refused ones removed. When
 // every address is refused it returns the first refusal.
 func (c *Connector) Resolve(ctx context.Context, host string) ([]netip.Addr, error) {
-	host = normalizeHost(host)
+	host = hostname.Normalize(host)
 	var addrs []netip.Addr
 	if a, err := netip.ParseAddr(host); err == nil {
 		addrs = []netip.Addr{a.Unmap()}
@@ -295,13 +296,4 @@ func cachedOwnAddrs(ttl time.Duration) func() []netip.Addr {
 		}
 		return addrs
 	}
-}
-
-// normalizeHost lowercases a host name and strips one trailing dot and IPv6 brackets.
-func normalizeHost(h string) string {
-	h = strings.TrimSuffix(strings.ToLower(h), ".")
-	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-		h = h[1 : len(h)-1]
-	}
-	return h
 }

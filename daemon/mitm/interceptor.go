@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -201,7 +202,7 @@ func (i *Interceptor) Strict(host string) bool { return i.hosts.strict.Match(hos
 
 // ShouldFallback reports whether host is inside its fallback period. Strict hosts never fall back.
 func (i *Interceptor) ShouldFallback(host string) bool {
-	host = NormalizeHost(host)
+	host = hostname.Normalize(host)
 	if i.hosts.strict.Match(host) {
 		return false
 	}
@@ -235,7 +236,7 @@ func (i *Interceptor) Serve(ctx context.Context, conn net.Conn, meta *ConnMeta) 
 	if meta.Host == "" {
 		meta.Host = meta.SNI
 	}
-	meta.Host = NormalizeHost(meta.Host)
+	meta.Host = hostname.Normalize(meta.Host)
 	if meta.Host == "" {
 		return ErrNoHost
 	}
