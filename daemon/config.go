@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/credentials"
 	"github.com/openfirma/firma/daemon/mitm"
 	"github.com/openfirma/firma/internal/cgroup"
@@ -27,7 +27,7 @@ type Config struct {
 	Control     ControlConfig          `toml:"control"`
 	Policy      policies.Config        `toml:"policy"`
 	Mapping     policies.MappingConfig `toml:"mapping"`
-	Upstream    UpstreamConfig         `toml:"upstream"`
+	Upstream    connector.Config       `toml:"upstream"`
 	Audit       audit.Config           `toml:"audit"`
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          mitm.CAConfig          `toml:"ca"`
@@ -75,15 +75,6 @@ type ControlConfig struct {
 	Socket string `toml:"socket"`
 }
 
-// UpstreamConfig is [sidecar.upstream]: how the sidecar resolves, classifies and dials.
-type UpstreamConfig struct {
-	CAFile      string            `toml:"ca_file"`
-	Resolve     map[string]string `toml:"resolve"`     // static name → address overrides
-	AllowCIDRs  []string          `toml:"allow_cidrs"` // otherwise-refused ranges to permit
-	Nameservers []string          `toml:"nameservers"` // "" = the host's resolv.conf
-	DialTimeout duration.Duration `toml:"dial_timeout"`
-}
-
 // DefaultConfig returns the defaults that apply to keys a file leaves out.
 func DefaultConfig() Config {
 	return Config{
@@ -100,7 +91,7 @@ func DefaultConfig() Config {
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: mitm.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
-		Upstream:    UpstreamConfig{DialTimeout: duration.Of(10 * time.Second)},
+		Upstream:    connector.DefaultConfig(),
 		Audit:       audit.DefaultConfig(),
 		Authority:   authority.DefaultClientConfig(),
 	}
@@ -151,26 +142,7 @@ func (c *Config) Validate() error {
 			bad("interceptor.listen_addr", "%v", err)
 		}
 	}
-	for name, addr := range c.Upstream.Resolve {
-		if _, err := netip.ParseAddr(addr); err != nil {
-			bad("upstream.resolve", "%q: %q is not an IP address", name, addr)
-		}
-	}
-	for _, cidr := range c.Upstream.AllowCIDRs {
-		if _, err := netip.ParsePrefix(cidr); err != nil {
-			bad("upstream.allow_cidrs", "%q: %v", cidr, err)
-		}
-	}
-	for _, ns := range c.Upstream.Nameservers {
-		if _, err := netip.ParseAddrPort(ns); err != nil {
-			if _, err := netip.ParseAddr(ns); err != nil {
-				bad("upstream.nameservers", "%q is not an address or address:port", ns)
-			}
-		}
-	}
-	if c.Upstream.DialTimeout.Duration <= 0 {
-		bad("upstream.dial_timeout", "must be positive")
-	}
+	errs = append(errs, prefixed("sidecar.upstream.", c.Upstream.Validate())...)
 	if err := c.Authority.Validate(); err != nil {
 		errs = append(errs, err)
 	}

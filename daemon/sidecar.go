@@ -21,6 +21,7 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/daemon/mitm"
 	"github.com/openfirma/firma/internal/cgroup"
@@ -38,7 +39,7 @@ type Sidecar struct {
 	engine       *policies.Engine
 	audit        *audit.Writer
 	ids          *Identities
-	connector    *Connector
+	connector    *connector.Connector
 	origins      bpf.Origins
 	progs        *bpf.Programs
 	names        *nameTable
@@ -97,7 +98,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		s.proxyAddr = ap
 		self = append(self, ap)
 	}
-	if s.connector, err = NewConnector(cfg.Upstream, self); err != nil {
+	if s.connector, err = connector.New(cfg.Upstream, self); err != nil {
 		return nil, err
 	}
 	s.httpTransport = &http.Transport{
