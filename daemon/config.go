@@ -9,10 +9,11 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/authority"
+	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/credentials"
-	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/daemon/l7"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/policies"
@@ -22,7 +23,7 @@ import (
 type Config struct {
 	LogLevel    string                 `toml:"log_level"`
 	Transparent TransparentConfig      `toml:"transparent"`
-	Agents      []AgentConfig          `toml:"agents"`
+	Agents      []agents.Config        `toml:"agents"`
 	Interceptor InterceptorConfig      `toml:"interceptor"`
 	Control     ControlConfig          `toml:"control"`
 	Policy      policies.Config        `toml:"policy"`
@@ -30,7 +31,7 @@ type Config struct {
 	Upstream    connector.Config       `toml:"upstream"`
 	Audit       audit.Config           `toml:"audit"`
 	Authority   authority.ClientConfig `toml:"authority"`
-	CA          mitm.CAConfig          `toml:"ca"`
+	CA          l7.CAConfig            `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
 
 	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
@@ -48,16 +49,13 @@ type TransparentConfig struct {
 	DNSPort uint16 `toml:"dns_port"`
 	IPv6    bool   `toml:"ipv6"`
 	PinDir  string `toml:"pin_dir"`
-	// SniffTimeout bounds how long the sidecar waits for a client's first bytes.
+	// SniffTimeout bounds how long the sidecar waits for a client's first bytes (a complete TLS
+	// ClientHello or HTTP request line).
 	SniffTimeout duration.Duration `toml:"sniff_timeout"`
-}
-
-// AgentConfig is one [[sidecar.agents]] entry: a static identity for a cgroup subtree.
-type AgentConfig struct {
-	Cgroup         string `toml:"cgroup"` // relative to the cgroup2 mount; this cgroup and its descendants
-	AgentID        string `toml:"agent_id"`
-	SessionID      string `toml:"session_id"`
-	CapabilityFile string `toml:"capability_file"`
+	// ServerFirstPorts are ports of server-speaks-first protocols: a client silent there for 300 ms
+	// gets its upstream dialed so that the server can greet it; on other ports the sidecar waits the
+	// whole sniff_timeout for the client to speak.
+	ServerFirstPorts []uint16 `toml:"server_first_ports"`
 }
 
 // InterceptorConfig is [sidecar.interceptor]: the explicit HTTP/CONNECT proxy.
@@ -67,7 +65,7 @@ type InterceptorConfig struct {
 	AgentID string `toml:"agent_id"`
 	// HTTPSMITM is [sidecar.interceptor.https_mitm]: which hosts are TLS-terminated and judged per
 	// request, for the transparent path and the explicit proxy alike.
-	HTTPSMITM mitm.Config `toml:"https_mitm"`
+	HTTPSMITM l7.Config `toml:"https_mitm"`
 }
 
 // ControlConfig is [sidecar.control]: the root-only socket `firma run` registers agents through.
@@ -87,8 +85,10 @@ func DefaultConfig() Config {
 			IPv6:         true,
 			PinDir:       "/sys/fs/bpf/firma",
 			SniffTimeout: duration.Of(5 * time.Second),
+			// FTP, SMTP, POP3, NNTP, IMAP, submission, alternate SMTP, MySQL, ManageSieve
+			ServerFirstPorts: []uint16{21, 25, 110, 119, 143, 587, 2525, 3306, 4190},
 		},
-		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: mitm.DefaultConfig()},
+		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: l7.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
 		Upstream:    connector.DefaultConfig(),
@@ -122,21 +122,7 @@ func (c *Config) Validate() error {
 	if c.Transparent.SniffTimeout.Duration <= 0 {
 		bad("transparent.sniff_timeout", "must be positive")
 	}
-	seen := map[string]bool{}
-	for i, a := range c.Agents {
-		key := fmt.Sprintf("agents[%d]", i)
-		if !cgroup.ValidRelative(a.Cgroup) {
-			bad(key+".cgroup", "%q is not a relative cgroup path", a.Cgroup)
-		}
-		if a.AgentID == "" {
-			bad(key+".agent_id", "must be set")
-		}
-		cg := cgroup.Canonical(a.Cgroup)
-		if seen[cg] {
-			bad(key+".cgroup", "%q is listed twice", a.Cgroup)
-		}
-		seen[cg] = true
-	}
+	errs = append(errs, prefixed("sidecar.", agents.Validate(c.Agents))...)
 	if c.Interceptor.ListenAddr != "" {
 		if _, _, err := net.SplitHostPort(c.Interceptor.ListenAddr); err != nil {
 			bad("interceptor.listen_addr", "%v", err)

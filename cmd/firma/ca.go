@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/daemon/l7"
 )
 
 const caUsage = `usage:
@@ -40,8 +40,8 @@ func caShowCmd(args []string, stdout, stderr io.Writer) error {
 	if dir == "" {
 		return fmt.Errorf("%s: [sidecar.ca] dir is not set", cfg.path)
 	}
-	ca, err := mitm.LoadCA(dir)
-	if errors.Is(err, mitm.ErrNoCA) {
+	ca, err := l7.LoadCA(dir)
+	if errors.Is(err, l7.ErrNoCA) {
 		return fmt.Errorf("%w (the sidecar creates it on its first start)", err)
 	}
 	if err != nil {

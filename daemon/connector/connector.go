@@ -32,7 +32,7 @@ type AddrError struct {
 }
 
 func (e *AddrError) Error() string {
-	return fmt.Sprintf("%s resolves to %s (%s)", e.Host, e.Addr, e.Class)
+	return fmt.Sprintf("refused %s: resolves to %s (%s)", e.Host, e.Addr, e.Class)
 }
 
 func (e *AddrError) Unwrap() error { return ErrRefusedAddress }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon"
+	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/internal/cgroup"
 )
@@ -121,7 +122,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	cfg.Transparent.PinDir = "/sys/fs/bpf/" + name
 	cfg.Interceptor.ListenAddr = ""
 	cfg.Control.Socket = filepath.Join(dir, "control.sock")
-	cfg.Agents = []daemon.AgentConfig{{Cgroup: agentCg, AgentID: agentID, SessionID: "demo"}}
+	cfg.Agents = []agents.Config{{Cgroup: agentCg, AgentID: agentID, SessionID: "demo"}}
 	cfg.Upstream.CAFile = caFile
 	cfg.Upstream.AllowCIDRs = []string{"127.0.77.0/24"}
 	cfg.Upstream.Resolve = map[string]string{}

@@ -1,4 +1,4 @@
-package daemon
+package front
 
 import (
 	"crypto/tls"
@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/hostname"
 )
 
 // realHello captures the ClientHello that crypto/tls sends for cfg.
@@ -146,7 +148,16 @@ func TestSniff(t *testing.T) {
 		{"tls split records over segments", split(refragment(hello, 50), 17), 5 * time.Millisecond, ProtoTLS, "allowed.test", nil},
 		{"http", [][]byte{[]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")}, 0, ProtoHTTP, "", nil},
 		{"http split method", [][]byte{[]byte("PO"), []byte("ST /x HTTP/1.1\r\n")}, 20 * time.Millisecond, ProtoHTTP, "", nil},
+		{"any token method", [][]byte{[]byte("MKCOL /dav/x HTTP/1.1\r\nHost: a\r\n\r\n")}, 0, ProtoHTTP, "", nil},
+		{"made-up method split", [][]byte{[]byte("X-EXFIL"), []byte(" /x HT"), []byte("TP/1.0\r\n")}, 20 * time.Millisecond, ProtoHTTP, "", nil},
+		{"h2c prior knowledge", [][]byte{[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")}, 0, ProtoHTTP, "", nil},
+		{"h2c preface split", [][]byte{[]byte("PRI * HTTP/2"), []byte(".0\r\n\r\nSM\r\n\r\n")}, 20 * time.Millisecond, ProtoHTTP, "", nil},
 		{"ssh", [][]byte{[]byte("SSH-2.0-OpenSSH_9.2\r\n")}, 0, ProtoOther, "", nil},
+		{"redis inline", [][]byte{[]byte("PING\r\n")}, 0, ProtoOther, "", nil},
+		{"http/2 version on a request line", [][]byte{[]byte("GET / HTTP/2\r\n")}, 0, ProtoHTTP, "", nil},
+		{"runs of spaces", [][]byte{[]byte("GET \t /x  HTTP/1.1\r\n")}, 0, ProtoHTTP, "", nil},
+		{"request line cut short then silence", [][]byte{[]byte("GET /secret HT")}, 0, ProtoHTTP, "", nil},
+		{"memcached text", [][]byte{[]byte("get foo\r\n")}, 0, ProtoOther, "", nil},
 		{"server first", nil, 0, ProtoOther, "", nil},
 		{"truncated hello then eof", [][]byte{hello[:30]}, 0, ProtoTLS, "", ErrBadHello},
 	}
@@ -198,8 +209,37 @@ func FuzzParseClientHello(f *testing.F) {
 	f.Add([]byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseClientHello(b)
-		if err == nil && h.ServerName != "" && !validHostname(h.ServerName) {
+		if err == nil && h.ServerName != "" && hostname.Check(h.ServerName) != nil {
 			t.Fatalf("accepted invalid name %q", h.ServerName)
+		}
+	})
+}
+
+// FuzzSniffClassify: whatever the first bytes, classify never panics, never claims HTTP for bytes
+// that do not start with a request line or the h2c preface, and a TLS verdict comes with a hello or
+// an error.
+func FuzzSniffClassify(f *testing.F) {
+	for _, seed := range []string{"GET / HTTP/1.1\r\n", "MKCOL /x HTTP/1.0\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"SSH-2.0-x\r\n", "\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", "GET  / HTTP/1.1\r\n", "G"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) == 0 {
+			return
+		}
+		s, done, err := classify(b)
+		if !done {
+			return
+		}
+		switch s.Proto {
+		case ProtoHTTP:
+			if httpRequestLine(b) != lineHTTP {
+				t.Fatalf("HTTP claimed for %q", b)
+			}
+		case ProtoTLS:
+			if err == nil && s.Hello == nil {
+				t.Fatalf("TLS without a hello or an error for %q", b)
+			}
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package daemon
+package front
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/openfirma/firma/internal/hostname"
 )
 
 // Protocol is what the first bytes of a flow say it is.
@@ -59,8 +61,11 @@ const (
 	recordHeader  = 5
 )
 
-// httpMethods are the request-line tokens that make a flow plain HTTP/1.x.
-var httpMethods = []string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "}
+// h2Preface is how an HTTP/2 client with prior knowledge (h2c) opens a connection.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// maxRequestLine bounds how far the sniffer reads looking for the end of an HTTP request line.
+const maxRequestLine = 16 << 10
 
 // Sniff reads the first bytes of conn to tell TLS, HTTP/1.x and other TCP apart, waiting at most
 // firstByte for the client to speak (server-first protocols never do) and at most total for a
@@ -98,7 +103,12 @@ func Sniff(conn net.Conn, firstByte, total time.Duration) (Sniffed, error) {
 			}
 			if len(buf) > 0 && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF)) {
 				s, _, _ := classify(buf)
-				return s, nil // a short non-TLS prefix: whatever it is, it is not TLS or HTTP
+				if httpRequestLine(buf) == lineMaybe {
+					// A request line that stops short is still HTTP: tunnelling it raw would let a
+					// slow client finish it unjudged. The HTTP server refuses it or waits for more.
+					s.Proto = ProtoHTTP
+				}
+				return s, nil
 			}
 			return Sniffed{Prefix: buf}, err
 		}
@@ -120,18 +130,94 @@ func classify(buf []byte) (Sniffed, bool, error) {
 		s.Hello = hello
 		return s, true, nil
 	}
-	for _, m := range httpMethods {
-		n := min(len(buf), len(m))
-		if string(buf[:n]) == m[:n] {
-			if n < len(m) {
-				return s, false, nil // "GE" could still become "GET "
-			}
-			s.Proto = ProtoHTTP
-			return s, true, nil
-		}
+	switch httpRequestLine(buf) {
+	case lineHTTP:
+		s.Proto = ProtoHTTP
+		return s, true, nil
+	case lineMaybe:
+		return s, false, nil
 	}
 	s.Proto = ProtoOther
 	return s, true, nil
+}
+
+type lineVerdict int
+
+const (
+	lineNot   lineVerdict = iota // cannot be an HTTP/1.x request line or the h2c preface
+	lineMaybe                    // a valid prefix of one: read more
+	lineHTTP
+)
+
+// httpRequestLine tells whether buf starts with an HTTP request line — any token method (RFC 9110
+// tchar), a request target, "HTTP/" and a digit — or the h2c connection preface. Every method counts,
+// not a fixed list: WebDAV's MKCOL or a made-up one is judged per request like GET, and a line the
+// HTTP server will reject (HTTP/2 on a request line, say) is refused and recorded, never tunnelled.
+func httpRequestLine(buf []byte) lineVerdict {
+	if n := min(len(buf), len(h2Preface)); string(buf[:n]) == h2Preface[:n] {
+		if n == len(h2Preface) {
+			return lineHTTP
+		}
+		return lineMaybe
+	}
+	i := 0
+	for i < len(buf) && isTchar(buf[i]) {
+		i++
+	}
+	switch {
+	case i == len(buf):
+		return maybeIf(len(buf) < maxRequestLine)
+	case i == 0 || !isSpace(buf[i]):
+		return lineNot
+	}
+	// Lenient servers accept runs of spaces and tabs between the parts; so does the sniffer, so that
+	// no such line slips through as raw TCP.
+	for i < len(buf) && isSpace(buf[i]) {
+		i++
+	}
+	start := i
+	for i < len(buf) && buf[i] > ' ' && buf[i] < 0x7f {
+		i++
+	}
+	switch {
+	case i == len(buf):
+		return maybeIf(len(buf) < maxRequestLine)
+	case i == start || !isSpace(buf[i]):
+		return lineNot
+	}
+	for i < len(buf) && isSpace(buf[i]) {
+		i++
+	}
+	const version = "HTTP/"
+	rest := buf[i:]
+	if n := min(len(rest), len(version)); string(rest[:n]) != version[:n] {
+		return lineNot
+	}
+	if len(rest) < len(version)+1 {
+		return maybeIf(len(buf) < maxRequestLine)
+	}
+	if c := rest[len(version)]; c < '0' || c > '9' {
+		return lineNot
+	}
+	return lineHTTP
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' }
+
+func maybeIf(b bool) lineVerdict {
+	if b {
+		return lineMaybe
+	}
+	return lineNot
+}
+
+// isTchar reports whether c may appear in an HTTP token (RFC 9110 §5.6.2).
+func isTchar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // ParseClientHello parses a ClientHello from the start of a TLS record stream, reassembling a
@@ -246,31 +332,11 @@ func parseSNI(data cryptobyte.String) (string, error) {
 		}
 		name = string(host)
 	}
-	if !validHostname(name) {
+	host := strings.ToLower(strings.TrimSuffix(name, "."))
+	if hostname.Check(host) != nil {
 		return "", fmt.Errorf("%w: server name %q", ErrBadHello, name)
 	}
-	return strings.ToLower(strings.TrimSuffix(name, ".")), nil
-}
-
-// validHostname accepts LDH labels (and '_', which real names use) up to DNS length limits.
-func validHostname(h string) bool {
-	h = strings.TrimSuffix(h, ".")
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
+	return host, nil
 }
 
 // prefixConn replays bytes already read from a connection before reading on from it.

@@ -1,4 +1,4 @@
-package mitm
+package l7
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package mitm
+package l7
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,15 +20,47 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/internal/testutil"
+	"github.com/openfirma/firma/policies"
 )
 
 const apiHost = "api.example.test"
 
-// fakeHooks is the daemon's side in tests: it judges by path prefix and records every call.
-type fakeHooks struct {
+// seenRequest is what the judge was asked about one request.
+type seenRequest struct {
+	Method string
+	Host   string
+	Port   int
+	Path   string
+	Mode   judge.Mode
+	SNI    string
+}
+
+type refusal struct {
+	req    seenRequest
+	status int // the status the engine answers this refusal with
+	reason string
+}
+
+type doneCall struct {
+	req seenRequest
+	v   judge.Verdict
+	res judge.Result
+}
+
+type handshakeCall struct {
+	host   string
+	reason string
+	strict bool
+}
+
+// fakeJudge stands in for the sidecar's judge: it allows every request but those whose path starts
+// with a deny prefix, numbers its allowing verdicts (the reason is the number, so that Complete can
+// be matched to Decide), and records every call.
+type fakeJudge struct {
 	mu         sync.Mutex
-	decided    []Request
+	decided    []seenRequest
 	refused    []refusal
 	done       []doneCall
 	handshakes []handshakeCall
@@ -35,63 +68,57 @@ type fakeHooks struct {
 	deny []string
 }
 
-type refusal struct {
-	req    Request
-	status int
-	reason string
-}
+var _ judge.Decider = (*fakeJudge)(nil)
 
-type doneCall struct {
-	req Request
-	v   Verdict
-	res Result
-}
-
-type handshakeCall struct {
-	host   string
-	err    error
-	strict bool
-}
-
-func (h *fakeHooks) Decide(_ context.Context, meta *ConnMeta, req *Request) Verdict {
+func (h *fakeJudge) Decide(_ context.Context, f *judge.Flow, in judge.Intent) judge.Verdict {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.decided = append(h.decided, *req)
+	req := seenRequest{Method: in.Method, Host: in.Host, Port: in.Port, Path: in.Path, Mode: in.Mode, SNI: in.SNI}
+	deny := judge.Verdict{Decision: policies.Decision{Outcome: policies.Deny, Reason: in.Refuse}}
+	switch {
+	case strings.HasPrefix(in.Refuse, judge.ReasonHandshake):
+		h.handshakes = append(h.handshakes, handshakeCall{in.Host, in.Refuse, strings.Contains(in.Refuse, "(strict host)")})
+		return deny
+	case in.Refuse != "":
+		status := http.StatusBadRequest
+		switch {
+		case strings.HasPrefix(in.Refuse, judge.ReasonFronting):
+			status = http.StatusMisdirectedRequest
+		case in.Refuse == judge.ReasonConnectInMITM:
+			status = http.StatusMethodNotAllowed
+		}
+		h.refused = append(h.refused, refusal{req, status, in.Refuse})
+		return deny
+	}
+	h.decided = append(h.decided, req)
 	for _, p := range h.deny {
-		if strings.HasPrefix(req.Path, p) {
-			return Verdict{Reason: "path " + p + " is forbidden"}
+		if strings.HasPrefix(in.Path, p) {
+			return judge.Verdict{Decision: policies.Decision{Outcome: policies.Deny, Reason: "path " + p + " is forbidden"}}
 		}
 	}
-	return Verdict{Allow: true, Ref: len(h.decided)}
+	return judge.Verdict{Decision: policies.Decision{Outcome: policies.Allow, Reason: strconv.Itoa(len(h.decided))}}
 }
 
-func (h *fakeHooks) Refused(_ context.Context, _ *ConnMeta, req *Request, status int, reason string) {
+func (h *fakeJudge) Complete(v judge.Verdict, res judge.Result) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.refused = append(h.refused, refusal{*req, status, reason})
+	n, _ := strconv.Atoi(v.Reason)
+	var req seenRequest
+	if n > 0 && n <= len(h.decided) {
+		req = h.decided[n-1]
+	}
+	h.done = append(h.done, doneCall{req, v, res})
 }
 
-func (h *fakeHooks) Done(_ context.Context, _ *ConnMeta, req *Request, v Verdict, res Result) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.done = append(h.done, doneCall{*req, v, res})
-}
-
-func (h *fakeHooks) HandshakeFailed(_ context.Context, meta *ConnMeta, err error, strict bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.handshakes = append(h.handshakes, handshakeCall{meta.Host, err, strict})
-}
-
-func (h *fakeHooks) snapshot() (decided []Request, refused []refusal, done []doneCall, hs []handshakeCall) {
+func (h *fakeJudge) snapshot() (decided []seenRequest, refused []refusal, done []doneCall, hs []handshakeCall) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append(decided, h.decided...), append(refused, h.refused...), append(done, h.done...),
 		append(hs, h.handshakes...)
 }
 
-// waitDone waits until Done has been called n times (Done runs after the response is sent).
-func (h *fakeHooks) waitDone(tb testing.TB, n int) []doneCall {
+// waitDone waits until Complete has been called n times (it runs after the response is sent).
+func (h *fakeJudge) waitDone(tb testing.TB, n int) []doneCall {
 	tb.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -100,7 +127,7 @@ func (h *fakeHooks) waitDone(tb testing.TB, n int) []doneCall {
 			return done
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("Done called %d times, want %d", len(done), n)
+			tb.Fatalf("Complete called %d times, want %d", len(done), n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -109,7 +136,8 @@ func (h *fakeHooks) waitDone(tb testing.TB, n int) []doneCall {
 type envOptions struct {
 	cfg   func(*Config)
 	creds Injector
-	hooks *fakeHooks
+	hooks *fakeJudge
+	agent string // the agent id of every connection (default "agent-1")
 }
 
 // env is a running interceptor behind a loopback listener, with a sniffing accept loop like the
@@ -118,8 +146,9 @@ type env struct {
 	t       testing.TB
 	ca      *CA
 	upCA    *testutil.CA
-	icpt    *Interceptor
-	hooks   *fakeHooks
+	icpt    *Engine
+	hooks   *fakeJudge
+	agent   string
 	addr    string
 	port    int
 	logs    *testutil.SyncBuffer
@@ -129,7 +158,7 @@ type env struct {
 	mu       sync.Mutex
 	routes   map[string]string // host → upstream address
 	serveErr []error
-	metas    []*ConnMeta
+	metas    []TLSConn
 }
 
 func newEnv(tb testing.TB, o envOptions) *env {
@@ -137,7 +166,11 @@ func newEnv(tb testing.TB, o envOptions) *env {
 	e := &env{t: tb, routes: map[string]string{}, logs: &testutil.SyncBuffer{}}
 	e.hooks = o.hooks
 	if e.hooks == nil {
-		e.hooks = &fakeHooks{}
+		e.hooks = &fakeJudge{}
+	}
+	e.agent = o.agent
+	if e.agent == "" {
+		e.agent = "agent-1"
 	}
 	log := zerolog.New(e.logs).Level(zerolog.DebugLevel)
 	ca, err := LoadOrCreateCA(tb.TempDir()+"/ca", log)
@@ -153,7 +186,7 @@ func newEnv(tb testing.TB, o envOptions) *env {
 		o.cfg(&cfg)
 	}
 	e.icpt, err = New(Options{
-		Config: cfg, CA: ca, Hooks: e.hooks, Dial: e.dial, RootCAs: e.upCA.Pool(),
+		Config: cfg, CA: ca, Judge: e.hooks, Dial: e.dial, RootCAs: e.upCA.Pool(),
 		Credentials: o.creds, Log: log,
 	})
 	if err != nil {
@@ -204,18 +237,16 @@ func (e *env) serve(ctx context.Context, c net.Conn) {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	meta := &ConnMeta{
-		SNI: hello.ServerName, Host: host, ALPN: hello.SupportedProtos, Port: e.port,
-		OrigDst: netip.MustParseAddrPort("203.0.113.7:443"), Identity: "agent-1",
-	}
+	tc := TLSConn{SNI: hello.ServerName, Host: host, ALPN: hello.SupportedProtos, Port: e.port}
+	f := e.flow()
 	e.mu.Lock()
-	e.metas = append(e.metas, meta)
+	e.metas = append(e.metas, tc)
 	e.mu.Unlock()
-	if e.icpt.Route(host) != ModeIntercept {
+	if e.icpt.Route(f, host) != ModeIntercept {
 		c.Close()
 		return
 	}
-	err = e.icpt.Serve(ctx, &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(prefix), c)}, meta)
+	err = e.icpt.ServeTLS(ctx, &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(prefix), c)}, f, tc)
 	if err != nil {
 		e.mu.Lock()
 		e.serveErr = append(e.serveErr, err)
@@ -223,10 +254,11 @@ func (e *env) serve(ctx context.Context, c net.Conn) {
 	}
 }
 
-func (e *env) dial(ctx context.Context, host string, port int) (net.Conn, error) {
+func (e *env) dial(ctx context.Context, _, hostport string) (net.Conn, error) {
 	e.dials.Add(1)
-	if _, ok := MetaFromContext(ctx); !ok {
-		return nil, errors.New("dial context carries no ConnMeta")
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, err
 	}
 	e.mu.Lock()
 	addr, ok := e.routes[host]
@@ -354,9 +386,14 @@ type replayConn struct {
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// meta returns the ConnMeta of the n-th accepted agent connection.
-func (e *env) meta(n int) *ConnMeta {
+// meta returns the TLSConn of the n-th accepted agent connection.
+func (e *env) meta(n int) TLSConn {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.metas[n]
+}
+
+// flow is the judged flow of every agent connection in the env.
+func (e *env) flow() *judge.Flow {
+	return &judge.Flow{AgentID: e.agent, OrigDst: netip.MustParseAddrPort("127.0.9.7:443"), Start: time.Now()}
 }

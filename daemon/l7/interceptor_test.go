@@ -1,4 +1,4 @@
-package mitm
+package l7
 
 import (
 	"bufio"
@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -23,7 +24,7 @@ import (
 // One keep-alive HTTP/1.1 connection: an allowed request reaches the upstream, a denied one gets
 // 403 with the reason and never reaches it, and the connection carries on.
 func TestKeepAliveAllowThenDeny(t *testing.T) {
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	c := e.client(false)
 
@@ -71,25 +72,25 @@ func TestKeepAliveAllowThenDeny(t *testing.T) {
 		t.Fatalf("Decide called %d times, want 3", len(decided))
 	}
 	d := decided[1]
-	if d.Method != "GET" || d.Host != apiHost || d.Path != "/deny/secret" || d.Port != e.port || d.Proto != "HTTP/1.1" {
+	if d.Method != "GET" || d.Host != apiHost || d.Path != "/deny/secret" || d.Port != e.port || d.Mode != judge.ModeMITM || d.SNI != apiHost {
 		t.Errorf("decided %+v", d)
 	}
 	for _, dc := range done {
-		if dc.res.Error != "" || dc.res.UpstreamStatus != 200 || dc.res.Status != 200 || dc.res.BytesDown == 0 {
-			t.Errorf("Done %s: %+v", dc.req.Path, dc.res)
+		if dc.res.ErrClass != "" || dc.res.UpstreamStatus != 200 || dc.res.BytesDown == 0 {
+			t.Errorf("Complete %s: %+v", dc.req.Path, dc.res)
 		}
-		if dc.res.Upstream != up.Addr.String() {
-			t.Errorf("Done upstream %q, want %s", dc.res.Upstream, up.Addr)
+		if dc.res.Dialed.String() != up.Addr.String() {
+			t.Errorf("Complete dialed %v, want %s", dc.res.Dialed, up.Addr)
 		}
 	}
-	if done[0].v.Ref != 1 || done[1].v.Ref != 3 {
-		t.Errorf("verdict refs not handed back: %v %v", done[0].v.Ref, done[1].v.Ref)
+	if done[0].v.Reason != "1" || done[1].v.Reason != "3" {
+		t.Errorf("verdicts not handed back to Complete: %q %q", done[0].v.Reason, done[1].v.Reason)
 	}
 }
 
 // Pipelined HTTP/1.1: three requests written at once are answered in order, the denied one in place.
 func TestPipelining(t *testing.T) {
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	conn, err := tls.Dial("tcp", e.addr, &tls.Config{ServerName: apiHost, RootCAs: e.caPool(), NextProtos: []string{"http/1.1"}})
 	if err != nil {
@@ -130,7 +131,7 @@ func TestPipelining(t *testing.T) {
 
 // HTTP/2: many concurrent streams on one agent connection with mixed verdicts.
 func TestHTTP2ConcurrentStreams(t *testing.T) {
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	block := make(chan struct{})
 	var arrived sync.WaitGroup
@@ -190,15 +191,12 @@ func TestHTTP2ConcurrentStreams(t *testing.T) {
 		t.Errorf("upstream saw %d requests, want %d", got, n/2)
 	}
 	e.hooks.waitDone(t, n/2)
-	if e.meta(0).Negotiated != "h2" {
-		t.Errorf("negotiated %q with the agent, want h2", e.meta(0).Negotiated)
-	}
 }
 
 // A chunked request body with Expect: 100-continue reaches the upstream whole; a denied one is
 // answered 403 before the client sends its body.
 func TestChunkedAndExpectContinue(t *testing.T) {
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	for _, h2 := range []bool{false, true} {
 		tr := e.transport(h2, e.caPool())
@@ -280,7 +278,7 @@ func (n *notifyReader) Read(p []byte) (int, error) {
 
 // A WebSocket upgrade is judged at the handshake, then relayed both ways; a denied one gets 403.
 func TestWebSocketUpgrade(t *testing.T) {
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "websocket" {
@@ -340,17 +338,17 @@ func TestWebSocketUpgrade(t *testing.T) {
 	conn.Close()
 	done := e.hooks.waitDone(t, 1)
 	r := done[0]
-	if r.req.Upgrade != "websocket" || r.req.Path != "/ws" {
-		t.Errorf("Done request %+v", r.req)
+	if r.req.Path != "/ws" || r.req.Method != "GET" {
+		t.Errorf("Complete request %+v", r.req)
 	}
-	if r.res.Status != 101 || r.res.UpstreamStatus != 101 || r.res.Error != "" {
+	if r.res.UpstreamStatus != 101 || r.res.ErrClass != "" {
 		t.Errorf("Done result %+v", r.res)
 	}
 	if r.res.BytesUp != int64(len("hello\nsecond frame\n")) || r.res.BytesDown != int64(len("HELLO\nSECOND FRAME\n")) {
 		t.Errorf("relay bytes up %d down %d", r.res.BytesUp, r.res.BytesDown)
 	}
 	decided, _, _, _ := e.hooks.snapshot()
-	if len(decided) != 2 || decided[0].Upgrade != "websocket" {
+	if len(decided) != 2 || decided[0].Path != "/deny/ws" {
 		t.Errorf("decided %+v", decided)
 	}
 	if n := len(up.Requests()); n != 1 {
@@ -393,7 +391,7 @@ func TestDomainFronting(t *testing.T) {
 		t.Fatalf("Refused called %d times, want 6", len(refused))
 	}
 	for _, r := range refused {
-		if r.status != 421 || r.req.Host != apiHost || r.req.Path != "/v1/models" || r.req.Authority == apiHost {
+		if r.status != 421 || r.req.Host != apiHost || r.req.Path != "/v1/models" || !strings.Contains(r.reason, "(requested ") {
 			t.Errorf("refusal %+v", r)
 		}
 	}
@@ -515,7 +513,7 @@ func TestCredentialFailureAborts(t *testing.T) {
 		t.Errorf("got %d %q", st, body)
 	}
 	done := e.hooks.waitDone(t, 1)
-	if r := done[0].res; r.Error != ErrorCredentials || r.Status != 502 || r.UpstreamStatus != 0 {
+	if r := done[0].res; r.ErrClass != judge.ErrorCredentials || r.UpstreamStatus != 0 {
 		t.Errorf("result %+v", r)
 	}
 	if up.Conns() != 0 || e.dials.Load() != 0 {
@@ -536,7 +534,7 @@ func TestUpstreamBadCertificate(t *testing.T) {
 	}
 	done := e.hooks.waitDone(t, 2)
 	for _, d := range done {
-		if d.res.Error != ErrorNetwork || d.res.Status != 502 || d.res.UpstreamStatus != 0 {
+		if d.res.ErrClass != judge.ErrorNetwork || d.res.UpstreamStatus != 0 {
 			t.Errorf("result %+v", d.res)
 		}
 		var uerr x509.UnknownAuthorityError
@@ -566,7 +564,7 @@ func TestUpstreamTimeout(t *testing.T) {
 		t.Errorf("status %d, want 504", st)
 	}
 	done := e.hooks.waitDone(t, 1)
-	if r := done[0].res; r.Error != ErrorNetwork || r.Status != 504 {
+	if r := done[0].res; r.ErrClass != judge.ErrorNetwork || !isTimeout(r.Err) {
 		t.Errorf("result %+v", r)
 	}
 }
@@ -579,7 +577,7 @@ func TestDialRefused(t *testing.T) {
 		t.Errorf("status %d", st)
 	}
 	done := e.hooks.waitDone(t, 1)
-	if r := done[0].res; r.Error != ErrorNetwork || !strings.Contains(r.Err.Error(), "no route to noroute.example.test") {
+	if r := done[0].res; r.ErrClass != judge.ErrorNetwork || !strings.Contains(r.Err.Error(), "no route to noroute.example.test") {
 		t.Errorf("result %+v", r)
 	}
 }
@@ -602,8 +600,8 @@ func TestUpstreamPoolReuse(t *testing.T) {
 		t.Errorf("upstream connections %d, want 1 (pooled)", n)
 	}
 	done := e.hooks.waitDone(t, 3)
-	if done[0].res.Reused || !done[1].res.Reused || !done[2].res.Reused {
-		t.Errorf("reuse flags %v %v %v", done[0].res.Reused, done[1].res.Reused, done[2].res.Reused)
+	if done[0].res.Dialed != done[1].res.Dialed || done[1].res.Dialed != done[2].res.Dialed {
+		t.Errorf("dialed %v %v %v", done[0].res.Dialed, done[1].res.Dialed, done[2].res.Dialed)
 	}
 	if p := up.Requests()[0].Proto; p != "HTTP/2.0" {
 		t.Errorf("upstream proto %s, want HTTP/2.0 (negotiated by the pool)", p)
@@ -651,14 +649,22 @@ func TestHandshakeFailureFallback(t *testing.T) {
 			t.Errorf("Serve error %v", err)
 		}
 	}
-	if !e.icpt.ShouldFallback(apiHost) || e.icpt.Route("API.example.test.") != ModeFallback {
+	if e.icpt.Route(e.flow(), "API.example.test.") != ModeFallback {
 		t.Error("non-strict host does not fall back after a failed handshake")
 	}
-	if e.icpt.ShouldFallback("strict.example.test") || e.icpt.Route("strict.example.test") != ModeIntercept {
+	if e.icpt.Route(&judge.Flow{AgentID: "another-agent"}, apiHost) != ModeIntercept {
+		t.Error("one agent's failed handshake put another agent into fallback")
+	}
+	if e.icpt.Route(e.flow(), "strict.example.test") != ModeIntercept {
 		t.Error("strict host falls back")
 	}
-	if e.icpt.ShouldFallback("other.example.test") {
+	if e.icpt.Route(e.flow(), "other.example.test") != ModeIntercept {
 		t.Error("an untouched host falls back")
+	}
+	for _, h := range hs {
+		if !strings.Contains(h.reason, "certificate") {
+			t.Errorf("handshake record %q does not say why", h.reason)
+		}
 	}
 	logs := e.logs.String()
 	if !strings.Contains(logs, `"message":"mitm_handshake_failed"`) || !strings.Contains(logs, `"host":"api.example.test"`) {
@@ -668,7 +674,7 @@ func TestHandshakeFailureFallback(t *testing.T) {
 		t.Error("a failed handshake reached an upstream")
 	}
 	now = now.Add(61 * time.Second)
-	if e.icpt.ShouldFallback(apiHost) || e.icpt.Route(apiHost) != ModeIntercept {
+	if e.icpt.Route(e.flow(), apiHost) != ModeIntercept {
 		t.Error("fallback did not expire after fallback_period")
 	}
 }
@@ -682,7 +688,7 @@ func TestServeStopsOnContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() {
-		served <- e.icpt.Serve(ctx, server, &ConnMeta{SNI: apiHost, Port: 443})
+		served <- e.icpt.ServeTLS(ctx, server, e.flow(), TLSConn{SNI: apiHost, Port: 443})
 	}()
 	tc := tls.Client(client, &tls.Config{ServerName: apiHost, RootCAs: ca})
 	fmt.Fprintf(tc, "GET /x HTTP/1.1\r\nHost: %s\r\n\r\n", apiHost)
@@ -742,5 +748,70 @@ func TestIPLiteralWithoutSNI(t *testing.T) {
 	}
 	if n := len(up.Requests()); n != 1 {
 		t.Errorf("upstream saw %d requests", n)
+	}
+}
+
+// A client that hangs up after its ClientHello, without an alert, is recorded but opens no
+// fallback: an agent cannot downgrade an intercepted host by closing handshakes.
+func TestBareCloseOpensNoFallback(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.upstream(apiHost)
+	hello := clientHello(t, apiHost)
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(hello)
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c) // the server's flight, then its close
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, _, _, hs := e.hooks.snapshot(); len(hs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the failed handshake was not recorded")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if e.icpt.Route(e.flow(), apiHost) != ModeIntercept {
+		t.Fatal("a bare close put the host into fallback")
+	}
+}
+
+// clientHello returns the first flight of a TLS client for host.
+func clientHello(t *testing.T, host string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	go tls.Client(a, &tls.Config{ServerName: host}).Handshake()
+	buf := make([]byte, 4096)
+	n, err := b.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+	return buf[:n]
+}
+
+func TestAlertInRecords(t *testing.T) {
+	hello := []byte{0x16, 3, 1, 0, 2, 1, 0}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"nothing after the hello", hello, false},
+		{"unknown_ca alert", append(append([]byte{}, hello...), 0x15, 3, 3, 0, 2, 2, 48), true},
+		{"bad_certificate alert", append(append([]byte{}, hello...), 0x15, 3, 3, 0, 2, 2, 42), true},
+		{"close_notify", append(append([]byte{}, hello...), 0x15, 3, 3, 0, 2, 1, 0), false},
+		{"ccs then encrypted alert", append(append([]byte{}, hello...), 0x14, 3, 3, 0, 1, 1, 0x17, 3, 3, 0, 19,
+			1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19), true},
+		{"truncated", append(append([]byte{}, hello...), 0x15, 3, 3, 0, 2), false},
+	} {
+		if got := alertInRecords(tc.b); got != tc.want {
+			t.Errorf("%s: %v", tc.name, got)
+		}
 	}
 }

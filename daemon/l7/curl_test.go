@@ -1,4 +1,4 @@
-package mitm
+package l7
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ func TestCurl(t *testing.T) {
 	testutil.RequireTool(t, "curl")
 	for _, proto := range []string{"--http1.1", "--http2"} {
 		t.Run(proto, func(t *testing.T) {
-			e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+			e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 			up := e.upstream(apiHost)
 			resolve := fmt.Sprintf("%s:%d:127.0.0.1", apiHost, e.port)
 			out, err := exec.Command("curl", "-sS", "-v", proto, "--cacert", e.ca.CertPath(), "--resolve", resolve,
@@ -61,7 +61,7 @@ func TestCurl(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			if !e.icpt.ShouldFallback(apiHost) {
+			if e.icpt.Route(e.flow(), apiHost) != ModeFallback {
 				t.Error("no fallback after curl rejected the leaf")
 			}
 		})
@@ -72,7 +72,7 @@ func TestCurl(t *testing.T) {
 // guide says: keep-alive allowed then denied on one socket.
 func TestNodeClient(t *testing.T) {
 	testutil.RequireTool(t, "node")
-	e := newEnv(t, envOptions{hooks: &fakeHooks{deny: []string{"/deny"}}})
+	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
 	const script = `
 const https = require('https');

@@ -1,4 +1,4 @@
-package mitm
+package l7
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/daemon/credentials"
+	"github.com/openfirma/firma/daemon/judge"
 
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -74,7 +75,7 @@ func TestCredentialsEndToEnd(t *testing.T) {
 	}
 	done := e.hooks.waitDone(t, 5)
 	last := done[len(done)-1].res
-	if last.Error != ErrorCredentials || !errors.Is(last.Err, credentials.ErrInjectionFailed) || last.UpstreamStatus != 0 {
+	if last.ErrClass != judge.ErrorCredentials || !errors.Is(last.Err, credentials.ErrInjectionFailed) || last.UpstreamStatus != 0 {
 		t.Errorf("result %+v", last)
 	}
 	if len(openai.Requests()) != before {
@@ -83,7 +84,7 @@ func TestCredentialsEndToEnd(t *testing.T) {
 
 	all := logs.String() + e.logs.String()
 	for _, d := range done {
-		all += d.res.Error + " " + errString(d.res.Err) + " " + strings.Join(d.res.Injected, ",")
+		all += d.res.ErrClass + " " + errString(d.res.Err) + " " + strings.Join(d.res.Injected, ",")
 	}
 	for _, s := range []string{envSecret, fileSecret} {
 		if strings.Contains(all, s) {
