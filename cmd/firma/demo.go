@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/openfirma/firma/examples/demo"
+	"github.com/openfirma/firma/internal/demo"
 )
 
 // demoCmd runs the embedded demo: `sudo firma demo [--keep]`.

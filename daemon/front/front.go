@@ -81,7 +81,7 @@ type Options struct {
 	ServerFirstPorts map[int]bool
 	FirstByteWait    time.Duration
 	SniffTimeout     time.Duration
-	Log           zerolog.Logger
+	Log              zerolog.Logger
 }
 
 // Server routes accepted connections. It is safe for concurrent use.

@@ -4,31 +4,22 @@
 // upstreams on loopback addresses (api.anthropic.com, paste.rs, example.com), a sidecar with the
 // embedded default policy and mapping rules, attaches the kernel programs to a fresh cgroup, runs
 // unmodified curl inside it with no proxy variables, and prints what happened and what the audit
-// log recorded. It needs root and nothing from the network.
+// log recorded. It needs root and nothing from the network: every address it uses, original
+// destinations included, is on 127.0.0.0/8.
 package demo
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +30,7 @@ import (
 	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/fake"
 )
 
 // agentID is the identity the demo gives its cgroup: the shipped claude-code policy applies.
@@ -67,23 +59,27 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 		}
 	}()
 
-	ca, err := newCA()
+	ca, err := fake.NewCA("firma demo upstream CA")
 	if err != nil {
 		return err
 	}
 	caFile := filepath.Join(dir, "upstream-ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o644); err != nil {
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
 		return err
 	}
-	ups := map[string]*upstream{}
+	ups := map[string]*fake.Upstream{}
 	for i, name := range []string{"api.anthropic.com", "paste.rs", "example.com"} {
 		addr := netip.AddrFrom4([4]byte{127, 0, 77, byte(10 + i)})
-		tlsOn := name != "example.com"
-		u, err := startUpstream(name, addr, tlsOn, ca)
+		var u *fake.Upstream
+		if name == "example.com" {
+			u, err = fake.NewHTTP(name, netip.AddrPortFrom(addr, 80))
+		} else {
+			u, err = fake.NewHTTPS(name, netip.AddrPortFrom(addr, 443), ca, name)
+		}
 		if err != nil {
 			return err
 		}
-		undo = append(undo, u.close)
+		undo = append(undo, func() { u.Close() })
 		ups[name] = u
 	}
 
@@ -127,7 +123,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	cfg.Upstream.AllowCIDRs = []string{"127.0.77.0/24"}
 	cfg.Upstream.Resolve = map[string]string{}
 	for name, u := range ups {
-		cfg.Upstream.Resolve[name] = u.addr.String()
+		cfg.Upstream.Resolve[name] = u.Addr.Addr().String()
 	}
 	cfg.Audit.FilePath = filepath.Join(dir, "audit.jsonl")
 	if err := cfg.Validate(); err != nil {
@@ -160,8 +156,8 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	}{
 		{"an LLM API the default policy permits", []string{"https://api.anthropic.com/v1/messages"}},
 		{"a paste site every agent is forbidden: the lookup itself is judged", []string{"https://paste.rs/"}},
-		{"the same site dialed by address: judged by its TLS server name", []string{"--resolve", "paste.rs:443:203.0.113.9", "https://paste.rs/"}},
-		{"a host no mapping rule classifies, by address: plain HTTP gets a 403", []string{"--resolve", "example.com:80:203.0.113.10", "http://example.com/"}},
+		{"the same site dialed by address: judged by its TLS server name", []string{"--resolve", "paste.rs:443:127.0.77.99", "https://paste.rs/"}},
+		{"a host no mapping rule classifies, by address: plain HTTP gets a 403", []string{"--resolve", "example.com:80:127.0.77.98", "http://example.com/"}},
 	}
 	for i, st := range steps {
 		fmt.Fprintf(out, "%d. %s\n   $ curl %s\n", i+1, st.say, strings.Join(st.args, " "))
@@ -171,7 +167,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 	}
 	fmt.Fprintln(out, "What the upstreams saw:")
 	for _, name := range []string{"api.anthropic.com", "paste.rs", "example.com"} {
-		fmt.Fprintf(out, "   %-18s %d connection(s)\n", name, ups[name].conns.Load())
+		fmt.Fprintf(out, "   %-18s %d connection(s)\n", name, ups[name].Conns())
 	}
 	if err := s.Close(); err != nil {
 		return err
@@ -250,98 +246,6 @@ func printAudit(out io.Writer, path string) error {
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n   ") }
-
-type upstream struct {
-	addr  netip.Addr
-	srv   *http.Server
-	conns atomic.Int64
-}
-
-func (u *upstream) close() { u.srv.Close() }
-
-func startUpstream(name string, addr netip.Addr, useTLS bool, ca *demoCA) (*upstream, error) {
-	port := 80
-	if useTLS {
-		port = 443
-	}
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
-	if err != nil {
-		return nil, fmt.Errorf("fake %s: %w", name, err)
-	}
-	u := &upstream{addr: addr}
-	u.srv = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "200 from the fake %s: %s %s\n", name, r.Method, r.URL.Path)
-		}),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				u.conns.Add(1)
-			}
-		},
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	if useTLS {
-		leaf, err := ca.leaf(name)
-		if err != nil {
-			return nil, err
-		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{leaf}})
-	}
-	go u.srv.Serve(ln)
-	return u, nil
-}
-
-type demoCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA() (*demoCA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "firma demo upstream CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &demoCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
-}
-
-func (ca *demoCA) leaf(name string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
 
 func freePort() (uint16, error) {
 	for range 20 {

@@ -20,7 +20,7 @@ func TestDemo(t *testing.T) {
 	}
 	s := out.String()
 	for _, want := range []string{
-		"200 from the fake api.anthropic.com: GET /v1/messages",
+		"hello from api.anthropic.com /v1/messages",
 		"Could not resolve host: paste.rs",
 		"alert access denied",
 		"firma: denied: unclassified intent",
