@@ -151,28 +151,16 @@ func configError(path string, err error) error {
 
 // validateSidecar runs the [sidecar] checks, naming the file in every error.
 func (c *fileConfig) validateSidecar() error {
-	var errs []error
-	if err := c.Sidecar.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := checkLogFormat("sidecar.log_format", c.Sidecar.LogFormat); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%s: %w", c.path, err)
-	}
-	return nil
+	return c.inFile(c.Sidecar.Validate(), checkLogFormat("sidecar.log_format", c.Sidecar.LogFormat))
 }
 
 // validateAuthority runs the [authority] checks, naming the file in every error.
 func (c *fileConfig) validateAuthority() error {
-	var errs []error
-	if err := c.Authority.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := checkLogFormat("authority.log_format", c.Authority.LogFormat); err != nil {
-		errs = append(errs, err)
-	}
+	return c.inFile(c.Authority.Validate(), checkLogFormat("authority.log_format", c.Authority.LogFormat))
+}
+
+// inFile joins errs and names the config file in front of them.
+func (c *fileConfig) inFile(errs ...error) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%s: %w", c.path, err)
 	}
