@@ -8,10 +8,8 @@ import (
 
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/version"
 )
-
-// version is reported to runners over the control socket.
-const version = "firma 0.1"
 
 // registry is what the control socket serves: Info from the sidecar's configuration, registrations
 // kept by the agents room.
@@ -30,7 +28,7 @@ func (r registry) Unregister(ctx context.Context, cg string) error {
 // Info tells a runner where to place an agent and what to hide from it.
 func (r registry) Info() control.Info {
 	s := r.s
-	info := control.Info{Version: version}
+	info := control.Info{Version: version.String()}
 	if s.cfg.Transparent.Enabled {
 		info.Cgroup = cgroup.Canonical(s.cfg.Transparent.Cgroup)
 		if s.cfg.Transparent.DNSPort != 0 {

@@ -19,7 +19,7 @@ import (
 	"github.com/openfirma/firma/daemon"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/control"
-	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/daemon/l7"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -197,8 +197,8 @@ func caFiles(s *daemon.Config) Check {
 	if dir == "" {
 		return ok(name, "no [sidecar.ca] dir: TLS is never terminated (CONNECT-level decisions only)")
 	}
-	ca, err := mitm.LoadCA(dir)
-	if errors.Is(err, mitm.ErrNoCA) {
+	ca, err := l7.LoadCA(dir)
+	if errors.Is(err, l7.ErrNoCA) {
 		if _, werr := writableDir(dir); werr != nil {
 			return fail(name, "create "+dir+" or make its parent writable", "no CA in %s yet, and the sidecar could not create it: %v", dir, werr)
 		}
