@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -31,17 +29,7 @@ func attach(t *testing.T, port, dnsPort uint16) (*testutil.Cgroup, bpf.Config, *
 		DNSPort:     dnsPort,
 		IPv6:        true,
 	}
-	progs, err := bpf.Attach(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatalf("attach: %v", err)
-	}
-	t.Cleanup(func() {
-		progs.Close()
-		if err := bpf.Cleanup(cfg.PinDir); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return cg, cfg, progs
+	return cg, cfg, attachCfg(t, cfg)
 }
 
 // listen stands in for the sidecar: it accepts on both loopbacks and reports each peer's origin.
@@ -80,10 +68,11 @@ func TestRedirectRecordsOrigin(t *testing.T) {
 	cg, _, progs := attach(t, port, 0)
 	got := listen(t, port, progs)
 
+	// Originals on loopback: were the redirect to fail, nothing would leave the machine.
 	cases := []struct{ target, want string }{
-		{"203.0.113.7:443", "dst=203.0.113.7:443 family=4"},
-		{"[2001:db8::7]:8443", "dst=[2001:db8::7]:8443 family=6"},
-		{"[::ffff:198.51.100.9]:80", "dst=198.51.100.9:80 family=6"},
+		{"127.0.0.7:443", "dst=127.0.0.7:443 family=4"},
+		{"[::1]:8443", "dst=[::1]:8443 family=6"},
+		{"[::ffff:127.0.0.9]:80", "dst=127.0.0.9:80 family=6"},
 	}
 	for _, tc := range cases {
 		script := fmt.Sprintf(`import socket
@@ -114,9 +103,9 @@ def attempt(name, fn):
         fn(); print(name, "ok")
     except OSError as e:
         print(name, "refused", e.errno)
-attempt("udp-connect", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("192.0.2.1", 443)))
-attempt("udp-sendto", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 443)))
-attempt("dns-unconfigured", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53)))
+attempt("udp-connect", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("127.0.0.7", 443)))
+attempt("udp-sendto", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.7", 443)))
+attempt("dns-unconfigured", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.7", 53)))
 attempt("self", lambda: socket.create_connection(("127.0.0.1", %d), timeout=2))
 attempt("raw", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
 attempt("ping", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP))
