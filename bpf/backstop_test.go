@@ -17,6 +17,7 @@ import (
 // anything out: the packet backstop drops every packet they route, and reports it. Then Repair puts
 // the refusal back.
 func TestBackstopAlone(t *testing.T) {
+	t.Parallel()
 	l := newLab(t, nil)
 	for _, name := range []string{"firma_setsockopt", "firma_socket_setsockopt"} {
 		pl, err := link.LoadPinnedLink(filepath.Join(l.cfg.PinDir, "links", name), nil)

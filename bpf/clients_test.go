@@ -20,6 +20,7 @@ import (
 // fetches a URL over IPv4 or IPv6; the stand-in sidecar must answer, both lookups and connections
 // must be attributed to the client, and nothing may reach the outside.
 func TestSealClients(t *testing.T) {
+	t.Parallel()
 	l := newLab(t, nil)
 	// Any nameserver will do: every query to port 53 goes to the stand-in resolver.
 	l.Inside.SetEtc(t, "resolv.conf", fmt.Sprintf("nameserver %s\noptions attempts:2 timeout:3\n", l.Outside4))

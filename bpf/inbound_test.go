@@ -27,6 +27,7 @@ const labInboundPort = 8080
 // ingress report naming the server; with the port configured every dial must succeed, and still
 // nothing but the server's replies may leave, not even from a socket bound to the inbound port.
 func TestSealInbound(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		inbound []uint16

@@ -64,6 +64,7 @@ func listen(t *testing.T, port uint16, origins bpf.Origins) <-chan string {
 }
 
 func TestRedirectRecordsOrigin(t *testing.T) {
+	t.Parallel()
 	port := testutil.FreePort(t)
 	cg, _, progs := attach(t, port, 0)
 	got := listen(t, port, progs)
@@ -95,6 +96,7 @@ print(s.recv(10).decode().strip())`, hostOf(tc.target), portOf(tc.target))
 }
 
 func TestRefusesUDPAndSelf(t *testing.T) {
+	t.Parallel()
 	port := testutil.FreePort(t)
 	cg, _, _ := attach(t, port, 0)
 	script := fmt.Sprintf(`import socket, sys

@@ -20,6 +20,7 @@ import (
 // than refusals, and every refusal either reported or counted in the Suppressed of a later report
 // of the same cgroup — while another cgroup's refusal is reported at once, from its own bucket.
 func TestRefusalRateLimit(t *testing.T) {
+	t.Parallel()
 	testutil.RequireRoot(t)
 	parent := testutil.NewCgroup(t, nil)
 	flooder, other := testutil.NewCgroup(t, parent), testutil.NewCgroup(t, parent)

@@ -28,6 +28,7 @@ import (
 // no sidecar runs — and checks that Check and Inspect name exactly what is broken, that the
 // tampering has the effect feared, and that Repair (or Attach again) puts everything back.
 func TestCheckAndRepair(t *testing.T) {
+	t.Parallel()
 	port := testutil.FreePort(t)
 	cg, cfg, progs := attach(t, port, 0)
 	origins := &swappable{o: progs}

@@ -182,6 +182,7 @@ func expectations(l *lab, root bool, f bpf.Features) map[string]outcome {
 // refusal the kernel reports for it (with the attacker's pid, comm, uid, cgroup and socket), the
 // stand-in sidecar's view of what was redirected — and that nothing reached the outside.
 func TestSealEscape(t *testing.T) {
+	t.Parallel()
 	l := newLab(t, nil)
 	f := l.progs.Features()
 	t.Logf("BPF LSM protections: %v", f)

@@ -742,7 +742,9 @@ func listenUntilEOF(port int) *attempt {
 		return a
 	}
 	defer unix.Close(fd)
-	if !a.step("setsockopt IPV6_V6ONLY", unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_V6ONLY, 0)) ||
+	// SO_REUSEADDR: what this server leaves in TIME_WAIT must not keep the port from the next test.
+	if !a.step("setsockopt SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)) ||
+		!a.step("setsockopt IPV6_V6ONLY", unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_V6ONLY, 0)) ||
 		!a.step("bind", unix.Bind(fd, sa6(netip.IPv6Unspecified(), port))) ||
 		!a.step("listen", unix.Listen(fd, 16)) {
 		return a
