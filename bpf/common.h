@@ -63,6 +63,15 @@ enum refusal_kind {
 	REFUSAL_TUN,              // creating or attaching a tun/tap device
 };
 
+// who is the process a record or a report names.
+struct who {
+	__u32 pid; // thread group id
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	char comm[16];
+};
+
 // refusal is one event on the ring buffer. Packet refusals (egress, ingress) run in softirq as often
 // as in the sender's context, so their pid/uid/comm are those of the process that created the
 // socket (0 and "" for a socket created before the programs were attached).
@@ -70,10 +79,7 @@ struct refusal {
 	__u64 cgroup_id;  // the process's cgroup; for packets, the socket's
 	__u64 cookie;     // socket cookie, 0 where there is no socket yet
 	__u64 suppressed; // refusals of this cgroup dropped by the rate limit since its previous event
-	__u32 pid;        // thread group id
-	__u32 tid;
-	__u32 uid;
-	__u32 gid;
+	struct who who;
 	__u32 kind;       // enum refusal_kind
 	__s32 family;     // socket family (AF_*)
 	__s32 type;       // socket type (SOCK_*)
@@ -87,8 +93,7 @@ struct refusal {
 	__u16 port;       // port of addr, host order
 	__u16 local_port; // packets: the socket's own port, host order
 	__u8 proto;       // packets: the IP protocol (or first IPv6 next header)
-	__u8 pad[7];
-	char comm[16];
+	__u8 pad[3];
 };
 
 // Keep the enums and the event struct in BTF so that bpf2go emits their Go types.
@@ -219,16 +224,16 @@ static __always_inline void refusal_submit(struct refusal *r)
 	count(CNT_EVENT_SENT);
 }
 
-// refusal_current fills in the process that made the call being refused.
-static __always_inline void refusal_current(struct refusal *r)
+// who_current fills in the process that is making the call (not for softirq hooks).
+static __always_inline void who_current(struct who *w)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	r->pid = pid_tgid >> 32;
-	r->tid = (__u32)pid_tgid;
-	r->uid = (__u32)uid_gid;
-	r->gid = uid_gid >> 32;
-	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	w->pid = pid_tgid >> 32;
+	w->tid = (__u32)pid_tgid;
+	w->uid = (__u32)uid_gid;
+	w->gid = uid_gid >> 32;
+	bpf_get_current_comm(w->comm, sizeof(w->comm));
 }
 
 // Socket option levels and names (uapi values, x86-64 and generic).

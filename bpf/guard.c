@@ -28,7 +28,7 @@ static __always_inline int refuse_lsm(__u32 c, __u32 kind, struct refusal **out)
 	count(c);
 	struct refusal *r = refusal_start(bpf_get_current_cgroup_id(), kind);
 	if (r)
-		refusal_current(r);
+		who_current(&r->who);
 	*out = r;
 	return VERDICT_REFUSE;
 }

@@ -132,10 +132,7 @@ func loadPinned(spec *ebpf.CollectionSpec, to any, pinDir string, log zerolog.Lo
 
 // required lists the cgroup programs, every one of which must be attached.
 func (p *Programs) required(spec *ebpf.CollectionSpec) []*attachment {
-	progs := []struct {
-		name string
-		prog *ebpf.Program
-	}{
+	progs := []namedProgram{
 		{redirectProgFirmaSockCreate, p.objs.FirmaSockCreate},
 		{redirectProgFirmaConnect4, p.objs.FirmaConnect4},
 		{redirectProgFirmaConnect6, p.objs.FirmaConnect6},
@@ -159,6 +156,11 @@ func (p *Programs) required(spec *ebpf.CollectionSpec) []*attachment {
 		out = append(out, newAttachment(p.cfg, pr.name, pr.prog, spec.Programs[pr.name].AttachType))
 	}
 	return out
+}
+
+type namedProgram struct {
+	name string
+	prog *ebpf.Program
 }
 
 func newAttachment(cfg Config, name string, prog *ebpf.Program, at ebpf.AttachType) *attachment {
@@ -207,10 +209,7 @@ func (p *Programs) attachGuard(cgroupID uint64) {
 		f.Missing = append(f.Missing, fmt.Sprintf("loading BPF LSM programs: %v", verifierDetail(err)))
 		return
 	}
-	progs := []struct {
-		name string
-		prog *ebpf.Program
-	}{
+	progs := []namedProgram{
 		{guardProgFirmaSocketCreate, p.guard.FirmaSocketCreate},
 		{guardProgFirmaSocketSetsockopt, p.guard.FirmaSocketSetsockopt},
 		{guardProgFirmaBpf, p.guard.FirmaBpf},
@@ -639,13 +638,13 @@ func toOrigin(o redirectOrigin) Origin {
 		Dst:      netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
 		Family:   family,
 		Proto:    Proto(o.Proto),
-		PID:      o.Pid,
-		TID:      o.Tid,
-		UID:      o.Uid,
-		GID:      o.Gid,
+		PID:      o.Who.Pid,
+		TID:      o.Who.Tid,
+		UID:      o.Who.Uid,
+		GID:      o.Who.Gid,
 		CgroupID: o.CgroupId,
 		Cookie:   o.Cookie,
-		Comm:     commString(o.Comm),
+		Comm:     commString(o.Who.Comm),
 	}
 }
 

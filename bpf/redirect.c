@@ -56,13 +56,9 @@ struct origin {
 	__u8 proto;     // IPPROTO_TCP or IPPROTO_UDP
 	__u8 via_v4;    // 1: the redirected flow is IPv4 (AF_INET, or v4-mapped on AF_INET6)
 	__u8 pad[3];
-	__u32 pid;      // thread group id (the process)
-	__u32 tid;
-	__u32 uid;
-	__u32 gid;
+	struct who who; // the process that connected
 	__u64 cgroup_id;
 	__u64 cookie;   // socket cookie
-	char comm[16];
 };
 
 // peer_key is the agent-side address of a redirected flow, as the sidecar sees it as its peer.
@@ -77,11 +73,7 @@ struct peer_key {
 // the process.
 struct owner {
 	__u64 cookie;
-	__u32 pid;
-	__u32 tid;
-	__u32 uid;
-	__u32 gid;
-	char comm[16];
+	struct who who;
 };
 
 // Per-socket record, freed with the socket.
@@ -129,7 +121,7 @@ static __always_inline int refuse_addr(struct bpf_sock_addr *ctx, __u32 c, __u32
 	struct refusal *r = refusal_start(bpf_get_current_cgroup_id(), kind);
 	if (!r)
 		return VERDICT_REFUSE;
-	refusal_current(r);
+	who_current(&r->who);
 	r->cookie = bpf_get_socket_cookie(ctx);
 	r->family = ctx->family;
 	r->type = ctx->type;
@@ -154,7 +146,7 @@ static __always_inline struct refusal *refusal_sock(struct bpf_sock *sk, __u32 c
 	struct refusal *r = refusal_start(bpf_get_current_cgroup_id(), kind);
 	if (!r)
 		return 0;
-	refusal_current(r);
+	who_current(&r->who);
 	r->family = sk->family;
 	r->type = sk->type;
 	r->protocol = sk->protocol;
@@ -170,19 +162,13 @@ static __always_inline struct origin *remember(struct bpf_sock_addr *ctx, __u8 p
 	struct origin *o = bpf_sk_storage_get(&sk_origin, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o)
 		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	o->pid = pid_tgid >> 32;
-	o->tid = (__u32)pid_tgid;
-	o->uid = (__u32)uid_gid;
-	o->gid = uid_gid >> 32;
+	who_current(&o->who);
 	o->cgroup_id = bpf_get_current_cgroup_id();
 	o->cookie = bpf_get_socket_cookie(ctx);
 	o->proto = proto;
 	o->via_v4 = via_v4;
 	o->family = ctx->user_family;
 	o->port = bpf_ntohs(ctx->user_port);
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	return o;
 }
 
@@ -531,13 +517,8 @@ static __always_inline int refuse_packet(struct __sk_buff *skb, struct bpf_sock 
 		return 0;
 	if (sk) {
 		struct owner *w = bpf_sk_storage_get(&sk_owner, sk, 0, 0);
-		if (w) {
-			r->pid = w->pid;
-			r->tid = w->tid;
-			r->uid = w->uid;
-			r->gid = w->gid;
-			__builtin_memcpy(r->comm, w->comm, sizeof(r->comm));
-		}
+		if (w)
+			r->who = w->who;
 		r->family = sk->family;
 		r->type = sk->type;
 		r->protocol = sk->protocol;
@@ -573,12 +554,17 @@ static __always_inline void publish_dns(struct bpf_sock *sk, struct pkt *p)
 	publish(o, &k);
 }
 
+// packet_sock is the full socket a packet belongs to, or 0.
+static __always_inline struct bpf_sock *packet_sock(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	return sk ? bpf_sk_fullsock(sk) : 0;
+}
+
 SEC("cgroup_skb/egress")
 int firma_egress(struct __sk_buff *skb)
 {
-	struct bpf_sock *sk = skb->sk;
-	if (sk)
-		sk = bpf_sk_fullsock(sk);
+	struct bpf_sock *sk = packet_sock(skb);
 	struct pkt p = {};
 	if (parse(skb, &p) == 0) {
 		if (sidecar_path(skb, &p, p.daddr, p.dport)) {
@@ -597,9 +583,7 @@ int firma_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int firma_ingress(struct __sk_buff *skb)
 {
-	struct bpf_sock *sk = skb->sk;
-	if (sk)
-		sk = bpf_sk_fullsock(sk);
+	struct bpf_sock *sk = packet_sock(skb);
 	struct pkt p = {};
 	if (parse(skb, &p) == 0) {
 		if (sidecar_path(skb, &p, p.saddr, p.sport))
@@ -617,14 +601,8 @@ int firma_sock_create(struct bpf_sock *sk)
 	    (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)) {
 		struct owner *w = bpf_sk_storage_get(&sk_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (w) {
-			__u64 pid_tgid = bpf_get_current_pid_tgid();
-			__u64 uid_gid = bpf_get_current_uid_gid();
-			w->pid = pid_tgid >> 32;
-			w->tid = (__u32)pid_tgid;
-			w->uid = (__u32)uid_gid;
-			w->gid = uid_gid >> 32;
+			who_current(&w->who);
 			w->cookie = bpf_get_socket_cookie(sk);
-			bpf_get_current_comm(w->comm, sizeof(w->comm));
 		}
 		return VERDICT_PROCEED;
 	}

@@ -47,30 +47,36 @@ const (
 )
 
 type redirectOrigin struct {
-	_        structs.HostLayout
-	Addr     [16]uint8
-	Port     uint16
-	Family   uint8
-	Proto    uint8
-	ViaV4    uint8
-	Pad      [3]uint8
-	Pid      uint32
-	Tid      uint32
-	Uid      uint32
-	Gid      uint32
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Proto  uint8
+	ViaV4  uint8
+	Pad    [3]uint8
+	Who    struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
 	CgroupId uint64
 	Cookie   uint64
-	Comm     [16]int8
 }
 
 type redirectOwner struct {
 	_      structs.HostLayout
 	Cookie uint64
-	Pid    uint32
-	Tid    uint32
-	Uid    uint32
-	Gid    uint32
-	Comm   [16]int8
+	Who    struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
 }
 
 type redirectPeerKey struct {
@@ -86,25 +92,27 @@ type redirectRefusal struct {
 	CgroupId   uint64
 	Cookie     uint64
 	Suppressed uint64
-	Pid        uint32
-	Tid        uint32
-	Uid        uint32
-	Gid        uint32
-	Kind       uint32
-	Family     int32
-	Type       int32
-	Protocol   int32
-	Level      int32
-	Optname    int32
-	BpfCmd     int32
-	Ifindex    uint32
-	Addr       [16]uint8
-	Port       uint16
-	LocalPort  uint16
-	Proto      uint8
-	Pad        [7]uint8
-	Comm       [16]int8
-	_          [4]byte
+	Who        struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
+	Kind      uint32
+	Family    int32
+	Type      int32
+	Protocol  int32
+	Level     int32
+	Optname   int32
+	BpfCmd    int32
+	Ifindex   uint32
+	Addr      [16]uint8
+	Port      uint16
+	LocalPort uint16
+	Proto     uint8
+	Pad       [3]uint8
 }
 
 type redirectRefusalKind uint32

@@ -61,11 +61,11 @@ func decodeRefusal(raw []byte) (Refusal, error) {
 	}
 	r := Refusal{
 		Kind:       RefusalKind(e.Kind),
-		PID:        e.Pid,
-		TID:        e.Tid,
-		UID:        e.Uid,
-		GID:        e.Gid,
-		Comm:       commString(e.Comm),
+		PID:        e.Who.Pid,
+		TID:        e.Who.Tid,
+		UID:        e.Who.Uid,
+		GID:        e.Who.Gid,
+		Comm:       commString(e.Who.Comm),
 		CgroupID:   e.CgroupId,
 		Cookie:     e.Cookie,
 		Family:     int(e.Family),

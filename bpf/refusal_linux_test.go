@@ -46,12 +46,13 @@ func TestRefusalKindsMatchKernel(t *testing.T) {
 
 func TestDecodeRefusal(t *testing.T) {
 	e := redirectRefusal{
-		CgroupId: 7, Cookie: 99, Suppressed: 3, Pid: 42, Tid: 43, Uid: 65534, Gid: 65534,
+		CgroupId: 7, Cookie: 99, Suppressed: 3,
 		Kind: uint32(RefusalEgress), Family: 2, Type: 1, Protocol: 6, Ifindex: 2,
 		Port: 15001, LocalPort: 40000, Proto: 6,
 	}
+	e.Who.Pid, e.Who.Tid, e.Who.Uid, e.Who.Gid = 42, 43, 65534, 65534
 	e.Addr = netip.MustParseAddr("::ffff:127.0.0.1").As16()
-	copy(e.Comm[:], []int8{'c', 'u', 'r', 'l'})
+	copy(e.Who.Comm[:], []int8{'c', 'u', 'r', 'l'})
 	var b bytes.Buffer
 	if err := binary.Write(&b, binary.NativeEndian, &e); err != nil {
 		t.Fatal(err)
