@@ -1,3 +1,5 @@
+//go:build linux
+
 package bpf
 
 // SetLSMPath points the loader at another list of active LSMs (a kernel without BPF LSM) until

@@ -154,6 +154,7 @@ type attempt struct {
 	Errno     string   `json:"errno"`
 	Cookies   []uint64 `json:"cookies"`
 	Accepted  int      `json:"accepted"`
+	Peer      string   `json:"peer"`
 	Note      string   `json:"note"`
 }
 

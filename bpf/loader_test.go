@@ -152,3 +152,44 @@ func portOf(s string) string {
 	_, p, _ := net.SplitHostPort(s)
 	return p
 }
+
+// With IPv6 off, native IPv6 is refused (and reported) while v4-mapped IPv4 still goes through.
+func TestIPv6Off(t *testing.T) {
+	t.Parallel()
+	testutil.RequireRoot(t)
+	cg := testutil.NewCgroup(t, nil)
+	port := testutil.FreePort(t)
+	progs := attachCfg(t, bpf.Config{
+		Cgroup: cg.Path, PinDir: filepath.Join("/sys/fs/bpf", "firma-test-"+filepath.Base(cg.Path)),
+		SidecarPort: port,
+	})
+	reports := collectRefusals(t, progs)
+	got := listen(t, port, progs)
+	script := `import socket
+for target in (("::1", 8443), ("::ffff:127.0.0.9", 80)):
+    try:
+        s = socket.create_connection(target, timeout=5); print(target[0], s.recv(10).decode().strip())
+    except OSError as e:
+        print(target[0], "refused", e.errno)`
+	cmd := cg.Command(context.Background(), t, "python3", "-c", script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := "::1 refused 1\n::ffff:127.0.0.9 hi\n"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
+	}
+	select {
+	case line := <-got:
+		if !strings.HasPrefix(line, "dst=127.0.0.9:80 family=6") {
+			t.Errorf("sidecar saw %q", line)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the v4-mapped connection did not reach the sidecar")
+	}
+	if _, ok := reports.await(func(r bpf.Refusal) bool {
+		return r.Kind == bpf.RefusalIPv6 && r.PID == uint32(cmd.Process.Pid) && r.Addr.String() == "[::1]:8443"
+	}); !ok {
+		t.Errorf("no ipv6 report: %v", reports.snapshot())
+	}
+}

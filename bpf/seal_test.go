@@ -25,6 +25,8 @@ type outcome struct {
 	sock [3]int
 	// answer is what the stand-in sidecar must have answered (a redirected connection).
 	answer string
+	// peer is what getpeername must say: the original destination, not the sidecar.
+	peer string
 }
 
 func refused(op string, kind bpf.RefusalKind) outcome {
@@ -51,9 +53,9 @@ func expectations(l *lab, root bool, f bpf.Features) map[string]outcome {
 	out6 := fmt.Sprintf("stand-in [%s]:%d", l.Outside6, labOutsidePort)
 	e := map[string]outcome{
 		// What must keep working.
-		"connect4":                 {answer: out4},
-		"connect6":                 {answer: out6},
-		"connect_mapped":           {answer: out4},
+		"connect4":                 {answer: out4, peer: fmt.Sprintf("%s:%d", l.Outside4, labOutsidePort)},
+		"connect6":                 {answer: out6, peer: fmt.Sprintf("[%s]:%d", l.Outside6, labOutsidePort)},
+		"connect_mapped":           {answer: out4, peer: fmt.Sprintf("[::ffff:%s]:%d", l.Outside4, labOutsidePort)},
 		"tfo_to_sidecar":           {answer: out4},
 		"dns_udp":                  {answer: fmt.Sprintf("%s:53", l.Outside4)}, // recvfrom shows the server asked
 		"ipv6_pktinfo_sticky_zero": {},
@@ -260,6 +262,9 @@ func (l *lab) checkAttempt(t *testing.T, a attempt, w outcome) {
 	}
 	if w.answer != "" && a.Note != w.answer {
 		t.Errorf("%s: answer %q, want %q (%s)", a.Technique, a.Note, w.answer, a)
+	}
+	if w.peer != "" && a.Peer != w.peer {
+		t.Errorf("%s: getpeername says %q, want the original %q", a.Technique, a.Peer, w.peer)
 	}
 	if strings.HasPrefix(w.answer, "stand-in") {
 		l.checkRedirected(t, a)

@@ -44,6 +44,7 @@ type attempt struct {
 	Errno     string   `json:"errno,omitempty"`  // its errno (EPERM, …, or TIMEOUT)
 	Cookies   []uint64 `json:"cookies,omitempty"`
 	Accepted  int      `json:"accepted,omitempty"` // listen: connections accepted
+	Peer      string   `json:"peer,omitempty"`     // getpeername of a connected socket
 	Note      string   `json:"note,omitempty"`
 }
 
@@ -400,9 +401,7 @@ var techniques = []technique{
 		buf := make([]byte, 512)
 		_, from, err := unix.Recvfrom(fd, buf, 0)
 		if a.step("recvfrom", err) {
-			if s, ok := from.(*unix.SockaddrInet4); ok {
-				a.Note = netip.AddrPortFrom(netip.AddrFrom4(s.Addr), uint16(s.Port)).String()
-			}
+			a.Note = sockaddrString(from)
 		}
 	}},
 
@@ -661,6 +660,16 @@ var optIn = []technique{
 	}},
 }
 
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return fmt.Sprint(sa)
+}
+
 func closeIf(fd int, ok bool) {
 	if ok {
 		unix.Close(fd)
@@ -674,6 +683,9 @@ func plainConnect(a *attempt, domain int, to unix.Sockaddr) {
 	}
 	defer unix.Close(fd)
 	if connectWait(a, fd, to) {
+		if sa, err := unix.Getpeername(fd); err == nil {
+			a.Peer = sockaddrString(sa)
+		}
 		unix.SetNonblock(fd, false)
 		hello(a, fd)
 	}
