@@ -1,9 +1,24 @@
-// Package bpf owns firma's kernel programs: the C source (redirect.c), its committed bpf2go output,
-// and a small typed loader that loads the programs with the sidecar's ports, attaches them to one
-// parent cgroup (every descendant is enforced), pins links and maps so that enforcement outlives the
-// sidecar, looks up the origin record of a redirected flow, and detaches on explicit cleanup.
+// Package bpf owns firma's kernel programs: the C sources (redirect.c: cgroup programs; guard.c:
+// BPF LSM programs; common.h: what they share), their committed bpf2go output, and a small typed
+// loader. The loader loads the programs with the sidecar's ports, attaches them to one parent cgroup
+// (every descendant is enforced), pins links and maps so that enforcement outlives the sidecar,
+// looks up the origin record of a redirected flow, streams the kernel's refusals, checks that every
+// link is still in force and repairs the ones that are not, and detaches on explicit cleanup.
 //
-// It knows nothing about policy: it answers "who connected where", never "may they".
+// What the programs do, in one place (details at the top of redirect.c and guard.c):
+//   - TCP and DNS from the enforced subtree are redirected to the sidecar on loopback; other UDP,
+//     raw and other non-TCP/UDP inet sockets are refused.
+//   - A backstop on every packet: only plain TCP/UDP routed over loopback to the sidecar's ports
+//     leaves an enforced socket, and only packets from those ports (or to configured inbound
+//     ports) reach one. Socket options that change routing are refused, and so is binding the
+//     sidecar's ports.
+//   - With BPF LSM: socket families other than inet, inet6 and unix, the bpf() syscall and tun/tap
+//     devices are refused to the subtree; route-changing options are refused on compat syscalls too.
+//   - Every refusal is counted and reported, rate-limited per cgroup.
+//
+// The sidecar runs outside the enforced subtree and is never affected by these programs. The
+// package knows nothing about policy: it answers "who connected where" and "what was refused",
+// never "may they".
 package bpf
 
 import (
@@ -18,6 +33,18 @@ var (
 	ErrUnsupported = errors.New("cgroup bpf is not supported on this system")
 	// ErrNoOrigin means the kernel holds no record for a peer: it was not redirected by firma.
 	ErrNoOrigin = errors.New("no origin record")
+	// ErrNotInForce is returned (wrapped, with the details) by Status.Err when a link is missing,
+	// detached, moved or runs another program.
+	ErrNotInForce = errors.New("enforcement not in force")
+)
+
+// MaxInboundPorts is how many ports Config.InboundPorts may list.
+const MaxInboundPorts = 16
+
+// Defaults of the per-cgroup rate limit on refusal reports.
+const (
+	DefaultRefusalRate  = 20  // events per second, per cgroup
+	DefaultRefusalBurst = 100 // events at once, per cgroup
 )
 
 // Config is what the programs are loaded and attached with.
@@ -27,6 +54,15 @@ type Config struct {
 	SidecarPort uint16 // transparent TCP listener on 127.0.0.1 and [::1]
 	DNSPort     uint16 // resolver on 127.0.0.1 and [::1], UDP and TCP; 0 refuses DNS
 	IPv6        bool   // redirect native IPv6 to [::1]; false refuses it
+	// InboundPorts are ports on which enforced processes may accept TCP connections and UDP
+	// datagrams from anywhere, and answer accepted TCP connections; everything else that arrives
+	// for an enforced socket is dropped unless it comes from the sidecar. Default: none.
+	InboundPorts []uint16
+	// RefusalRate and RefusalBurst bound the refusal reports of one cgroup (events per second,
+	// and at once); what they suppress is counted and delivered with the cgroup's next report.
+	// Zero means the default.
+	RefusalRate  uint32
+	RefusalBurst uint32
 }
 
 func (c Config) validate() error {
@@ -39,8 +75,32 @@ func (c Config) validate() error {
 		return errors.New("sidecar port is not set")
 	case c.DNSPort == c.SidecarPort:
 		return errors.New("dns port equals sidecar port")
+	case len(c.InboundPorts) > MaxInboundPorts:
+		return fmt.Errorf("%d inbound ports, at most %d", len(c.InboundPorts), MaxInboundPorts)
+	}
+	for _, p := range c.InboundPorts {
+		switch p {
+		case 0:
+			return errors.New("inbound port 0")
+		case c.SidecarPort, c.DNSPort:
+			return fmt.Errorf("inbound port %d is the sidecar's", p)
+		}
 	}
 	return nil
+}
+
+// rateLimit is the refusal rate limit as the kernel takes it: nanoseconds of credit per event and
+// at most.
+func (c Config) rateLimit() (costNS, burstNS uint64) {
+	rate, burst := uint64(c.RefusalRate), uint64(c.RefusalBurst)
+	if rate == 0 {
+		rate = DefaultRefusalRate
+	}
+	if burst == 0 {
+		burst = DefaultRefusalBurst
+	}
+	costNS = max(uint64(1e9)/rate, 1)
+	return costNS, burst * costNS
 }
 
 // Proto is a flow's transport protocol, as the kernel records it.

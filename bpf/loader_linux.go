@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -21,17 +22,43 @@ import (
 // bpffsRoot is where bpffs is conventionally mounted; Attach mounts it there when it is missing.
 const bpffsRoot = "/sys/fs/bpf"
 
-// Programs is a loaded, attached set of firma's programs. Closing it releases this process's handles
-// only: the links stay pinned, so the kernel keeps enforcing after the sidecar exits or crashes.
+// lsmPath lists the kernel's active LSMs. A variable so that a test can stand in a kernel without
+// BPF LSM.
+var lsmPath = "/sys/kernel/security/lsm"
+
+// Programs is a loaded, attached set of firma's programs. It holds a handle on every link it
+// attached, so that removing a pin does not detach anything while the sidecar runs (Check reports
+// the missing pin and Repair restores it). Closing it releases this process's handles only: the
+// links stay pinned, so the kernel keeps enforcing after the sidecar exits or crashes.
 type Programs struct {
-	objs redirectObjects
-	log  zerolog.Logger
+	cfg      Config
+	objs     redirectObjects
+	guard    guardObjects
+	features Features
+	log      zerolog.Logger
+
+	mu    sync.Mutex // links
+	links []*attachment
+}
+
+// attachment is one program this process attached, and the link it holds.
+type attachment struct {
+	name   string
+	pin    string
+	prog   *ebpf.Program
+	progID ebpf.ProgramID
+	attach ebpf.AttachType
+	link   link.Link
 }
 
 // Attach loads the programs configured by cfg and attaches them to cfg.Cgroup. Links and maps
 // pinned by an earlier sidecar under cfg.PinDir are reused: a pinned link is switched to the new
 // program atomically (no moment without enforcement), and pinned maps keep their records. Links
-// pinned for another cgroup are moved to cfg.Cgroup.
+// pinned for another cgroup are moved to cfg.Cgroup. Attach also repairs what Check reports: a link
+// detached, replaced or unpinned since is attached, switched or pinned again.
+//
+// The BPF LSM programs are optional: where the kernel lacks BPF LSM, or they fail to load or
+// attach, Attach still succeeds and Features says what is missing and why.
 func Attach(cfg Config, log zerolog.Logger) (*Programs, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -40,123 +67,240 @@ func Attach(cfg Config, log zerolog.Logger) (*Programs, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ensureBPFFS(cfg.PinDir); err != nil {
+	if err := ensurePinDir(cfg.PinDir); err != nil {
 		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Join(cfg.PinDir, "links"), 0o700); err != nil {
-		return nil, fmt.Errorf("creating pin dir: %w", err)
 	}
 
 	spec, err := loadRedirect()
 	if err != nil {
 		return nil, err
 	}
-	settings := map[string]any{
-		"sidecar_port": cfg.SidecarPort,
-		"dns_port":     cfg.DNSPort,
-		"ipv6_enabled": boolByte(cfg.IPv6),
-	}
-	for name, v := range settings {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("setting %s: %w", name, err)
-		}
+	var inbound [MaxInboundPorts]uint16
+	copy(inbound[:], cfg.InboundPorts)
+	if err := setVariables(spec, map[string]any{
+		redirectVarSidecarPort:  cfg.SidecarPort,
+		redirectVarDnsPort:      cfg.DNSPort,
+		redirectVarIpv6Enabled:  boolByte(cfg.IPv6),
+		redirectVarInboundPorts: inbound,
+	}, cfg); err != nil {
+		return nil, err
 	}
 
-	p := &Programs{log: log}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
-	err = spec.LoadAndAssign(&p.objs, opts)
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		// An older firma pinned maps of another layout. Its records cannot be read by these
-		// programs: start fresh maps (flows in flight are refused, never let through).
-		log.Warn().Err(err).Str(logfields.PinDir, cfg.PinDir).Msg("replacing incompatible pinned maps")
-		for name := range spec.Maps {
-			os.Remove(filepath.Join(cfg.PinDir, name))
-		}
-		err = spec.LoadAndAssign(&p.objs, opts)
-	}
-	if err != nil {
+	p := &Programs{cfg: cfg, log: log}
+	if err := loadPinned(spec, &p.objs, cfg.PinDir, log); err != nil {
 		return nil, fmt.Errorf("loading programs: %w", verifierDetail(err))
 	}
-
-	for _, prog := range p.programs(spec) {
-		if err := attachOne(cfg, cgroupID, prog, log); err != nil {
-			p.objs.Close()
+	for _, a := range p.required(spec) {
+		if err := a.attachTo(cfg, cgroupID, log); err != nil {
+			p.Close()
 			return nil, err
 		}
+		p.links = append(p.links, a)
 	}
+	p.attachGuard(cgroupID)
 	return p, nil
 }
 
-type program struct {
-	name   string
-	prog   *ebpf.Program
-	attach ebpf.AttachType
+// setVariables sets the load-time settings of a spec; the refusal rate limit is common to both.
+func setVariables(spec *ebpf.CollectionSpec, settings map[string]any, cfg Config) error {
+	cost, burst := cfg.rateLimit()
+	settings[redirectVarRefusalCostNs] = cost
+	settings[redirectVarRefusalBurstNs] = burst
+	for name, v := range settings {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
-func (p *Programs) programs(spec *ebpf.CollectionSpec) []program {
-	progs := []struct {
-		name string
-		prog *ebpf.Program
-	}{
-		{"firma_sock_create", p.objs.FirmaSockCreate},
-		{"firma_connect4", p.objs.FirmaConnect4},
-		{"firma_connect6", p.objs.FirmaConnect6},
-		{"firma_sendmsg4", p.objs.FirmaSendmsg4},
-		{"firma_sendmsg6", p.objs.FirmaSendmsg6},
-		{"firma_recvmsg4", p.objs.FirmaRecvmsg4},
-		{"firma_recvmsg6", p.objs.FirmaRecvmsg6},
-		{"firma_getpeername4", p.objs.FirmaGetpeername4},
-		{"firma_getpeername6", p.objs.FirmaGetpeername6},
-		{"firma_sockops", p.objs.FirmaSockops},
-		{"firma_egress", p.objs.FirmaEgress},
+// loadPinned loads spec's objects into to, reusing maps pinned under pinDir. Maps that an older
+// firma pinned with another layout cannot be read by these programs: they are replaced with fresh
+// ones (flows in flight are refused, never let through).
+func loadPinned(spec *ebpf.CollectionSpec, to any, pinDir string, log zerolog.Logger) error {
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	err := spec.LoadAndAssign(to, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		log.Warn().Err(err).Str(logfields.PinDir, pinDir).Msg("replacing incompatible pinned maps")
+		for name := range spec.Maps {
+			os.Remove(filepath.Join(pinDir, name))
+		}
+		err = spec.LoadAndAssign(to, opts)
 	}
-	out := make([]program, 0, len(progs))
+	return err
+}
+
+// required lists the cgroup programs, every one of which must be attached.
+func (p *Programs) required(spec *ebpf.CollectionSpec) []*attachment {
+	progs := []namedProgram{
+		{redirectProgFirmaSockCreate, p.objs.FirmaSockCreate},
+		{redirectProgFirmaConnect4, p.objs.FirmaConnect4},
+		{redirectProgFirmaConnect6, p.objs.FirmaConnect6},
+		{redirectProgFirmaSendmsg4, p.objs.FirmaSendmsg4},
+		{redirectProgFirmaSendmsg6, p.objs.FirmaSendmsg6},
+		{redirectProgFirmaRecvmsg4, p.objs.FirmaRecvmsg4},
+		{redirectProgFirmaRecvmsg6, p.objs.FirmaRecvmsg6},
+		{redirectProgFirmaGetpeername4, p.objs.FirmaGetpeername4},
+		{redirectProgFirmaGetpeername6, p.objs.FirmaGetpeername6},
+		{redirectProgFirmaSockops, p.objs.FirmaSockops},
+		{redirectProgFirmaSetsockopt, p.objs.FirmaSetsockopt},
+		{redirectProgFirmaBind4, p.objs.FirmaBind4},
+		{redirectProgFirmaBind6, p.objs.FirmaBind6},
+		{redirectProgFirmaPostBind4, p.objs.FirmaPostBind4},
+		{redirectProgFirmaPostBind6, p.objs.FirmaPostBind6},
+		{redirectProgFirmaEgress, p.objs.FirmaEgress},
+		{redirectProgFirmaIngress, p.objs.FirmaIngress},
+	}
+	out := make([]*attachment, 0, len(progs))
 	for _, pr := range progs {
-		out = append(out, program{name: pr.name, prog: pr.prog, attach: spec.Programs[pr.name].AttachType})
+		out = append(out, newAttachment(p.cfg, pr.name, pr.prog, spec.Programs[pr.name].AttachType))
 	}
 	return out
 }
 
-// attachOne makes pinDir/links/<name> a link from cfg.Cgroup to prog, replacing whatever program a
-// pinned link ran before without detaching it.
-func attachOne(cfg Config, cgroupID uint64, pr program, log zerolog.Logger) error {
-	pin := filepath.Join(cfg.PinDir, "links", pr.name)
-	old, err := link.LoadPinnedLink(pin, nil)
+type namedProgram struct {
+	name string
+	prog *ebpf.Program
+}
+
+func newAttachment(cfg Config, name string, prog *ebpf.Program, at ebpf.AttachType) *attachment {
+	a := &attachment{name: name, pin: filepath.Join(cfg.PinDir, "links", name), prog: prog, attach: at}
+	if info, err := prog.Info(); err == nil {
+		a.progID, _ = info.ID()
+	}
+	return a
+}
+
+// guardFeature is the protection each BPF LSM program provides.
+var guardFeature = map[string]func(*Features) *bool{
+	guardProgFirmaSocketCreate:     func(f *Features) *bool { return &f.SocketFamilies },
+	guardProgFirmaSocketSetsockopt: func(f *Features) *bool { return &f.CompatSockopt },
+	guardProgFirmaBpf:              func(f *Features) *bool { return &f.BPFSyscall },
+	guardProgFirmaTunDevCreate:     func(f *Features) *bool { return &f.TunDevices },
+	guardProgFirmaTunDevOpen:       func(f *Features) *bool { return &f.TunDevices },
+}
+
+// attachGuard loads and attaches the BPF LSM programs where the kernel has BPF LSM. It never fails:
+// what it could not do is recorded in p.features.
+func (p *Programs) attachGuard(cgroupID uint64) {
+	f := &p.features
+	active, err := lsmActive()
+	switch {
+	case err != nil:
+		// Without securityfs there is no telling; attaching is harmless either way, but the
+		// protections are not claimed.
+		f.Missing = append(f.Missing, fmt.Sprintf("cannot confirm that BPF LSM is active: %v", err))
+	case !active:
+		f.Missing = append(f.Missing, fmt.Sprintf("BPF LSM is not active (no \"bpf\" in %s; boot with lsm=…,bpf)", lsmPath))
+		return
+	}
+	spec, err := loadGuard()
+	if err == nil {
+		err = setVariables(spec, map[string]any{}, p.cfg)
+	}
+	if err == nil {
+		err = spec.LoadAndAssign(&p.guard, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+			guardMapCounters:       p.objs.Counters,
+			guardMapRefusals:       p.objs.Refusals,
+			guardMapRefusalBuckets: p.objs.RefusalBuckets,
+		}})
+	}
+	if err != nil {
+		f.Missing = append(f.Missing, fmt.Sprintf("loading BPF LSM programs: %v", verifierDetail(err)))
+		return
+	}
+	progs := []namedProgram{
+		{guardProgFirmaSocketCreate, p.guard.FirmaSocketCreate},
+		{guardProgFirmaSocketSetsockopt, p.guard.FirmaSocketSetsockopt},
+		{guardProgFirmaBpf, p.guard.FirmaBpf},
+		{guardProgFirmaTunDevCreate, p.guard.FirmaTunDevCreate},
+		{guardProgFirmaTunDevOpen, p.guard.FirmaTunDevOpen},
+	}
+	attached := map[string]bool{}
+	for _, pr := range progs {
+		a := newAttachment(p.cfg, pr.name, pr.prog, ebpf.AttachLSMCgroup)
+		if err := a.attachTo(p.cfg, cgroupID, p.log); err != nil {
+			f.Missing = append(f.Missing, err.Error())
+			continue
+		}
+		attached[pr.name] = true
+		p.links = append(p.links, a)
+	}
+	if !active {
+		return
+	}
+	// A protection is in force when every program it takes is attached.
+	inForce := map[*bool]bool{}
+	for name, feature := range guardFeature {
+		ptr := feature(f)
+		if _, seen := inForce[ptr]; !seen {
+			inForce[ptr] = true
+		}
+		inForce[ptr] = inForce[ptr] && attached[name]
+	}
+	for ptr, ok := range inForce {
+		*ptr = ok
+	}
+}
+
+// lsmActive reports whether "bpf" is among the kernel's active LSMs.
+func lsmActive() (bool, error) {
+	b, err := os.ReadFile(lsmPath)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if m == "bpf" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// attachTo makes a.pin a link from cfg.Cgroup to a.prog and keeps a handle on it. A link pinned
+// there already is switched to a.prog without detaching it; one pinned for another cgroup, attach
+// point, or that is no longer attached, is replaced by a new link, attached before the old one is
+// dropped.
+func (a *attachment) attachTo(cfg Config, cgroupID uint64, log zerolog.Logger) error {
+	old, err := link.LoadPinnedLink(a.pin, nil)
 	switch {
 	case err == nil:
-		if sameAttachment(old, cgroupID, pr.attach) {
-			defer old.Close()
-			if err := old.Update(pr.prog); err != nil {
-				return fmt.Errorf("updating pinned link %s: %w", pin, err)
+		if sameAttachment(old, cgroupID, a.attach) {
+			if err := old.Update(a.prog); err == nil {
+				a.link = old
+				log.Debug().Str(logfields.Program, a.name).Msg("reused pinned link")
+				return nil
 			}
-			log.Debug().Str(logfields.Program, pr.name).Msg("reused pinned link")
-			return nil
 		}
-		// Pinned for another cgroup or attach point: attach the new link first, then drop the old.
-		defer func() {
-			old.Unpin()
-			old.Close()
-		}()
 	case errors.Is(err, os.ErrNotExist):
 	default:
-		return fmt.Errorf("loading pinned link %s: %w", pin, err)
+		return fmt.Errorf("loading pinned link %s: %w", a.pin, err)
 	}
 
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.Cgroup, Attach: pr.attach, Program: pr.prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.Cgroup, Attach: a.attach, Program: a.prog})
 	if err != nil {
-		return fmt.Errorf("attaching %s to %s: %w", pr.name, cfg.Cgroup, err)
-	}
-	defer l.Close()
-	if old != nil {
-		if err := old.Unpin(); err != nil {
-			l.Close()
-			return fmt.Errorf("unpinning %s: %w", pin, err)
+		if old != nil {
+			old.Close()
 		}
+		return fmt.Errorf("attaching %s to %s: %w", a.name, cfg.Cgroup, err)
 	}
-	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("pinning %s: %w", pin, err)
+	if old != nil {
+		old.Unpin()
+		old.Close()
 	}
-	log.Debug().Str(logfields.Program, pr.name).Str(logfields.Cgroup, cfg.Cgroup).Msg("attached")
+	if err := os.Remove(a.pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.Close()
+		return fmt.Errorf("unpinning %s: %w", a.pin, err)
+	}
+	if err := l.Pin(a.pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pinning %s: %w", a.pin, err)
+	}
+	if a.link != nil {
+		a.link.Close()
+	}
+	a.link = l
+	log.Debug().Str(logfields.Program, a.name).Str(logfields.Cgroup, cfg.Cgroup).Msg("attached")
 	return nil
 }
 
@@ -170,7 +314,139 @@ func sameAttachment(l link.Link, cgroupID uint64, at ebpf.AttachType) bool {
 }
 
 // Close releases this process's handles. The pinned links keep enforcing.
-func (p *Programs) Close() error { return p.objs.Close() }
+func (p *Programs) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, a := range p.links {
+		errs = append(errs, a.link.Close())
+	}
+	p.links = nil
+	errs = append(errs, p.guard.Close(), p.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Features says which optional (BPF LSM) protections Attach put in force.
+func (p *Programs) Features() Features { return p.features }
+
+// Check verifies that every link this process attached is still pinned, attached to the configured
+// cgroup at its attach point, and running this process's program. The sidecar calls it
+// periodically; Status.Err names whatever is not in force.
+func (p *Programs) Check() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := Status{Cgroup: p.cfg.Cgroup, Features: p.features}
+	cgroupID, cgErr := CgroupID(p.cfg.Cgroup)
+	for _, a := range p.links {
+		st.Links = append(st.Links, a.status(cgroupID, cgErr))
+	}
+	return st
+}
+
+func (a *attachment) status(cgroupID uint64, cgErr error) LinkStatus {
+	ls := LinkStatus{Program: a.name, Pin: a.pin}
+	info, err := a.link.Info()
+	if err != nil {
+		ls.State, ls.Detail = LinkMissing, err.Error()
+		return ls
+	}
+	ls.State, ls.Detail = judgeLink(info, cgroupID, cgErr, a.attach)
+	if ls.State != LinkOK {
+		return ls
+	}
+	if info.Program != a.progID {
+		ls.State, ls.Detail = LinkReplaced, fmt.Sprintf("runs program %d, not %d", info.Program, a.progID)
+		return ls
+	}
+	pinned, err := link.LoadPinnedLink(a.pin, nil)
+	if err != nil {
+		ls.State, ls.Detail = LinkUnpinned, err.Error()
+		return ls
+	}
+	defer pinned.Close()
+	if pi, err := pinned.Info(); err != nil || pi.ID != info.ID {
+		ls.State, ls.Detail = LinkUnpinned, fmt.Sprintf("%s holds another link", a.pin)
+	}
+	return ls
+}
+
+// judgeLink compares a link's cgroup attachment with the configured one.
+func judgeLink(info *link.Info, cgroupID uint64, cgErr error, at ebpf.AttachType) (LinkState, string) {
+	cg := info.Cgroup()
+	switch {
+	case cg == nil:
+		return LinkMoved, fmt.Sprintf("link of type %d, not a cgroup link", info.Type)
+	case cg.CgroupId == 0:
+		return LinkDetached, ""
+	case cgErr != nil:
+		return LinkMoved, cgErr.Error()
+	case cg.CgroupId != cgroupID:
+		return LinkMoved, fmt.Sprintf("attached to cgroup id %d, not %d", cg.CgroupId, cgroupID)
+	case ebpf.AttachType(cg.AttachType) != at:
+		return LinkMoved, fmt.Sprintf("attached as %s, not %s", ebpf.AttachType(cg.AttachType), at)
+	}
+	return LinkOK, ""
+}
+
+// Repair puts back in force every link Check finds broken: a detached or moved link is replaced by
+// a new one, a replaced program is switched back, a missing pin is pinned again (with the map pins
+// that keep records across restarts). It returns what it could not repair.
+func (p *Programs) Repair() error {
+	if err := ensurePinDir(p.cfg.PinDir); err != nil {
+		return err
+	}
+	cgroupID, err := CgroupID(p.cfg.Cgroup)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, a := range p.links {
+		if err := a.repair(p.cfg, cgroupID, p.log); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, m := range map[string]*ebpf.Map{
+		redirectMapCounters: p.objs.Counters, redirectMapOrigins: p.objs.Origins,
+		redirectMapSkOrigin: p.objs.SkOrigin, redirectMapSkOwner: p.objs.SkOwner,
+		redirectMapRefusals: p.objs.Refusals, redirectMapRefusalBuckets: p.objs.RefusalBuckets,
+	} {
+		pin := filepath.Join(p.cfg.PinDir, name)
+		if _, err := os.Stat(pin); err == nil {
+			continue
+		}
+		m.Unpin()
+		if err := m.Pin(pin); err != nil {
+			errs = append(errs, fmt.Errorf("pinning map %s: %w", pin, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (a *attachment) repair(cfg Config, cgroupID uint64, log zerolog.Logger) error {
+	for range 3 { // a link can be both replaced and unpinned
+		st := a.status(cgroupID, nil)
+		var err error
+		switch st.State {
+		case LinkOK:
+			return nil
+		case LinkReplaced:
+			err = a.link.Update(a.prog)
+		case LinkUnpinned:
+			os.Remove(a.pin)
+			a.link.Unpin()
+			err = a.link.Pin(a.pin)
+		default:
+			err = a.attachTo(cfg, cgroupID, log)
+		}
+		if err != nil {
+			return fmt.Errorf("repairing %s (%s): %w", a.name, st.State, err)
+		}
+		log.Warn().Str(logfields.Program, a.name).Str(logfields.Status, st.State.String()).Msg("repaired link")
+	}
+	return nil
+}
 
 // Lookup returns and removes the record of a redirected TCP flow by its agent-side address.
 func (p *Programs) Lookup(peer netip.AddrPort) (Origin, error) {
@@ -199,7 +475,7 @@ func (p *Programs) LookupDNS(peer netip.AddrPort, proto Proto) (Origin, error) {
 	return toOrigin(o), nil
 }
 
-// Counters sums the per-CPU kernel counters by name (redirect_tcp, refuse_self, …).
+// Counters sums the per-CPU kernel counters by name (redirect_tcp, refuse_self, drop_egress, …).
 func (p *Programs) Counters() (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for c := redirectCounter(0); c < redirectCounterCNT_MAX; c++ {
@@ -223,7 +499,7 @@ func counterName(c redirectCounter) string {
 	return fmt.Sprintf("counter_%d", c)
 }
 
-// counterNames names the kernel's enum counter values (the enum itself is generated from redirect.c).
+// counterNames names the kernel's enum counter values (the enum itself is generated from common.h).
 var counterNames = map[redirectCounter]string{
 	redirectCounterCNT_REDIRECT_TCP:        "redirect_tcp",
 	redirectCounterCNT_REDIRECT_DNS:        "redirect_dns",
@@ -235,6 +511,22 @@ var counterNames = map[redirectCounter]string{
 	redirectCounterCNT_REFUSE_PROTO:        "refuse_proto",
 	redirectCounterCNT_REFUSE_STORAGE:      "refuse_storage",
 	redirectCounterCNT_PUBLISH_FAILED:      "publish_failed",
+	redirectCounterCNT_REFUSE_FAMILY:       "refuse_family",
+	redirectCounterCNT_REFUSE_SOCKOPT:      "refuse_sockopt",
+	redirectCounterCNT_REFUSE_BIND:         "refuse_bind",
+	redirectCounterCNT_DROP_EGRESS:         "drop_egress",
+	redirectCounterCNT_DROP_INGRESS:        "drop_ingress",
+	redirectCounterCNT_REFUSE_BPF:          "refuse_bpf",
+	redirectCounterCNT_REFUSE_TUN:          "refuse_tun",
+	redirectCounterCNT_EVENT_SENT:          "refusal_events",
+	redirectCounterCNT_EVENT_SUPPRESSED:    "refusal_events_suppressed",
+	redirectCounterCNT_EVENT_LOST:          "refusal_events_lost",
+}
+
+// pinnedMaps are the maps Attach pins under the pin dir.
+var pinnedMaps = []string{
+	redirectMapOrigins, redirectMapSkOrigin, redirectMapSkOwner, redirectMapCounters,
+	redirectMapRefusals, redirectMapRefusalBuckets,
 }
 
 // Cleanup detaches everything pinned under pinDir and removes the pins: after it, the cgroup is no
@@ -257,7 +549,7 @@ func Cleanup(pinDir string) error {
 		}
 		l.Close()
 	}
-	for _, name := range []string{redirectMapOrigins, redirectMapSkOrigin, redirectMapCounters} {
+	for _, name := range pinnedMaps {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -290,6 +582,17 @@ func CgroupID(path string) (uint64, error) {
 		return 0, fmt.Errorf("%s is not on a cgroup2 filesystem", path)
 	}
 	return st.Ino, nil
+}
+
+// ensurePinDir makes dir/links, on bpffs.
+func ensurePinDir(dir string) error {
+	if err := ensureBPFFS(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		return fmt.Errorf("creating pin dir: %w", err)
+	}
+	return nil
 }
 
 // ensureBPFFS makes sure dir can hold pins: its nearest existing ancestor must be on bpffs. When
@@ -331,24 +634,17 @@ func toOrigin(o redirectOrigin) Origin {
 	if o.Family == unix.AF_INET6 {
 		family = 6
 	}
-	comm := make([]byte, 0, len(o.Comm))
-	for _, c := range o.Comm {
-		if c == 0 {
-			break
-		}
-		comm = append(comm, byte(c))
-	}
 	return Origin{
 		Dst:      netip.AddrPortFrom(netip.AddrFrom16(o.Addr).Unmap(), o.Port),
 		Family:   family,
 		Proto:    Proto(o.Proto),
-		PID:      o.Pid,
-		TID:      o.Tid,
-		UID:      o.Uid,
-		GID:      o.Gid,
+		PID:      o.Who.Pid,
+		TID:      o.Who.Tid,
+		UID:      o.Who.Uid,
+		GID:      o.Who.Gid,
 		CgroupID: o.CgroupId,
 		Cookie:   o.Cookie,
-		Comm:     string(comm),
+		Comm:     commString(o.Who.Comm),
 	}
 }
 

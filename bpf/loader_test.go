@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -31,17 +29,7 @@ func attach(t *testing.T, port, dnsPort uint16) (*testutil.Cgroup, bpf.Config, *
 		DNSPort:     dnsPort,
 		IPv6:        true,
 	}
-	progs, err := bpf.Attach(cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatalf("attach: %v", err)
-	}
-	t.Cleanup(func() {
-		progs.Close()
-		if err := bpf.Cleanup(cfg.PinDir); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return cg, cfg, progs
+	return cg, cfg, attachCfg(t, cfg)
 }
 
 // listen stands in for the sidecar: it accepts on both loopbacks and reports each peer's origin.
@@ -76,14 +64,16 @@ func listen(t *testing.T, port uint16, origins bpf.Origins) <-chan string {
 }
 
 func TestRedirectRecordsOrigin(t *testing.T) {
+	t.Parallel()
 	port := testutil.FreePort(t)
 	cg, _, progs := attach(t, port, 0)
 	got := listen(t, port, progs)
 
+	// Originals on loopback: were the redirect to fail, nothing would leave the machine.
 	cases := []struct{ target, want string }{
-		{"203.0.113.7:443", "dst=203.0.113.7:443 family=4"},
-		{"[2001:db8::7]:8443", "dst=[2001:db8::7]:8443 family=6"},
-		{"[::ffff:198.51.100.9]:80", "dst=198.51.100.9:80 family=6"},
+		{"127.0.0.7:443", "dst=127.0.0.7:443 family=4"},
+		{"[::1]:8443", "dst=[::1]:8443 family=6"},
+		{"[::ffff:127.0.0.9]:80", "dst=127.0.0.9:80 family=6"},
 	}
 	for _, tc := range cases {
 		script := fmt.Sprintf(`import socket
@@ -106,6 +96,7 @@ print(s.recv(10).decode().strip())`, hostOf(tc.target), portOf(tc.target))
 }
 
 func TestRefusesUDPAndSelf(t *testing.T) {
+	t.Parallel()
 	port := testutil.FreePort(t)
 	cg, _, _ := attach(t, port, 0)
 	script := fmt.Sprintf(`import socket, sys
@@ -114,9 +105,9 @@ def attempt(name, fn):
         fn(); print(name, "ok")
     except OSError as e:
         print(name, "refused", e.errno)
-attempt("udp-connect", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("192.0.2.1", 443)))
-attempt("udp-sendto", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 443)))
-attempt("dns-unconfigured", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53)))
+attempt("udp-connect", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("127.0.0.7", 443)))
+attempt("udp-sendto", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.7", 443)))
+attempt("dns-unconfigured", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.7", 53)))
 attempt("self", lambda: socket.create_connection(("127.0.0.1", %d), timeout=2))
 attempt("raw", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
 attempt("ping", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP))
@@ -160,4 +151,45 @@ func hostOf(s string) string {
 func portOf(s string) string {
 	_, p, _ := net.SplitHostPort(s)
 	return p
+}
+
+// With IPv6 off, native IPv6 is refused (and reported) while v4-mapped IPv4 still goes through.
+func TestIPv6Off(t *testing.T) {
+	t.Parallel()
+	testutil.RequireRoot(t)
+	cg := testutil.NewCgroup(t, nil)
+	port := testutil.FreePort(t)
+	progs := attachCfg(t, bpf.Config{
+		Cgroup: cg.Path, PinDir: filepath.Join("/sys/fs/bpf", "firma-test-"+filepath.Base(cg.Path)),
+		SidecarPort: port,
+	})
+	reports := collectRefusals(t, progs)
+	got := listen(t, port, progs)
+	script := `import socket
+for target in (("::1", 8443), ("::ffff:127.0.0.9", 80)):
+    try:
+        s = socket.create_connection(target, timeout=5); print(target[0], s.recv(10).decode().strip())
+    except OSError as e:
+        print(target[0], "refused", e.errno)`
+	cmd := cg.Command(context.Background(), t, "python3", "-c", script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := "::1 refused 1\n::ffff:127.0.0.9 hi\n"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
+	}
+	select {
+	case line := <-got:
+		if !strings.HasPrefix(line, "dst=127.0.0.9:80 family=6") {
+			t.Errorf("sidecar saw %q", line)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the v4-mapped connection did not reach the sidecar")
+	}
+	if _, ok := reports.await(func(r bpf.Refusal) bool {
+		return r.Kind == bpf.RefusalIPv6 && r.PID == uint32(cmd.Process.Pid) && r.Addr.String() == "[::1]:8443"
+	}); !ok {
+		t.Errorf("no ipv6 report: %v", reports.snapshot())
+	}
 }

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type redirectBucket struct {
+	_          structs.HostLayout
+	Last       uint64
+	Credit     uint64
+	Suppressed uint64
+}
+
 type redirectCounter uint32
 
 const (
@@ -26,24 +33,50 @@ const (
 	redirectCounterCNT_REFUSE_PROTO        redirectCounter = 7
 	redirectCounterCNT_REFUSE_STORAGE      redirectCounter = 8
 	redirectCounterCNT_PUBLISH_FAILED      redirectCounter = 9
-	redirectCounterCNT_MAX                 redirectCounter = 10
+	redirectCounterCNT_REFUSE_FAMILY       redirectCounter = 10
+	redirectCounterCNT_REFUSE_SOCKOPT      redirectCounter = 11
+	redirectCounterCNT_REFUSE_BIND         redirectCounter = 12
+	redirectCounterCNT_DROP_EGRESS         redirectCounter = 13
+	redirectCounterCNT_DROP_INGRESS        redirectCounter = 14
+	redirectCounterCNT_REFUSE_BPF          redirectCounter = 15
+	redirectCounterCNT_REFUSE_TUN          redirectCounter = 16
+	redirectCounterCNT_EVENT_SENT          redirectCounter = 17
+	redirectCounterCNT_EVENT_SUPPRESSED    redirectCounter = 18
+	redirectCounterCNT_EVENT_LOST          redirectCounter = 19
+	redirectCounterCNT_MAX                 redirectCounter = 20
 )
 
 type redirectOrigin struct {
-	_        structs.HostLayout
-	Addr     [16]uint8
-	Port     uint16
-	Family   uint8
-	Proto    uint8
-	ViaV4    uint8
-	Pad      [3]uint8
-	Pid      uint32
-	Tid      uint32
-	Uid      uint32
-	Gid      uint32
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Proto  uint8
+	ViaV4  uint8
+	Pad    [3]uint8
+	Who    struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
 	CgroupId uint64
 	Cookie   uint64
-	Comm     [16]int8
+}
+
+type redirectOwner struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Who    struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
 }
 
 type redirectPeerKey struct {
@@ -54,28 +87,88 @@ type redirectPeerKey struct {
 	Pad   uint8
 }
 
+type redirectRefusal struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Cookie     uint64
+	Suppressed uint64
+	Who        struct {
+		_    structs.HostLayout
+		Pid  uint32
+		Tid  uint32
+		Uid  uint32
+		Gid  uint32
+		Comm [16]int8
+	}
+	Kind      uint32
+	Family    int32
+	Type      int32
+	Protocol  int32
+	Level     int32
+	Optname   int32
+	BpfCmd    int32
+	Ifindex   uint32
+	Addr      [16]uint8
+	Port      uint16
+	LocalPort uint16
+	Proto     uint8
+	Pad       [3]uint8
+}
+
+type redirectRefusalKind uint32
+
+const (
+	redirectRefusalKindREFUSAL_UNCONFIGURED redirectRefusalKind = 1
+	redirectRefusalKindREFUSAL_SELF         redirectRefusalKind = 2
+	redirectRefusalKindREFUSAL_UDP          redirectRefusalKind = 3
+	redirectRefusalKindREFUSAL_IPV6         redirectRefusalKind = 4
+	redirectRefusalKindREFUSAL_PROTO        redirectRefusalKind = 5
+	redirectRefusalKindREFUSAL_STORAGE      redirectRefusalKind = 6
+	redirectRefusalKindREFUSAL_FAMILY       redirectRefusalKind = 7
+	redirectRefusalKindREFUSAL_SOCKOPT      redirectRefusalKind = 8
+	redirectRefusalKindREFUSAL_BIND         redirectRefusalKind = 9
+	redirectRefusalKindREFUSAL_EGRESS       redirectRefusalKind = 10
+	redirectRefusalKindREFUSAL_INGRESS      redirectRefusalKind = 11
+	redirectRefusalKindREFUSAL_BPF          redirectRefusalKind = 12
+	redirectRefusalKindREFUSAL_TUN          redirectRefusalKind = 13
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	redirectMapCounters           = "counters"
 	redirectMapOrigins            = "origins"
+	redirectMapRefusalBuckets     = "refusal_buckets"
+	redirectMapRefusals           = "refusals"
 	redirectMapSkOrigin           = "sk_origin"
+	redirectMapSkOwner            = "sk_owner"
+	redirectProgFirmaBind4        = "firma_bind4"
+	redirectProgFirmaBind6        = "firma_bind6"
 	redirectProgFirmaConnect4     = "firma_connect4"
 	redirectProgFirmaConnect6     = "firma_connect6"
 	redirectProgFirmaEgress       = "firma_egress"
 	redirectProgFirmaGetpeername4 = "firma_getpeername4"
 	redirectProgFirmaGetpeername6 = "firma_getpeername6"
+	redirectProgFirmaIngress      = "firma_ingress"
+	redirectProgFirmaPostBind4    = "firma_post_bind4"
+	redirectProgFirmaPostBind6    = "firma_post_bind6"
 	redirectProgFirmaRecvmsg4     = "firma_recvmsg4"
 	redirectProgFirmaRecvmsg6     = "firma_recvmsg6"
 	redirectProgFirmaSendmsg4     = "firma_sendmsg4"
 	redirectProgFirmaSendmsg6     = "firma_sendmsg6"
+	redirectProgFirmaSetsockopt   = "firma_setsockopt"
 	redirectProgFirmaSockCreate   = "firma_sock_create"
 	redirectProgFirmaSockops      = "firma_sockops"
 	redirectVarDnsPort            = "dns_port"
+	redirectVarInboundPorts       = "inbound_ports"
 	redirectVarIpv6Enabled        = "ipv6_enabled"
+	redirectVarRefusalBurstNs     = "refusal_burst_ns"
+	redirectVarRefusalCostNs      = "refusal_cost_ns"
 	redirectVarSidecarPort        = "sidecar_port"
 	redirectVarUnusedCounter      = "unused_counter"
+	redirectVarUnusedRefusal      = "unused_refusal"
+	redirectVarUnusedRefusalKind  = "unused_refusal_kind"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -120,15 +213,21 @@ type redirectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectProgramSpecs struct {
+	FirmaBind4        *ebpf.ProgramSpec `ebpf:"firma_bind4"`
+	FirmaBind6        *ebpf.ProgramSpec `ebpf:"firma_bind6"`
 	FirmaConnect4     *ebpf.ProgramSpec `ebpf:"firma_connect4"`
 	FirmaConnect6     *ebpf.ProgramSpec `ebpf:"firma_connect6"`
 	FirmaEgress       *ebpf.ProgramSpec `ebpf:"firma_egress"`
 	FirmaGetpeername4 *ebpf.ProgramSpec `ebpf:"firma_getpeername4"`
 	FirmaGetpeername6 *ebpf.ProgramSpec `ebpf:"firma_getpeername6"`
+	FirmaIngress      *ebpf.ProgramSpec `ebpf:"firma_ingress"`
+	FirmaPostBind4    *ebpf.ProgramSpec `ebpf:"firma_post_bind4"`
+	FirmaPostBind6    *ebpf.ProgramSpec `ebpf:"firma_post_bind6"`
 	FirmaRecvmsg4     *ebpf.ProgramSpec `ebpf:"firma_recvmsg4"`
 	FirmaRecvmsg6     *ebpf.ProgramSpec `ebpf:"firma_recvmsg6"`
 	FirmaSendmsg4     *ebpf.ProgramSpec `ebpf:"firma_sendmsg4"`
 	FirmaSendmsg6     *ebpf.ProgramSpec `ebpf:"firma_sendmsg6"`
+	FirmaSetsockopt   *ebpf.ProgramSpec `ebpf:"firma_setsockopt"`
 	FirmaSockCreate   *ebpf.ProgramSpec `ebpf:"firma_sock_create"`
 	FirmaSockops      *ebpf.ProgramSpec `ebpf:"firma_sockops"`
 }
@@ -137,19 +236,27 @@ type redirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Origins  *ebpf.MapSpec `ebpf:"origins"`
-	SkOrigin *ebpf.MapSpec `ebpf:"sk_origin"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	Origins        *ebpf.MapSpec `ebpf:"origins"`
+	RefusalBuckets *ebpf.MapSpec `ebpf:"refusal_buckets"`
+	Refusals       *ebpf.MapSpec `ebpf:"refusals"`
+	SkOrigin       *ebpf.MapSpec `ebpf:"sk_origin"`
+	SkOwner        *ebpf.MapSpec `ebpf:"sk_owner"`
 }
 
 // redirectVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectVariableSpecs struct {
-	DnsPort       *ebpf.VariableSpec `ebpf:"dns_port"`
-	Ipv6Enabled   *ebpf.VariableSpec `ebpf:"ipv6_enabled"`
-	SidecarPort   *ebpf.VariableSpec `ebpf:"sidecar_port"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
+	DnsPort           *ebpf.VariableSpec `ebpf:"dns_port"`
+	InboundPorts      *ebpf.VariableSpec `ebpf:"inbound_ports"`
+	Ipv6Enabled       *ebpf.VariableSpec `ebpf:"ipv6_enabled"`
+	RefusalBurstNs    *ebpf.VariableSpec `ebpf:"refusal_burst_ns"`
+	RefusalCostNs     *ebpf.VariableSpec `ebpf:"refusal_cost_ns"`
+	SidecarPort       *ebpf.VariableSpec `ebpf:"sidecar_port"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedRefusal     *ebpf.VariableSpec `ebpf:"unused_refusal"`
+	UnusedRefusalKind *ebpf.VariableSpec `ebpf:"unused_refusal_kind"`
 }
 
 // redirectObjects contains all objects after they have been loaded into the kernel.
@@ -172,16 +279,22 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
-	Counters *ebpf.Map `ebpf:"counters"`
-	Origins  *ebpf.Map `ebpf:"origins"`
-	SkOrigin *ebpf.Map `ebpf:"sk_origin"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	Origins        *ebpf.Map `ebpf:"origins"`
+	RefusalBuckets *ebpf.Map `ebpf:"refusal_buckets"`
+	Refusals       *ebpf.Map `ebpf:"refusals"`
+	SkOrigin       *ebpf.Map `ebpf:"sk_origin"`
+	SkOwner        *ebpf.Map `ebpf:"sk_owner"`
 }
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
 		m.Counters,
 		m.Origins,
+		m.RefusalBuckets,
+		m.Refusals,
 		m.SkOrigin,
+		m.SkOwner,
 	)
 }
 
@@ -189,40 +302,57 @@ func (m *redirectMaps) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectVariables struct {
-	DnsPort       *ebpf.Variable `ebpf:"dns_port"`
-	Ipv6Enabled   *ebpf.Variable `ebpf:"ipv6_enabled"`
-	SidecarPort   *ebpf.Variable `ebpf:"sidecar_port"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
+	DnsPort           *ebpf.Variable `ebpf:"dns_port"`
+	InboundPorts      *ebpf.Variable `ebpf:"inbound_ports"`
+	Ipv6Enabled       *ebpf.Variable `ebpf:"ipv6_enabled"`
+	RefusalBurstNs    *ebpf.Variable `ebpf:"refusal_burst_ns"`
+	RefusalCostNs     *ebpf.Variable `ebpf:"refusal_cost_ns"`
+	SidecarPort       *ebpf.Variable `ebpf:"sidecar_port"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedRefusal     *ebpf.Variable `ebpf:"unused_refusal"`
+	UnusedRefusalKind *ebpf.Variable `ebpf:"unused_refusal_kind"`
 }
 
 // redirectPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectPrograms struct {
+	FirmaBind4        *ebpf.Program `ebpf:"firma_bind4"`
+	FirmaBind6        *ebpf.Program `ebpf:"firma_bind6"`
 	FirmaConnect4     *ebpf.Program `ebpf:"firma_connect4"`
 	FirmaConnect6     *ebpf.Program `ebpf:"firma_connect6"`
 	FirmaEgress       *ebpf.Program `ebpf:"firma_egress"`
 	FirmaGetpeername4 *ebpf.Program `ebpf:"firma_getpeername4"`
 	FirmaGetpeername6 *ebpf.Program `ebpf:"firma_getpeername6"`
+	FirmaIngress      *ebpf.Program `ebpf:"firma_ingress"`
+	FirmaPostBind4    *ebpf.Program `ebpf:"firma_post_bind4"`
+	FirmaPostBind6    *ebpf.Program `ebpf:"firma_post_bind6"`
 	FirmaRecvmsg4     *ebpf.Program `ebpf:"firma_recvmsg4"`
 	FirmaRecvmsg6     *ebpf.Program `ebpf:"firma_recvmsg6"`
 	FirmaSendmsg4     *ebpf.Program `ebpf:"firma_sendmsg4"`
 	FirmaSendmsg6     *ebpf.Program `ebpf:"firma_sendmsg6"`
+	FirmaSetsockopt   *ebpf.Program `ebpf:"firma_setsockopt"`
 	FirmaSockCreate   *ebpf.Program `ebpf:"firma_sock_create"`
 	FirmaSockops      *ebpf.Program `ebpf:"firma_sockops"`
 }
 
 func (p *redirectPrograms) Close() error {
 	return _RedirectClose(
+		p.FirmaBind4,
+		p.FirmaBind6,
 		p.FirmaConnect4,
 		p.FirmaConnect6,
 		p.FirmaEgress,
 		p.FirmaGetpeername4,
 		p.FirmaGetpeername6,
+		p.FirmaIngress,
+		p.FirmaPostBind4,
+		p.FirmaPostBind6,
 		p.FirmaRecvmsg4,
 		p.FirmaRecvmsg6,
 		p.FirmaSendmsg4,
 		p.FirmaSendmsg6,
+		p.FirmaSetsockopt,
 		p.FirmaSockCreate,
 		p.FirmaSockops,
 	)
