@@ -544,6 +544,11 @@ func Cleanup(pinDir string) error {
 			errs = append(errs, fmt.Errorf("loading %s: %w", pin, err))
 			continue
 		}
+		// Detach, not only unpin: a running sidecar holds its own handle on every link, which would
+		// keep it attached.
+		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detaching %s: %w", pin, err))
+		}
 		if err := l.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpinning %s: %w", pin, err))
 		}

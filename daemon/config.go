@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/authority"
+	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/connector"
@@ -56,6 +57,14 @@ type TransparentConfig struct {
 	// gets its upstream dialed so that the server can greet it; on other ports the sidecar waits the
 	// whole sniff_timeout for the client to speak.
 	ServerFirstPorts []uint16 `toml:"server_first_ports"`
+	// InboundPorts are ports on which enforced processes may accept connections from anywhere (a
+	// dev server an agent runs); every other packet arriving for an enforced socket that does not
+	// come from the sidecar is dropped. Default: none.
+	InboundPorts []uint16 `toml:"inbound_ports"`
+	// RefusalRate and RefusalBurst bound the kernel's refusal reports of one cgroup (per second,
+	// and at once); what they suppress is counted in a record of its own.
+	RefusalRate  uint32 `toml:"refusal_rate"`
+	RefusalBurst uint32 `toml:"refusal_burst"`
 }
 
 // InterceptorConfig is [sidecar.interceptor]: the explicit HTTP/CONNECT proxy.
@@ -87,6 +96,8 @@ func DefaultConfig() Config {
 			SniffTimeout: duration.Of(5 * time.Second),
 			// FTP, SMTP, POP3, NNTP, IMAP, submission, alternate SMTP, MySQL, ManageSieve
 			ServerFirstPorts: []uint16{21, 25, 110, 119, 143, 587, 2525, 3306, 4190},
+			RefusalRate:      bpf.DefaultRefusalRate,
+			RefusalBurst:     bpf.DefaultRefusalBurst,
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: l7.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
@@ -117,6 +128,17 @@ func (c *Config) Validate() error {
 		}
 		if c.Transparent.DNSPort != 0 && c.Transparent.DNSPort == c.Transparent.Port {
 			bad("transparent.dns_port", "must differ from transparent.port")
+		}
+		if len(c.Transparent.InboundPorts) > bpf.MaxInboundPorts {
+			bad("transparent.inbound_ports", "at most %d ports", bpf.MaxInboundPorts)
+		}
+		for _, p := range c.Transparent.InboundPorts {
+			if p == 0 || p == c.Transparent.Port || p == c.Transparent.DNSPort {
+				bad("transparent.inbound_ports", "%d is not a port an agent may accept on", p)
+			}
+		}
+		if c.Transparent.RefusalRate == 0 || c.Transparent.RefusalBurst == 0 {
+			bad("transparent.refusal_rate", "refusal_rate and refusal_burst must be positive")
 		}
 	}
 	if c.Transparent.SniffTimeout.Duration <= 0 {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,14 @@ type registry struct{ s *Sidecar }
 
 var _ control.Registry = registry{}
 
+// Register maps a `firma run` cgroup to its agent — only while the kernel programs are in force, so
+// that nothing is launched into a cgroup that is not enforced.
 func (r registry) Register(ctx context.Context, reg control.Registration) error {
+	if p := r.s.progs; p != nil {
+		if err := p.Check().Err(); err != nil {
+			return fmt.Errorf("refusing to register: %w", err)
+		}
+	}
 	return r.s.agents.Register(ctx, reg)
 }
 

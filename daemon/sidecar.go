@@ -66,6 +66,9 @@ type Sidecar struct {
 	origins   *originTable
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
 
+	progs *bpf.Programs // nil until attached, or without the transparent path
+	fault kernelFault   // what the integrity check last found wrong
+
 	mu        sync.Mutex
 	listeners []net.Listener
 	flows     sync.WaitGroup
@@ -84,6 +87,15 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		}
 	}()
 	component := func(name string) zerolog.Logger { return log.With().Str(logfields.Component, name).Logger() }
+
+	// One sidecar per pin dir, and nothing written before it is sure to be the one.
+	if cfg.Transparent.Enabled {
+		lock, err := Lock(cfg.Transparent.PinDir)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, lock.Close)
+	}
 
 	// Policy first: a bad policy must stop start-up before anything is created on disk.
 	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, component("policy")); err != nil {
@@ -267,6 +279,10 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		}
 	}()
 	go s.trust.run(ctx, s.log)
+	if s.progs != nil {
+		go s.kernelRefusals(ctx, s.progs)
+		go s.integrity(ctx, s.progs, integrityInterval)
+	}
 	if cfg.Control.Socket != "" {
 		ln, err := control.Listen(cfg.Control.Socket)
 		if err != nil {
@@ -287,20 +303,32 @@ func (s *Sidecar) attach() error {
 		return fmt.Errorf("creating parent cgroup: %w", err)
 	}
 	reused := bpf.Pinned(s.cfg.Transparent.PinDir)
+	t := s.cfg.Transparent
 	progs, err := bpf.Attach(bpf.Config{
-		Cgroup:      parent,
-		PinDir:      s.cfg.Transparent.PinDir,
-		SidecarPort: s.cfg.Transparent.Port,
-		DNSPort:     s.cfg.Transparent.DNSPort,
-		IPv6:        s.cfg.Transparent.IPv6,
+		Cgroup:       parent,
+		PinDir:       t.PinDir,
+		SidecarPort:  t.Port,
+		DNSPort:      t.DNSPort,
+		IPv6:         t.IPv6,
+		InboundPorts: t.InboundPorts,
+		RefusalRate:  t.RefusalRate,
+		RefusalBurst: t.RefusalBurst,
 	}, s.log.With().Str(logfields.Component, "bpf").Logger())
 	if err != nil {
 		return fmt.Errorf("attaching to %s: %w", parent, err)
 	}
+	s.progs = progs
 	s.origins.set(progs)
 	s.closers = append(s.closers, progs.Close)
-	s.log.Info().Str(logfields.Cgroup, parent).Str(logfields.PinDir, s.cfg.Transparent.PinDir).
+	s.log.Info().Str(logfields.Cgroup, parent).Str(logfields.PinDir, t.PinDir).
 		Bool("reused_pins", reused).Msg("programs attached")
+	if f := progs.Features(); !f.Complete() {
+		// The network path is sealed regardless; these are the protections that need BPF LSM.
+		s.log.Warn().Str("features", f.String()).Msg("kernel protections incomplete: rely on firma run's sandbox " +
+			"and the agent units' hardening for what is NOT refused")
+	} else {
+		s.log.Info().Str("features", f.String()).Msg("kernel protections complete")
+	}
 	return nil
 }
 
@@ -394,6 +422,9 @@ func (s *Sidecar) Healthy() error {
 	}
 	if n := s.starved.Load(); n > 0 {
 		return fmt.Errorf("%d listener(s) cannot accept: out of file descriptors", n)
+	}
+	if err := s.kernelErr(); err != nil {
+		return fmt.Errorf("kernel: %w", err)
 	}
 	return nil
 }

@@ -14,19 +14,22 @@ import (
 )
 
 const sidecarUsage = `usage: firma sidecar [-c firma.toml] [--log-format text|json]
-       firma sidecar [-c firma.toml] --cleanup
+       firma sidecar [-c firma.toml] --cleanup [--force]
 
 Runs the sidecar of [sidecar]: attaches the kernel programs to the enforced cgroup, then serves the
 transparent listener, the DNS resolver, the explicit proxy and the control socket until SIGTERM or
 SIGINT. SIGHUP reloads policy. The programs stay pinned when it exits, so agents' connections are
 refused, never let through, until a sidecar is back; --cleanup detaches them and ends enforcement.
-Logs go to stderr.`
+One sidecar runs per pin dir: a second one exits 1 naming the first's pid, and --cleanup refuses
+while a sidecar runs (--force detaches under it; it repairs what it finds detached). Logs go to
+stderr.`
 
 // sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`.
 func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sidecar", sidecarUsage)
 	path := configFlag(fs)
 	cleanup := fs.Bool("cleanup", false, "detach and unpin the kernel programs, then exit (ends enforcement)")
+	force := fs.Bool("force", false, "with --cleanup: detach even while a sidecar runs")
 	logFormatFlag := fs.String("log-format", "", "text or json (default [sidecar] log_format, else text)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
@@ -51,12 +54,11 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 		cfg.Sidecar.AgentHidden = append(cfg.Sidecar.AgentHidden, a.KeyFile)
 		cfg.Sidecar.AgentProtected = append(cfg.Sidecar.AgentProtected, a.PolicyDir, a.IssuancePolicyDir, a.RevocationFile, a.Schema)
 	}
+	if *force && !*cleanup {
+		return fmt.Errorf("%w: --force goes with --cleanup", errUsage)
+	}
 	if *cleanup {
-		if err := bpf.Cleanup(cfg.Sidecar.Transparent.PinDir); err != nil {
-			return fmt.Errorf("cleanup: %w", err)
-		}
-		fmt.Fprintf(stdout, "detached and unpinned %s\n", cfg.Sidecar.Transparent.PinDir)
-		return nil
+		return cleanupPins(cfg.Sidecar.Transparent.PinDir, *force, stdout, stderr)
 	}
 	log, err := newLogger(stderr, cfg.Sidecar.LogLevel, logFormat(*logFormatFlag, cfg.Sidecar.LogFormat), "sidecar")
 	if err != nil {
@@ -81,5 +83,26 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
+	return nil
+}
+
+// cleanupPins detaches and unpins the programs of pinDir, ending enforcement. It refuses while a
+// sidecar holds the pin dir's lock, unless force.
+func cleanupPins(pinDir string, force bool, stdout, stderr io.Writer) error {
+	lock, err := daemon.Lock(pinDir)
+	switch {
+	case errors.Is(err, daemon.ErrLocked) && !force:
+		return fmt.Errorf("cleanup refused: %w; stop the sidecar first (systemctl stop firma-sidecar), or --force", err)
+	case errors.Is(err, daemon.ErrLocked):
+		fmt.Fprintf(stderr, "WARNING: %v\nWARNING: --force: detaching under a running sidecar ends enforcement until it notices and re-attaches\n", err)
+	case err != nil:
+		return err
+	default:
+		defer lock.Close()
+	}
+	if err := bpf.Cleanup(pinDir); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	fmt.Fprintf(stdout, "detached and unpinned %s\n", pinDir)
 	return nil
 }

@@ -33,6 +33,7 @@ const (
 	ModeHTTP    Mode = "http"    // plain HTTP, every request judged
 	ModeTCP     Mode = "tcp"     // other TCP, judged by DNS-learned name or address
 	ModeDNS     Mode = "dns"     // one DNS query, judged by name
+	ModeKernel  Mode = "kernel"  // refused in the kernel before it reached the sidecar
 )
 
 // Reasons for the sidecar's own refusals. The policy layer gives every other reason.

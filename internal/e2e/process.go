@@ -48,6 +48,9 @@ func StartProcess(tb testing.TB, dir string, env []string, ready string, timeout
 	return p
 }
 
+// PID is the process's pid.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Logs is everything the process has written to stdout and stderr.
 func (p *Process) Logs() string { return p.out.String() }
 

@@ -288,6 +288,9 @@ func (s *Sidecar) process() *Process {
 }
 
 // Kill9 kills the sidecar without letting it clean up, as a crash would.
+// PID is the running sidecar's pid.
+func (s *Sidecar) PID() int { return s.process().PID() }
+
 func (s *Sidecar) Kill9(tb testing.TB) {
 	tb.Helper()
 	if p := s.process(); p != nil {
