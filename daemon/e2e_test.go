@@ -214,8 +214,16 @@ except OSError as e:
 	if got := len(w.plain.Requests()); got != 0 {
 		t.Fatalf("plain upstream saw %d requests", got)
 	}
-	if evs := w.Decisions(t); len(evs) != 0 {
-		t.Fatalf("audit records for traffic that was not an agent's: %+v", evs)
+	// The only record is the kernel's refusal of the agent's direct dial: nothing for the traffic
+	// from outside the cgroup.
+	w.WaitEvent(t, "the kernel's record of the refused direct dial", func(ev audit.Event) bool {
+		return ev.Kind == audit.KindDecision && ev.Envelope.Transport.Mode == "kernel" && ev.Decision.Outcome == "DENY" &&
+			strings.Contains(ev.Decision.Reason, "self") && ev.Envelope.Agent.Comm == "python3"
+	})
+	for _, ev := range w.Decisions(t) {
+		if ev.Envelope.Transport.Mode != "kernel" {
+			t.Fatalf("audit record for traffic that was not an agent's: %+v %+v", ev.Envelope, ev.Decision)
+		}
 	}
 	waitFor(t, "the log line for the refused direct connection", func() bool {
 		return strings.Contains(w.Logs(), "connection without origin record refused")
