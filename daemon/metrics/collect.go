@@ -1,0 +1,139 @@
+package metrics
+
+import (
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Sources are the values that live in other parts of the sidecar, read at every scrape. A nil field
+// is a part the sidecar does not run (no transparent path, no CA, no authority): its series are
+// left out.
+type Sources struct {
+	// Kernel returns the kernel programs' own counters by name (bpf.Programs.Counters).
+	Kernel func() (map[string]uint64, error)
+	// Programs is nil while the kernel programs are attached and in force, else what is wrong.
+	Programs func() error
+	// Protections says which optional kernel protections are in force, by name.
+	Protections func() map[string]bool
+	// Backoff is how many listeners are backing off for want of file descriptors.
+	Backoff func() int
+	// Audit is nil while the audit log can be written.
+	Audit func() error
+	// Leaves reads the MITM leaf cache's counters.
+	Leaves func() LeafStats
+	// Bundle reads the authority client's view of the policy bundle; ok is false when there is none.
+	Bundle func() (b BundleStatus, ok bool)
+	// Health is the /healthz report, exported as firma_ready and firma_health_check_ok.
+	Health func() Health
+}
+
+// LeafStats are the MITM leaf cache's counters (l7.Engine.Stats).
+type LeafStats struct {
+	Mints, Hits int64
+	Cached      int
+}
+
+// BundleStatus is the authority client's view of the policy bundle (authority.Client.Status).
+type BundleStatus struct {
+	// Age is how long ago the authority last confirmed the bundle (both feeds).
+	Age         time.Duration
+	Stale       bool
+	Revocations int
+	// TODO(issue 13): rejected bundles, counted by the authority client once it counts them
+	// ("rejections are loud"): export firma_authority_bundle_rejections_total and the last one's
+	// reason in the bundle check.
+}
+
+var (
+	descKernel      = prometheus.NewDesc(NameKernel, "The kernel programs' own counters (redirects, refusals, drops, refusal reports), by name, summed over CPUs.", []string{"counter"}, nil)
+	descInForce     = prometheus.NewDesc(NameKernelInForce, "1 when every kernel program is attached, pinned and firma's own.", nil, nil)
+	descProtection  = prometheus.NewDesc(NameKernelProtection, "1 when an optional kernel protection (BPF LSM) is in force.", []string{"protection"}, nil)
+	descBackoff     = prometheus.NewDesc(NameAcceptBackoff, "Listeners backing off for want of file descriptors (they accept nothing meanwhile).", nil, nil)
+	descWritable    = prometheus.NewDesc(NameAuditWritable, "1 while the audit log can be written (else every new flow is denied).", nil, nil)
+	descLeafMints   = prometheus.NewDesc(NameLeafMints, "MITM leaf certificates signed.", nil, nil)
+	descLeafHits    = prometheus.NewDesc(NameLeafHits, "MITM handshakes served a cached leaf.", nil, nil)
+	descLeaves      = prometheus.NewDesc(NameLeavesCached, "MITM leaves in the cache.", nil, nil)
+	descBundle      = prometheus.NewDesc(NameBundlePresent, "1 when the sidecar holds a verified policy bundle from its authority.", nil, nil)
+	descBundleAge   = prometheus.NewDesc(NameBundleAge, "Seconds since the authority last confirmed the policy bundle.", nil, nil)
+	descBundleStale = prometheus.NewDesc(NameBundleStale, "1 when the bundle is past its TTL: every decision is a DENY.", nil, nil)
+	descRevocations = prometheus.NewDesc(NameRevocations, "Capability revocations the sidecar knows of.", nil, nil)
+	descReady       = prometheus.NewDesc(NameReady, "1 when every /healthz check passes.", nil, nil)
+	descCheck       = prometheus.NewDesc(NameHealthCheck, "1 when the /healthz check passes.", []string{"check"}, nil)
+)
+
+// collector reads Sources at scrape time.
+type collector struct{ src Sources }
+
+// Describe sends nothing: the series present depend on what the sidecar runs, so the collector is
+// unchecked.
+func (c *collector) Describe(chan<- *prometheus.Desc) {}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	if s.Kernel != nil {
+		counters, err := s.Kernel()
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(descKernel, err)
+			counters = nil
+		}
+		names := make([]string, 0, len(counters))
+		for n := range counters {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			counter(descKernel, float64(counters[n]), n)
+		}
+	}
+	if s.Programs != nil {
+		gauge(descInForce, bool01(s.Programs() == nil))
+	}
+	if s.Protections != nil {
+		for name, on := range s.Protections() {
+			gauge(descProtection, bool01(on), name)
+		}
+	}
+	if s.Backoff != nil {
+		gauge(descBackoff, float64(s.Backoff()))
+	}
+	if s.Audit != nil {
+		gauge(descWritable, bool01(s.Audit() == nil))
+	}
+	if s.Leaves != nil {
+		l := s.Leaves()
+		counter(descLeafMints, float64(l.Mints))
+		counter(descLeafHits, float64(l.Hits))
+		gauge(descLeaves, float64(l.Cached))
+	}
+	if s.Bundle != nil {
+		b, ok := s.Bundle()
+		gauge(descBundle, bool01(ok))
+		if ok {
+			gauge(descBundleAge, b.Age.Seconds())
+			gauge(descRevocations, float64(b.Revocations))
+		}
+		gauge(descBundleStale, bool01(!ok || b.Stale))
+	}
+	if s.Health != nil {
+		h := s.Health()
+		gauge(descReady, bool01(h.Ready))
+		for name, r := range h.Checks {
+			gauge(descCheck, bool01(r.OK), name)
+		}
+	}
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
