@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/version"
 )
@@ -62,6 +63,9 @@ func (s *Sidecar) hiddenPaths() []string {
 	}
 	for _, cr := range c.Credentials {
 		paths = append(paths, cr.ValueFromFile)
+	}
+	if e, err := metrics.ParseEndpoint(c.Metrics.ListenAddr); err == nil && e.Network == "unix" {
+		paths = append(paths, e.Address) // /metrics names every agent and what it did
 	}
 	return absPaths(append(paths, c.AgentHidden...))
 }

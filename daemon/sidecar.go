@@ -35,6 +35,7 @@ import (
 	"github.com/openfirma/firma/daemon/front"
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/l7"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
@@ -65,6 +66,7 @@ type Sidecar struct {
 	front     *front.Server
 	origins   *originTable
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
+	metrics   *metrics.Metrics
 
 	progs *bpf.Programs // nil until attached, or without the transparent path
 	fault kernelFault   // what the integrity check last found wrong
@@ -81,6 +83,7 @@ type Sidecar struct {
 // fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	s := &Sidecar{cfg: cfg, log: log, names: dns.NewNames(dns.DefaultMaxNames), origins: &originTable{}}
+	s.metrics = metrics.New(s.metricsSources())
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -105,6 +108,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	s.closers = append(s.closers, s.audit.Close)
+	s.audit.OnFsync(s.metrics.ObserveFsync)
 
 	if s.mount, err = cgroup.FindV2Mount(); err != nil {
 		if cfg.Transparent.Enabled {
@@ -124,7 +128,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.agents.Close)
-	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.audit, Stale: s.trust.stale, Log: component("judge")})
+	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.metrics.Recorder(s.audit), Stale: s.trust.stale, Log: component("judge")})
 
 	self := s.selfAddrs()
 	serverFirst := map[int]bool{}
@@ -168,6 +172,11 @@ func (s *Sidecar) selfAddrs() []netip.AddrPort {
 	if ap, err := netip.ParseAddrPort(s.cfg.Interceptor.ListenAddr); err == nil {
 		s.proxyAddr = ap
 		self = append(self, ap)
+	}
+	if e, err := metrics.ParseEndpoint(s.cfg.Metrics.ListenAddr); err == nil {
+		if ap, ok := e.AddrPort(); ok {
+			self = append(self, ap)
+		}
 	}
 	return self
 }
@@ -252,7 +261,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 				forward = append(forward, ap)
 			}
 			d := dns.New(dns.Options{Origins: s.origins, Flow: s.flowOf, Judge: s.judge, Static: s.connector.Static,
-				Forward: forward, Names: s.names, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
+				Forward: forward, Names: s.names, Count: s.metrics.DNSQuery, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
 			var addrs []netip.AddrPort
 			for _, a := range loopbacks(cfg.Transparent.IPv6) {
 				addrs = append(addrs, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))
@@ -263,13 +272,13 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.closers = append(s.closers, func() error { d.Shutdown(); return nil })
 		}
 		for _, a := range loopbacks(cfg.Transparent.IPv6) {
-			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.front.ServeTransparent); err != nil {
+			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.counted(metrics.ListenerTransparent, s.front.ServeTransparent)); err != nil {
 				return err
 			}
 		}
 	}
 	if s.proxyAddr.IsValid() {
-		if err := s.listen(ctx, s.proxyAddr, s.front.ServeProxy); err != nil {
+		if err := s.listen(ctx, s.proxyAddr, s.counted(metrics.ListenerProxy, s.front.ServeProxy)); err != nil {
 			return err
 		}
 	}
@@ -293,7 +302,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		go s.agents.Sweep(ctx, agents.SweepInterval)
 		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
 	}
-	return nil
+	return s.serveMetrics()
 }
 
 // attach creates the parent cgroup when missing and attaches (or re-uses) the pinned programs.
