@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/logfields"
 )
@@ -107,8 +109,15 @@ func (s *Sidecar) checkPrograms() (string, error) {
 		return "", fmt.Errorf("integrity check: %w", err)
 	}
 	detail := fmt.Sprintf("%d links in force on %s", len(st.Links), st.Cgroup)
-	if f := p.Features(); !f.Complete() {
-		detail += "; optional protections: " + f.String()
+	var missing []string
+	for name, on := range protections(p.Features()) {
+		if !on {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		detail += "; not refused without BPF LSM: " + strings.Join(missing, ", ") + " (firma doctor says why)"
 	}
 	return detail, nil
 }
@@ -198,9 +207,7 @@ func (s *Sidecar) metricsSources() metrics.Sources {
 			if s.progs == nil {
 				return nil
 			}
-			f := s.progs.Features()
-			return map[string]bool{"socket_families": f.SocketFamilies, "compat_sockopt": f.CompatSockopt,
-				"bpf_syscall": f.BPFSyscall, "tun_devices": f.TunDevices}
+			return protections(s.progs.Features())
 		}
 	}
 	if s.cfg.CA.Dir != "" {
@@ -219,4 +226,10 @@ func (s *Sidecar) metricsSources() metrics.Sources {
 		}
 	}
 	return src
+}
+
+// protections names the optional kernel protections and whether each is in force.
+func protections(f bpf.Features) map[string]bool {
+	return map[string]bool{"socket_families": f.SocketFamilies, "compat_sockopt": f.CompatSockopt,
+		"bpf_syscall": f.BPFSyscall, "tun_devices": f.TunDevices}
 }
