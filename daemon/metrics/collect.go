@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,13 +83,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.NewInvalidMetric(descKernel, err)
 			counters = nil
 		}
-		names := make([]string, 0, len(counters))
-		for n := range counters {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		for _, n := range names {
-			counter(descKernel, float64(counters[n]), n)
+		for name, v := range counters {
+			counter(descKernel, float64(v), name)
 		}
 	}
 	if s.Programs != nil {

@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,16 +82,13 @@ type LeafSummary struct {
 // Fetch reads /healthz and /metrics from the sidecar serving listenAddr. A not-ready sidecar is
 // not an error: Status.Health says so.
 func Fetch(ctx context.Context, listenAddr string, timeout time.Duration) (Status, error) {
-	if listenAddr == "" {
-		return Status{}, errNoEndpoint
-	}
-	e, err := ParseEndpoint(listenAddr)
+	c, err := newClient(listenAddr)
 	if err != nil {
 		return Status{}, err
 	}
+	e := c.e
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c := newClient(e)
 	st := Status{Endpoint: e.String()}
 	if st.Health, err = c.health(ctx); err != nil {
 		return st, err
@@ -113,16 +111,13 @@ func Fetch(ctx context.Context, listenAddr string, timeout time.Duration) (Statu
 // FetchHealth reads /healthz from the sidecar serving listenAddr: a not-ready sidecar (503) is not
 // an error, Health.Ready says so.
 func FetchHealth(ctx context.Context, listenAddr string, timeout time.Duration) (Health, error) {
-	if listenAddr == "" {
-		return Health{}, errNoEndpoint
-	}
-	e, err := ParseEndpoint(listenAddr)
+	c, err := newClient(listenAddr)
 	if err != nil {
 		return Health{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return newClient(e).health(ctx)
+	return c.health(ctx)
 }
 
 func (c *client) health(ctx context.Context) (Health, error) {
@@ -151,8 +146,15 @@ type client struct {
 	hc *http.Client
 }
 
-// newClient reaches the endpoint directly: never through an environment proxy.
-func newClient(e Endpoint) *client {
+// newClient reaches the sidecar serving listenAddr directly: never through an environment proxy.
+func newClient(listenAddr string) (*client, error) {
+	if listenAddr == "" {
+		return nil, errNoEndpoint
+	}
+	e, err := ParseEndpoint(listenAddr)
+	if err != nil {
+		return nil, err
+	}
 	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
 	if e.Network == "unix" {
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -160,7 +162,7 @@ func newClient(e Endpoint) *client {
 			return d.DialContext(ctx, "unix", e.Address)
 		}
 	}
-	return &client{e: e, hc: &http.Client{Transport: tr}}
+	return &client{e: e, hc: &http.Client{Transport: tr}}, nil
 }
 
 func (c *client) get(ctx context.Context, path string) (int, []byte, error) {
@@ -311,13 +313,11 @@ func (st Status) WriteText(w io.Writer) error {
 		b.WriteString(")")
 	}
 	b.WriteString("\n")
-	names := make([]string, 0, len(st.Health.Checks))
+	names := slices.Sorted(maps.Keys(st.Health.Checks))
 	width := 0
-	for n := range st.Health.Checks {
-		names = append(names, n)
+	for _, n := range names {
 		width = max(width, len(n))
 	}
-	sort.Strings(names)
 	for _, n := range names {
 		c := st.Health.Checks[n]
 		mark := "ok  "
@@ -328,12 +328,7 @@ func (st Status) WriteText(w io.Writer) error {
 	}
 
 	fmt.Fprintf(&b, "decisions  %s\n", outcomeCounts(s.Decisions))
-	agents := make([]string, 0, len(s.DecisionsByAgent))
-	for a := range s.DecisionsByAgent {
-		agents = append(agents, a)
-	}
-	sort.Strings(agents)
-	for _, a := range agents {
+	for _, a := range slices.Sorted(maps.Keys(s.DecisionsByAgent)) {
 		name := a
 		if name == "" {
 			name = "(unknown agent)"
@@ -349,7 +344,7 @@ func (st Status) WriteText(w io.Writer) error {
 			inForce = "PROGRAMS NOT IN FORCE"
 		}
 		var refused []string
-		for _, n := range sortedKeys(s.Kernel) {
+		for _, n := range slices.Sorted(maps.Keys(s.Kernel)) {
 			if v := s.Kernel[n]; v > 0 && (strings.HasPrefix(n, "refuse_") || strings.HasPrefix(n, "drop_")) {
 				refused = append(refused, fmt.Sprintf("%s %.0f", n, v))
 			}
@@ -390,7 +385,7 @@ func (st Status) WriteText(w io.Writer) error {
 
 func outcomeCounts(m map[string]float64) string {
 	var extra []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		known := false
 		for _, o := range outcomes {
 			known = known || k == o
@@ -422,13 +417,4 @@ func bytesText(n float64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", n/div, "KMGTPE"[exp])
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
