@@ -41,6 +41,8 @@ type Agent struct {
 	// Capability is the Stage 1 check for this agent; nil when capabilities are not enforced.
 	Capability policies.Capability
 	Registered bool // from `firma run`, not [[sidecar.agents]]
+	// Monitor: the agent's policy denials are recorded, not enforced (monitor mode).
+	Monitor bool
 }
 
 // entry is an agent and the release of its capability handle.
@@ -110,7 +112,8 @@ func New(o Options) (_ *Registry, err error) {
 		}
 		cg := cgroup.Canonical(a.Cgroup)
 		r.static[cg] = entry{
-			agent:   Agent{ID: a.AgentID, SessionID: a.SessionID, Cgroup: cg, CapabilityFile: a.CapabilityFile, Capability: c},
+			agent: Agent{ID: a.AgentID, SessionID: a.SessionID, Cgroup: cg, CapabilityFile: a.CapabilityFile, Capability: c,
+				Monitor: a.Mode == ModeMonitor},
 			release: release,
 		}
 	}
@@ -169,14 +172,34 @@ func (r *Registry) Register(_ context.Context, reg control.Registration) error {
 	old, had := r.registered[cg]
 	r.registered[cg] = entry{
 		agent: Agent{ID: reg.AgentID, SessionID: reg.SessionID, Cgroup: cg, CapabilityFile: reg.CapabilityFile,
-			Capability: c, Registered: true},
+			Capability: c, Registered: true, Monitor: reg.Monitor},
 		release: release,
 	}
 	r.mu.Unlock()
 	if had {
 		old.release()
 	}
+	if reg.Monitor {
+		r.log.Warn().Str(logfields.Agent, reg.AgentID).Str(logfields.Cgroup, cg).
+			Msg("MONITOR MODE: this agent's policy denials are recorded, not enforced")
+	}
 	return nil
+}
+
+// Monitored lists the agents in monitor mode, static and registered, for the startup log and
+// firma doctor.
+func (r *Registry) Monitored() []Agent {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []Agent
+	for _, m := range []map[string]entry{r.static, r.registered} {
+		for _, e := range m {
+			if e.agent.Monitor {
+				out = append(out, e.agent)
+			}
+		}
+	}
+	return out
 }
 
 // Unregister forgets a registration and releases its capability; an unknown cgroup is not an error.

@@ -77,6 +77,9 @@ type Decision struct {
 	Outcome         string   `json:"outcome"`
 	MatchedPolicies []string `json:"matched_policies"`
 	Reason          string   `json:"reason"`
+	// Enforced is false on every decision about an agent in monitor mode: Outcome is what enforce
+	// mode would have done, and the flow proceeded whatever it says. Absent (true) otherwise.
+	Enforced *bool `json:"enforced,omitempty"`
 }
 
 // Result is what happened after the decision: on a completion record, or on an ABORT decision.
