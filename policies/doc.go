@@ -44,11 +44,13 @@
 // A mapping-rules file is a list of [[rules]] with method?, host, path?, action_class and
 // provider?. method absent matches any HTTP method (L7 requests only); "CONNECT" matches
 // connection-level intents, "DNS" name lookups, "*" every intent. host is exact, "*.suffix" (exactly
-// one more label) or "*" (every host). path is a glob where '*' matches any run of characters, '/'
-// included. Unknown keys, unknown action classes and duplicate rules are load errors naming file
-// and line. The most specific matching rule wins:
+// one more label) or "*" (every host), optionally with a port the intent's port must equal
+// ("127.0.0.1:9100", "[::1]:8080"; ":*" is any port, as no port is). path is a glob where '*'
+// matches any run of characters, '/' included; "*" alone is every path, as no path is. Unknown
+// keys, unknown action classes and duplicate rules are load errors naming file and line. The most
+// specific matching rule wins:
 //
-//  1. host: exact, then "*.suffix", then "*";
+//  1. host: exact, then "*.suffix", then "*"; then a port, then any port;
 //  2. path: an exact path, then globs by number of literal characters (more first), then no path;
 //  3. method: a named method, then absent (any HTTP method), then "*";
 //  4. the rule written first.
