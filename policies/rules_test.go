@@ -258,17 +258,7 @@ action_class = "cloud.metadata.read"
 		{"CONNECT", "github.com:5432", "", "communication.external.send"}, // an exact host beats "*"
 		{"GET", "127.0.0.1:9100", "/metrics", "network.connect"},          // "*" method: every intent
 	} {
-		r, err := rs.Classify(tc.method, tc.host, tc.path)
-		if err != nil {
-			t.Fatalf("%v: %v", tc, err)
-		}
-		got := ""
-		if r != nil {
-			got = r.ActionClass
-		}
-		if got != tc.want {
-			t.Errorf("%s %s%s: got %q (%v), want %q", tc.method, tc.host, tc.path, got, r, tc.want)
-		}
+		checkClass(t, rs, tc.method, tc.host, tc.path, tc.want)
 	}
 	for _, bad := range []string{"github.com:0", "github.com:65536", "github.com:x", "github.com:", "[::1]:*x", "a.com:22:33"} {
 		if _, _, err := parseRuleHost(bad); err == nil {
@@ -318,14 +308,7 @@ action_class = "code.write"
 		{"POST", "git.example.com", "/git-receive-pack", "code.write"},
 		{"POST", "git.example.com", "/o/r.git/info/refs", ""},
 	} {
-		r, _ := rs.Classify(tc.method, tc.host, tc.path)
-		got := ""
-		if r != nil {
-			got = r.ActionClass
-		}
-		if got != tc.want {
-			t.Errorf("%s %s%s: got %q, want %q", tc.method, tc.host, tc.path, got, tc.want)
-		}
+		checkClass(t, rs, tc.method, tc.host, tc.path, tc.want)
 	}
 	same := "[[rules]]\nhost = \"a.com\"\naction_class = \"web.request\"\n"
 	if _, err := ParseRules("s.toml", []byte(same+strings.Replace(same, "host", "path = \"*\"\nhost", 1)), nil); err == nil {
@@ -335,5 +318,21 @@ action_class = "code.write"
 		if _, err := ParseRules("b.toml", []byte("[[rules]]\nhost = \"a.com\"\npath = \""+bad+"\"\naction_class = \"web.request\"\n"), nil); err == nil {
 			t.Errorf("path %q accepted", bad)
 		}
+	}
+}
+
+// checkClass asserts the action class rs gives an intent ("" for none).
+func checkClass(t *testing.T, rs *Rules, method, host, path, want string) {
+	t.Helper()
+	r, err := rs.Classify(method, host, path)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, host, path, err)
+	}
+	got := ""
+	if r != nil {
+		got = r.ActionClass
+	}
+	if got != want {
+		t.Errorf("%s %s%s: got %q (%v), want %q", method, host, path, got, r, want)
 	}
 }
