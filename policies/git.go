@@ -168,13 +168,24 @@ func (g *GitRequest) refs() (refs []string, deletes, force bool) {
 }
 
 // ClassifyGit recognizes a git smart-HTTP request by its method, normalized path and raw query:
-// GET <repo>/info/refs?service=git-upload-pack|git-receive-pack (a query naming receive-pack at all
-// is receive-pack), POST <repo>/git-upload-pack and POST <repo>/git-receive-pack. A GET of
-// info/refs without a service (the dumb protocol) is a fetch.
+// GET <repo>/info/refs?service=git-upload-pack|git-receive-pack (a query naming receive-pack at all,
+// or one that does not parse, is receive-pack), POST <repo>/git-upload-pack and POST
+// <repo>/git-receive-pack. A GET of info/refs without a service (the dumb protocol) is a fetch.
+// Failing closed, any POST whose path has a segment starting with "git-receive-pack" in any case
+// ("git-receive-pack;x", as a server that strips path parameters would route it) is a push, whose
+// body must then parse as one.
 func ClassifyGit(method, path, rawQuery string) (GitRequest, bool) {
 	var g GitRequest
 	var prefix string
-	switch method = strings.ToUpper(method); {
+	lower := strings.ToLower(path)
+	method = strings.ToUpper(method)
+	if method == "POST" {
+		if i := strings.Index(lower, "/"+GitReceivePack); i >= 0 {
+			prefix, g.Service, g.Push = path[:i], GitReceivePack, true
+		}
+	}
+	switch {
+	case g.Push:
 	case (method == "GET" || method == "HEAD") && strings.HasSuffix(path, "/info/refs"):
 		prefix = strings.TrimSuffix(path, "/info/refs")
 		g.Service = GitUploadPack
@@ -184,13 +195,11 @@ func ClassifyGit(method, path, rawQuery string) (GitRequest, bool) {
 		}
 	case method == "POST" && strings.HasSuffix(path, "/"+GitUploadPack):
 		prefix, g.Service = strings.TrimSuffix(path, "/"+GitUploadPack), GitUploadPack
-	case method == "POST" && strings.HasSuffix(path, "/"+GitReceivePack):
-		prefix, g.Service, g.Push = strings.TrimSuffix(path, "/"+GitReceivePack), GitReceivePack, true
 	default:
 		return g, false
 	}
 	prefix = strings.ToLower(strings.Trim(prefix, "/"))
-	if prefix == "" {
+	if prefix == "" && !g.Push {
 		return g, false
 	}
 	i := strings.LastIndexByte(prefix, '/')

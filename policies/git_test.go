@@ -44,7 +44,12 @@ func TestClassifyGit(t *testing.T) {
 		{"GET", "/o/r/info/refs", "service=%zz", true, GitReceivePack, "o", "r", false},
 		{"GET", "/o/r/git-receive-pack", "", false, "", "", "", false},
 		{"POST", "/o/r/info/refs", "service=git-upload-pack", false, "", "", "", false},
-		{"POST", "/git-receive-pack", "", false, "", "", "", false},
+		// Any POST that a server could route to receive-pack is a push, and must parse as one.
+		{"POST", "/git-receive-pack", "", true, GitReceivePack, "", "", true},
+		{"POST", "/o/r.git/git-receive-pack;jsessionid=1", "", true, GitReceivePack, "o", "r", true},
+		{"POST", "/o/r.git/GIT-RECEIVE-PACK", "", true, GitReceivePack, "o", "r", true},
+		{"POST", "/o/r.git/git-receive-pack/x", "", true, GitReceivePack, "o", "r", true},
+		{"POST", "/git-upload-pack", "", false, "", "", "", false},
 		{"GET", "/o/r/pulls", "", false, "", "", "", false},
 	} {
 		g, ok := ClassifyGit(tc.method, tc.path, tc.query)
