@@ -480,3 +480,44 @@ func TestConfigErrors(t *testing.T) {
 		t.Error("ReasonBodyTooLarge is not the error's text")
 	}
 }
+
+// TestOldSchemaSaysWhatToAdd: a replacement schema written for an older firma, without the request
+// content, git and session attributes, is refused with the attributes and entity types to add.
+func TestOldSchemaSaysWhatToAdd(t *testing.T) {
+	old := `namespace Firma {
+    entity Agent;
+    entity Resource { host: String, path: String, method: String, port: Long, provider?: String };
+    type Context = { session_id: String, timestamp_ms: Long, raw_transport: String, pid: Long, exe: String, uid: Long, cgroup: String };
+    action "web.request" appliesTo { principal: Agent, resource: Resource, context: Context };
+}`
+	_, err := ParseSchema("old.cedarschema", []byte(old))
+	if !errors.Is(err, ErrInvalidSchema) {
+		t.Fatalf("want ErrInvalidSchema, got %v", err)
+	}
+	for _, want := range []string{
+		`old.cedarschema: action "web.request" cannot take firma's requests: context lacks body_size: Long`,
+		`context lacks json: Firma::Json`,
+		`context lacks actions_last_hour: Firma::Counts`,
+		`entity type Firma::Query is not declared (want: entity Firma::Query tags Set<String>)`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	// A Json entity may declare fewer fields, optional and of firma's types, and no others.
+	text := string(embeddedSchemaText)
+	fewer := strings.Replace(text, "        model?: String,\n", "", 1)
+	if _, err := ParseSchema("fewer.cedarschema", []byte(fewer)); err != nil {
+		t.Errorf("a Json with fewer fields: %v", err)
+	}
+	for name, edit := range map[string][2]string{
+		"required":   {"model?: String", "model: String"},
+		"wrong type": {"max_tokens?: Long", "max_tokens?: String"},
+		"unknown":    {"model?: String,", "model?: String, modle?: String,"},
+		"no tags":    {"entity Headers tags String;", "entity Headers;"},
+	} {
+		if _, err := ParseSchema(name+".cedarschema", []byte(strings.Replace(text, edit[0], edit[1], 1))); !errors.Is(err, ErrInvalidSchema) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
