@@ -61,6 +61,8 @@ type Request struct {
 	// Capability is Stage 1. nil skips the stage (no authority configured); otherwise Decide calls it
 	// with the classified intent before Cedar and denies with its error as the reason.
 	Capability Capability
+
+	git *gitFacts // a fixture's git attributes, replacing what the request would give
 }
 
 // Content is what an HTTP request carries beyond its method, host and path. The HTTP engine fills

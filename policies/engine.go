@@ -317,8 +317,11 @@ func (e *Engine) decide(ctx context.Context, r *Request, actionClass string, ses
 	if rule != nil && actionClass == "" {
 		d.Provider = rule.Provider // a fixed action (fixtures) skips the rules, and their provider
 	}
-	if git != nil {
-		d.Git, f.git = git, git
+	switch {
+	case r.git != nil:
+		f.git = *r.git // a fixture's git attributes, instead of the request's
+	case git != nil:
+		d.Git = git
 		if err := e.parsePush(f, git); err != nil {
 			d.Outcome, d.Reason = Deny, err.Error()
 			d.ActionClass = actionClass
@@ -327,6 +330,7 @@ func (e *Engine) decide(ctx context.Context, r *Request, actionClass string, ses
 			}
 			return d, nil
 		}
+		f.git = git.facts()
 	}
 	switch {
 	case actionClass != "":

@@ -15,7 +15,7 @@ type facts struct {
 	now      time.Time
 	lim      *limits
 	schema   *Schema
-	git      *GitRequest
+	git      gitFacts
 	sessions *Sessions
 
 	decoded    []byte // the content-decoded body, once body() ran
@@ -128,21 +128,17 @@ func (f *facts) context(mask attrMask) (types.Record, []types.Entity, error) {
 		}
 	}
 	if mask&gitAttrs != 0 {
-		g := f.git
-		if g == nil {
-			g = &GitRequest{}
-		}
-		refs, deletes, force := g.refs()
-		refVals := make([]types.Value, len(refs))
-		for i, r := range refs {
+		g := &f.git
+		refVals := make([]types.Value, len(g.refs))
+		for i, r := range g.refs {
 			refVals[i] = types.String(r)
 		}
-		set(attrGitService, types.String(g.Service))
-		set(attrGitOwner, types.String(g.Owner))
-		set(attrGitRepo, types.String(g.Repo))
+		set(attrGitService, types.String(g.service))
+		set(attrGitOwner, types.String(g.owner))
+		set(attrGitRepo, types.String(g.repo))
 		set(attrGitRefs, types.NewSet(refVals...))
-		set(attrGitDelete, types.Boolean(deletes))
-		set(attrGitForce, types.Boolean(force))
+		set(attrGitDelete, types.Boolean(g.delete))
+		set(attrGitForce, types.Boolean(g.force))
 	}
 	if mask.has(attrContentType) {
 		set(attrContentType, types.String(mediaType(f.r.Content.Header)))

@@ -55,16 +55,22 @@ var FixtureTime = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 //	expect_fields   = ["context.json.model"]         # optional, any order; [] = none
 //
 // context sets what the request would carry, by the names policies read:
+//
 //   - attribution: session_id, timestamp_ms, raw_transport, pid, exe, uid, cgroup;
+//
 //   - content: body_size (a size without a body), content_type (the Content-Type header),
 //     headers (a table of header name → value), json (a table sent as the JSON body);
+//
 //   - session state: action_count, deny_count, prior_action_classes, last_resource,
 //     session_duration_s, actions_last_minute and actions_last_hour (tables of action class →
 //     count). With none of these, the cases of a file form one sequence: each decision is
 //     observed, so a case sees what the cases before it in the same session did.
 //
-// query comes from the path and the git_* attributes from the request itself (use body_file with a
-// captured push). A case without timestamp_ms is decided at FixtureTime.
+//   - git: git_service, git_owner, git_repo, git_refs (an array), git_delete, git_force replace what
+//     the request gives (a git path classifies it; body_file with a captured push gives the rest);
+//     with them, set action to the class the request would have.
+//
+// query comes from the path. A case without timestamp_ms is decided at FixtureTime.
 type FixtureFile struct {
 	Path              string        `toml:"-"`
 	PolicyDir         string        `toml:"policy_dir"`
@@ -217,6 +223,28 @@ func setContext(r *Request, session *SessionState, key string, v any) (bool, err
 		*dst = n
 		return nil
 	}
+	boolean := func(dst *bool) error {
+		b, ok := v.(bool)
+		if !ok {
+			return fmt.Errorf("want true or false, got %T", v)
+		}
+		*dst = b
+		return nil
+	}
+	stringList := func(dst *[]string) error {
+		list, ok := v.([]any)
+		if !ok {
+			return fmt.Errorf("want an array of strings, got %T", v)
+		}
+		for _, e := range list {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("want strings, got %T", e)
+			}
+			*dst = append(*dst, s)
+		}
+		return nil
+	}
 	counts := func(dst *map[string]int64) error {
 		m, ok := v.(map[string]any)
 		if !ok {
@@ -295,7 +323,22 @@ func setContext(r *Request, session *SessionState, key string, v any) (bool, err
 	case "query", "query_params":
 		return false, errors.New("the query comes from the path: path = \"/x?name=value\"")
 	case "git_service", "git_owner", "git_repo", "git_refs", "git_delete", "git_force":
-		return false, errors.New("the git attributes come from the request: a git path, and body_file with a captured push")
+		if r.git == nil {
+			r.git = &gitFacts{}
+		}
+		switch key {
+		case "git_service":
+			return false, str(&r.git.service)
+		case "git_owner":
+			return false, str(&r.git.owner)
+		case "git_repo":
+			return false, str(&r.git.repo)
+		case "git_refs":
+			return false, stringList(&r.git.refs)
+		case "git_delete":
+			return false, boolean(&r.git.delete)
+		}
+		return false, boolean(&r.git.force)
 	case "action_count":
 		return true, long(&session.ActionCount)
 	case "deny_count":
@@ -308,19 +351,9 @@ func setContext(r *Request, session *SessionState, key string, v any) (bool, err
 		}
 		return true, err
 	case "prior_action_classes":
-		list, ok := v.([]any)
-		if !ok {
-			return true, fmt.Errorf("want an array of action classes, got %T", v)
-		}
-		for _, c := range list {
-			s, ok := c.(string)
-			if !ok {
-				return true, fmt.Errorf("want strings, got %T", c)
-			}
-			session.PriorActionClasses = append(session.PriorActionClasses, s)
-		}
+		err := stringList(&session.PriorActionClasses)
 		slices.Sort(session.PriorActionClasses)
-		return true, nil
+		return true, err
 	case "actions_last_minute":
 		return true, counts(&session.LastMinute)
 	case "actions_last_hour":
@@ -335,6 +368,7 @@ func setContext(r *Request, session *SessionState, key string, v any) (bool, err
 var fixtureContextKeys = []string{
 	"session_id", "timestamp_ms", "raw_transport", "pid", "exe", "uid", "cgroup",
 	"body_size", "content_type", "headers", "json",
+	"git_service", "git_owner", "git_repo", "git_refs", "git_delete", "git_force",
 	"action_count", "deny_count", "prior_action_classes", "last_resource", "session_duration_s",
 	"actions_last_minute", "actions_last_hour",
 }

@@ -158,13 +158,21 @@ func (g *GitRequest) ActionClass() string {
 	return ClassCodeWrite
 }
 
-func (g *GitRequest) refs() (refs []string, deletes, force bool) {
+// gitFacts are the git attributes of the Cedar context.
+type gitFacts struct {
+	service, owner, repo string
+	refs                 []string
+	delete, force        bool
+}
+
+func (g *GitRequest) facts() gitFacts {
+	f := gitFacts{service: g.Service, owner: g.Owner, repo: g.Repo}
 	for _, u := range g.Updates {
-		refs = append(refs, u.Ref)
-		deletes = deletes || u.Delete
-		force = force || u.Force()
+		f.refs = append(f.refs, u.Ref)
+		f.delete = f.delete || u.Delete
+		f.force = f.force || u.Force()
 	}
-	return refs, deletes, force
+	return f
 }
 
 // ClassifyGit recognizes a git smart-HTTP request by its method, normalized path and raw query:
