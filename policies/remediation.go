@@ -50,8 +50,8 @@ const (
 
 var remediationKeys = []RemediationKind{RemedyModify, RemedyDefer, RemedyStepUp}
 
-// parseRemediation reads a policy's remediation annotation, if it has one. at gives the position of
-// an annotation by name, for problems.
+// parseRemediation reads a policy's remediation annotation, if it has one. A problem is keyed by the
+// annotation it is about, so that the caller reports it at that annotation's line.
 func parseRemediation(cp *cedar.Policy, forbid bool) (*Remediation, map[RemediationKind]error) {
 	var found []RemediationKind
 	annotations := cp.Annotations()
