@@ -175,9 +175,10 @@ func isJSONType(mt string) bool {
 }
 
 // decodeBody undoes the request's Content-Encoding (gzip, deflate, in the order listed), refusing
-// an encoding it does not know and anything that decodes to more than max bytes. A partial body
-// (cut at max_body_bytes) decodes as far as it goes.
-func decodeBody(h http.Header, body []byte, max int64, partial bool) ([]byte, error) {
+// an encoding it does not know. What decodes to more than max bytes is cut there (a decompression
+// bomb inflates no further), and a partial body (cut at max_body_bytes) decodes as far as it goes:
+// cut says either happened.
+func decodeBody(h http.Header, body []byte, max int64, partial bool) ([]byte, bool, error) {
 	var codings []string
 	for _, v := range h.Values("Content-Encoding") {
 		for _, c := range strings.Split(v, ",") {
@@ -186,6 +187,7 @@ func decodeBody(h http.Header, body []byte, max int64, partial bool) ([]byte, er
 			}
 		}
 	}
+	cut := partial
 	for i := len(codings) - 1; i >= 0; i-- {
 		var r io.Reader
 		var err error
@@ -198,24 +200,24 @@ func decodeBody(h http.Header, body []byte, max int64, partial bool) ([]byte, er
 				r, err = flate.NewReader(bytes.NewReader(body)), nil
 			}
 		default:
-			return nil, fmt.Errorf("%w: content-encoding %q cannot be inspected", errBodyMalformed, codings[i])
+			return nil, cut, fmt.Errorf("%w: content-encoding %q cannot be inspected", errBodyMalformed, codings[i])
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: content-encoding %s: %v", errBodyMalformed, codings[i], err)
+			return nil, cut, fmt.Errorf("%w: content-encoding %s: %v", errBodyMalformed, codings[i], err)
 		}
-		out, err := io.ReadAll(io.LimitReader(r, max+1))
-		if partial && errors.Is(err, io.ErrUnexpectedEOF) {
+		decoded, err := io.ReadAll(io.LimitReader(r, max+1))
+		if cut && errors.Is(err, io.ErrUnexpectedEOF) {
 			err = nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: content-encoding %s: %v", errBodyMalformed, codings[i], err)
+			return nil, cut, fmt.Errorf("%w: content-encoding %s: %v", errBodyMalformed, codings[i], err)
 		}
-		if int64(len(out)) > max {
-			return nil, fmt.Errorf("%w: decompresses to more than %d bytes", errBodyTooLarge, max)
+		if int64(len(decoded)) > max {
+			decoded, cut = decoded[:max], true
 		}
-		body = out
+		body = decoded
 	}
-	return body, nil
+	return body, cut, nil
 }
 
 // jsonEntity parses the top-level fields of a JSON object body into the Firma::Json entity: the

@@ -209,30 +209,30 @@ func TestDecodeBody(t *testing.T) {
 		if tc.enc != "" {
 			h.Set("Content-Encoding", tc.enc)
 		}
-		got, err := decodeBody(h, tc.body, 1<<20, false)
-		if err != nil || !bytes.Equal(got, plain) {
+		got, cut, err := decodeBody(h, tc.body, 1<<20, false)
+		if err != nil || cut || !bytes.Equal(got, plain) {
 			t.Errorf("%q: %q %v", tc.enc, got, err)
 		}
 	}
-	// A decompression bomb is refused at the limit.
+	// A decompression bomb inflates no further than the limit.
 	bomb := gzipped(t, make([]byte, 10<<20))
-	if _, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, bomb, 1<<20, false); !errors.Is(err, errBodyTooLarge) {
-		t.Errorf("bomb: %v", err)
+	if out, cut, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, bomb, 1<<20, false); err != nil || !cut || len(out) != 1<<20 {
+		t.Errorf("bomb: %d bytes, cut %v, %v", len(out), cut, err)
 	}
-	if _, err := decodeBody(http.Header{"Content-Encoding": {"br"}}, plain, 1<<20, false); !errors.Is(err, errBodyMalformed) {
+	if _, _, err := decodeBody(http.Header{"Content-Encoding": {"br"}}, plain, 1<<20, false); !errors.Is(err, errBodyMalformed) {
 		t.Errorf("br: %v", err)
 	}
-	if _, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, plain, 1<<20, false); !errors.Is(err, errBodyMalformed) {
+	if _, _, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, plain, 1<<20, false); !errors.Is(err, errBodyMalformed) {
 		t.Errorf("not gzip: %v", err)
 	}
-	// A body cut at max_body_bytes decodes as far as it goes, when the caller allows a prefix.
+	// A body cut at max_body_bytes decodes as far as it goes.
 	long := gzipped(t, bytes.Repeat([]byte("0123456789"), 10000))
-	prefix, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, long[:len(long)/2], 1<<20, true)
-	if err != nil || len(prefix) == 0 || !bytes.HasPrefix(bytes.Repeat([]byte("0123456789"), 10000), prefix) {
-		t.Errorf("partial: %d bytes, %v", len(prefix), err)
+	prefix, cut, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, long[:len(long)/2], 1<<20, true)
+	if err != nil || !cut || len(prefix) == 0 || !bytes.HasPrefix(bytes.Repeat([]byte("0123456789"), 10000), prefix) {
+		t.Errorf("partial: %d bytes, cut %v, %v", len(prefix), cut, err)
 	}
-	if _, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, long[:len(long)/2], 1<<20, false); err == nil {
-		t.Error("a truncated gzip body decoded whole")
+	if _, _, err := decodeBody(http.Header{"Content-Encoding": {"gzip"}}, long[:len(long)/2], 1<<20, false); err == nil {
+		t.Error("a gzip body cut short decoded as whole")
 	}
 }
 

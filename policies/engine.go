@@ -416,11 +416,11 @@ func (e *Engine) parsePush(f *facts, g *GitRequest) error {
 	if !g.Push {
 		return nil
 	}
-	body, err := f.body()
+	body, cut, err := f.body()
 	if err != nil {
 		return err
 	}
-	updates, problem, err := ParsePush(body, f.r.Content.BodyTruncated, 8*e.lim.maxBody, e.lim.git.isProtected)
+	updates, problem, err := ParsePush(body, cut, 8*e.lim.maxBody, e.lim.git.isProtected)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) {
 			return err

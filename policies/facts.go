@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/cedar-policy/cedar-go/types"
@@ -19,26 +20,27 @@ type facts struct {
 	sessions *Sessions
 
 	decoded    []byte // the content-decoded body, once body() ran
+	decodedCut bool
 	decodedErr error
 	decodeDone bool
 }
 
-// body returns the request body with its Content-Encoding undone, or why it cannot be had.
-func (f *facts) body() ([]byte, error) {
+// body returns the request body with its Content-Encoding undone, or why it cannot be had. cut
+// says it is only a prefix: the body was over max_body_bytes, as sent or decoded.
+func (f *facts) body() (body []byte, cut bool, err error) {
 	if f.decodeDone {
-		return f.decoded, f.decodedErr
+		return f.decoded, f.decodedCut, f.decodedErr
 	}
 	f.decodeDone = true
 	c := &f.r.Content
 	switch {
 	case c.Body == nil && c.BodySize == 0:
-		return nil, nil
 	case c.Body == nil:
 		f.decodedErr = errBodyNotGiven
 	default:
-		f.decoded, f.decodedErr = decodeBody(c.Header, c.Body, f.lim.maxBody, c.BodyTruncated)
+		f.decoded, f.decodedCut, f.decodedErr = decodeBody(c.Header, c.Body, f.lim.maxBody, c.BodyTruncated)
 	}
-	return f.decoded, f.decodedErr
+	return f.decoded, f.decodedCut, f.decodedErr
 }
 
 // bodySize is context.body_size: the length as sent. A body-size policy cannot decide on a body
@@ -65,9 +67,12 @@ func (f *facts) json() (types.Entity, error) {
 	if f.r.Content.BodyTruncated {
 		return types.Entity{}, errBodyTooLarge
 	}
-	body, err := f.body()
-	if err != nil {
+	body, cut, err := f.body()
+	switch {
+	case err != nil:
 		return types.Entity{}, err
+	case cut:
+		return types.Entity{}, fmt.Errorf("%w: decompresses to more than %d bytes", errBodyTooLarge, f.lim.maxBody)
 	}
 	return jsonEntity(body, mediaType(f.r.Content.Header))
 }

@@ -144,7 +144,7 @@ func (s *gitServer) lastPush(t *testing.T) []byte {
 		t.Fatal("no push captured")
 	}
 	p := s.pushes[len(s.pushes)-1]
-	body, err := decodeBody(p.header, p.body, 64<<20, false)
+	body, _, err := decodeBody(p.header, p.body, 64<<20, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -521,3 +521,28 @@ func TestOldSchemaSaysWhatToAdd(t *testing.T) {
 		}
 	}
 }
+
+// TestGzipBombs: a gzipped JSON body that inflates past max_body_bytes is denied, never read in
+// full; a gzipped push that does is judged on its prefix.
+func TestGzipBombs(t *testing.T) {
+	e := l7Engine(t, Config{MaxBodyBytes: 1 << 20}, permitAll+`
+forbid (principal, action == Firma::Action::"model.inference.chat", resource)
+unless { context.json has model && context.json.model == "m" };
+`)
+	r := chat("")
+	r.Content.Header.Set("Content-Encoding", "gzip")
+	r.Content.Body = gzipped(t, append([]byte(`{"model":"m","pad":"`), make([]byte, 8<<20)...))
+	r.Content.BodySize = int64(len(r.Content.Body))
+	if d := decide(t, e, r); d.Outcome != Deny || d.Reason != "request body over max_body_bytes: decompresses to more than 1048576 bytes" {
+		t.Errorf("bomb: %s %q", d.Outcome, d.Reason)
+	}
+	zero := strings.Repeat("0", 40)
+	push := hex4(4+len(zero)*2+2+len("refs/heads/x\n")) + zero[:39] + "1 " + zero + " refs/heads/x\n0000"
+	r = Request{AgentID: "a", Method: "POST", Host: "github.com", Path: "/o/r.git/git-receive-pack", Transport: "https",
+		Content: Content{Header: http.Header{"Content-Encoding": {"gzip"}}}}
+	r.Content.Body = gzipped(t, append([]byte(push+"PACK"), make([]byte, 8<<20)...))
+	r.Content.BodySize = int64(len(r.Content.Body))
+	if d := decide(t, e, r); d.ActionClass != ClassCodeDestructive || d.Git == nil || len(d.Git.Updates) != 1 || !d.Git.Updates[0].Delete {
+		t.Errorf("gzipped push over the limit: %+v %+v", d, d.Git)
+	}
+}
