@@ -4,13 +4,24 @@ BIN     ?= firma
 PREFIX  ?= /usr/local
 UNITDIR ?= /etc/systemd/system
 GOFILES  = $(shell git ls-files '*.go' 2>/dev/null)
+# What `firma version` prints. go build records the commit by itself in a plain clone, but not in a
+# git worktree, nor with -buildvcs=false: the link flags carry it in every case.
+VERSION  ?= $(shell git describe --tags --dirty 2>/dev/null)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+MODIFIED ?= $(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo true)
+VPKG      = github.com/openfirma/firma/version
+LDFLAGS   = -X $(VPKG).Version=$(VERSION) -X $(VPKG).Commit=$(COMMIT) -X $(VPKG).Modified=$(MODIFIED)
 
-.PHONY: all build generate check-generate lint test bench demo install clean
+.PHONY: all deps build generate check-generate lint test bench demo install clean
 
 all: build
 
+# Debian packages that tests and the demo need on a fresh host (the list is in .ci/deps).
+deps:
+	.ci/deps
+
 build:
-	$(GO) build -o $(BIN) ./cmd/firma
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/firma
 
 # Regenerate the committed bpf2go output (needs clang and libbpf headers).
 generate:
@@ -23,6 +34,7 @@ check-generate: generate
 lint:
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "not gofmt-ed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; $(GO) mod tidy -diff; exit 1; }
 
 test: build lint
 	$(GO) test -count=1 -timeout 20m ./...

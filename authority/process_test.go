@@ -95,13 +95,14 @@ func freePort(t *testing.T) int {
 }
 
 // guideAuthoritySection is the [authority] section the guide appends to .local/firma.toml, with
-// the port and bundle TTL left to the test (the guide uses [::1]:50051 and 60 s).
+// the port and bundle TTL left to the test (the guide uses [::1]:50051 and 60 s). Paths in
+// firma.toml are relative to the file's directory, .local/.
 const guideAuthoritySection = `[authority]
 listen_addr = "%s"
-policy_dir = "examples/policies"
-issuance_policy_dir = ".local/issuance"
-revocation_file = ".local/revocations.txt"
-key_file = ".local/firma-authority.key"
+policy_dir = "../examples/policies"
+issuance_policy_dir = "issuance"
+revocation_file = "revocations.txt"
+key_file = "firma-authority.key"
 max_ttl_seconds = 28800
 bundle_ttl_seconds = %d
 log_level = "info"
@@ -133,7 +134,7 @@ func TestProcessGuideStep3AndAuthority(t *testing.T) {
 
 	// The sidecar-only firma.toml that setup.sh makes, with the guide's [authority] appended.
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	toml := "[sidecar.audit]\nfile_path = \".local/audit.jsonl\"\n\n" + fmt.Sprintf(guideAuthoritySection, addr, ttl)
+	toml := "[sidecar.audit]\nfile_path = \"audit.jsonl\"\n\n" + fmt.Sprintf(guideAuthoritySection, addr, ttl)
 	os.WriteFile(filepath.Join(work, ".local/firma.toml"), []byte(toml), 0o644)
 	os.MkdirAll(filepath.Join(work, ".local/issuance"), 0o755)
 	os.WriteFile(filepath.Join(work, ".local/issuance/issuance.cedar"), []byte(guideIssuance), 0o644)
@@ -295,7 +296,9 @@ func TestProcessAuthorityRefusesBadStart(t *testing.T) {
 		t.Fatalf("unknown key: exit %d: %s", r.code, r.stderr)
 	}
 
-	if r := runFirma(t, work, "authority", "issue"); r.code != 2 {
+	// Without -c: $FIRMA_CONFIG (else /etc/firma/firma.toml), named when it is missing.
+	t.Setenv("FIRMA_CONFIG", filepath.Join(work, "missing.toml"))
+	if r := runFirma(t, work, "authority", "issue"); r.code != 1 || !strings.Contains(r.stderr, "missing.toml") {
 		t.Fatalf("issue without -c: exit %d: %s", r.code, r.stderr)
 	}
 }
@@ -336,7 +339,7 @@ func startFirmaAuthority(t *testing.T, dir string) *firmaProcess {
 			p.mu.Lock()
 			p.buf.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
-			if strings.Contains(sc.Text(), `"authority ready"`) {
+			if strings.Contains(sc.Text(), "authority ready") {
 				once.Do(func() { close(ready) })
 			}
 		}

@@ -2,37 +2,43 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
-	"time"
 
-	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/control"
-	"github.com/openfirma/firma/internal/logfields"
+	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/version"
 )
 
-// version is reported to runners over the control socket.
-const version = "firma 0.1"
+// registry is what the control socket serves: Info from the sidecar's configuration, registrations
+// kept by the agents room.
+type registry struct{ s *Sidecar }
 
-var _ control.Registry = (*Sidecar)(nil)
+var _ control.Registry = registry{}
+
+func (r registry) Register(ctx context.Context, reg control.Registration) error {
+	return r.s.agents.Register(ctx, reg)
+}
+
+func (r registry) Unregister(ctx context.Context, cg string) error {
+	return r.s.agents.Unregister(ctx, cg)
+}
 
 // Info tells a runner where to place an agent and what to hide from it.
-func (s *Sidecar) Info() control.Info {
-	info := control.Info{Version: version}
+func (r registry) Info() control.Info {
+	s := r.s
+	info := control.Info{Version: version.String()}
 	if s.cfg.Transparent.Enabled {
-		info.Cgroup = cleanCgroup(s.cfg.Transparent.Cgroup)
+		info.Cgroup = cgroup.Canonical(s.cfg.Transparent.Cgroup)
 		if s.cfg.Transparent.DNSPort != 0 {
 			info.DNS = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.cfg.Transparent.DNSPort)))
 		}
 	}
 	info.Hide = s.hiddenPaths()
 	info.Protect = s.protectedPaths()
-	if s.mitmCA != nil {
-		info.CACertPEM = string(s.mitmCA.CertPEM())
+	if s.ca != nil {
+		info.CACertPEM = string(s.ca.CertPEM())
 	}
 	return info
 }
@@ -77,67 +83,4 @@ func absPaths(paths []string) []string {
 		}
 	}
 	return out
-}
-
-// Register maps a `firma run` cgroup to its agent once its capability verifies: a capability that
-// does not verify, or names another agent, is refused here so that nothing is launched.
-func (s *Sidecar) Register(ctx context.Context, r control.Registration) error {
-	c, closeFn, err := s.trust.capability(r.CapabilityFile)
-	if err != nil {
-		return fmt.Errorf("capability %s: %w", r.CapabilityFile, err)
-	}
-	if ac, ok := c.(*authority.Capability); ok {
-		if got := ac.Claims().AgentID; got != r.AgentID {
-			closeFn()
-			return fmt.Errorf("capability %s: %w: token is for %q, not %q", r.CapabilityFile, authority.ErrCapabilityMismatch, got, r.AgentID)
-		}
-		cl := ac.Claims()
-		if err := cl.CheckTime(time.Now(), s.cfg.Authority.ClockSkew()); err != nil {
-			closeFn()
-			return fmt.Errorf("capability %s: %w", r.CapabilityFile, err)
-		}
-	}
-	s.regMu.Lock()
-	if old, ok := s.regClose[r.Cgroup]; ok {
-		old()
-	}
-	s.regClose[r.Cgroup] = closeFn
-	s.regMu.Unlock()
-	s.ids.Register(Agent{ID: r.AgentID, SessionID: r.SessionID, Cgroup: r.Cgroup, CapabilityFile: r.CapabilityFile, Capability: c})
-	return nil
-}
-
-// Unregister forgets a `firma run` cgroup.
-func (s *Sidecar) Unregister(ctx context.Context, cgroup string) error {
-	s.ids.Unregister(cgroup)
-	s.regMu.Lock()
-	if closeFn, ok := s.regClose[cgroup]; ok {
-		closeFn()
-		delete(s.regClose, cgroup)
-	}
-	s.regMu.Unlock()
-	return nil
-}
-
-// sweepInterval is how often the sidecar forgets registrations whose cgroup has gone (a runner
-// killed with SIGKILL cannot unregister).
-const sweepInterval = 10 * time.Second
-
-// sweepRegistrations drops registrations whose cgroup directory no longer exists, until ctx ends.
-func (s *Sidecar) sweepRegistrations(ctx context.Context) {
-	t := time.NewTicker(sweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, cg := range s.ids.registeredCgroups() {
-			if _, err := os.Stat(filepath.Join(s.ids.mount, filepath.FromSlash(cg))); errors.Is(err, os.ErrNotExist) {
-				s.Unregister(ctx, cg)
-				s.log.Info().Str(logfields.Cgroup, cg).Msg("agent cgroup gone: registration dropped")
-			}
-		}
-	}
 }

@@ -1,8 +1,13 @@
-// Package daemon is firma's sidecar: its lifecycle, the transparent listener the kernel redirects
-// agent traffic to, the explicit HTTP/CONNECT proxy, protocol sniffing, the connector that resolves
-// and dials upstreams, the DNS resolver, and the glue that turns every decision into one audit
-// record before any byte leaves. It asks the policies package for decisions and never parses Cedar
-// itself.
+// Package daemon is firma's sidecar lifecycle: it reads the validated [sidecar] configuration,
+// builds the rooms the work happens in, starts them (kernel programs attached before any listener,
+// so that no flow is accepted before the origin table exists), reports readiness to systemd, reloads
+// policy on SIGHUP, and stops them in reverse order.
+//
+// The rooms, each its own package: judge (every decision and its audit record), front (accept,
+// origin, sniff, route), l7 (the one HTTP engine: MITM and plain HTTP), connector (resolve, classify,
+// dial), dns (the resolver and the names it learns), agents (identities, registrations and their
+// capabilities), audit (the log), control (the socket `firma run` registers through). None of them
+// imports this package; it holds no feature logic of its own.
 package daemon
 
 import (
@@ -10,19 +15,27 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/control"
-	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/daemon/credentials"
+	"github.com/openfirma/firma/daemon/dns"
+	"github.com/openfirma/firma/daemon/front"
+	"github.com/openfirma/firma/daemon/judge"
+	"github.com/openfirma/firma/daemon/l7"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -30,113 +43,181 @@ import (
 // drainTimeout bounds how long SIGTERM waits for flows in progress.
 const drainTimeout = 10 * time.Second
 
+// firstByteWait is how long the sidecar waits for a client to speak before treating a flow as a
+// server-speaks-first protocol. TLS and HTTP clients send their first bytes immediately.
+const firstByteWait = 300 * time.Millisecond
+
 // Sidecar is one running sidecar.
 type Sidecar struct {
-	cfg          Config
-	log          zerolog.Logger
-	engine       *policies.Engine
-	audit        *audit.Writer
-	ids          *Identities
-	connector    *Connector
-	origins      bpf.Origins
-	progs        *bpf.Programs
-	names        *nameTable
-	dns          *dnsServer
-	sniffTimeout time.Duration
-	trust        *trust
-	mitm         *mitm.Interceptor // nil when https_mitm is off
-	mitmCA       *mitm.CA
+	cfg   Config
+	log   zerolog.Logger
+	mount string // cgroup2 mount point
 
-	regMu    sync.Mutex
-	regClose map[string]func() error // per registered cgroup: release its capability
-
-	httpTransport *http.Transport
-	proxyAddr     netip.AddrPort // the explicit proxy's address, when it listens
+	engine    *policies.Engine
+	audit     *audit.Writer
+	trust     *trust
+	agents    *agents.Registry
+	judge     *judge.Judge
+	connector *connector.Connector
+	ca        *l7.CA // nil without [sidecar.ca] dir
+	l7        *l7.Engine
+	names     *dns.Names
+	front     *front.Server
+	origins   *originTable
+	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
 
 	mu        sync.Mutex
 	listeners []net.Listener
 	flows     sync.WaitGroup
-	closers   []func() error // run in reverse by Close
+	starved   atomic.Int64 // accept loops currently backing off for want of descriptors
+	closers   []func() error
 }
 
-// New prepares a sidecar from a validated config: it opens the audit log and loads policy, but
-// touches neither the kernel nor the network. Errors name the file at fault.
+// New prepares a sidecar from a validated config: it opens the audit log, loads policy and the CA,
+// and builds every room, but touches neither the kernel nor the network. Errors name the file at
+// fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
-	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: time.Duration(cfg.Transparent.SniffTimeout),
-		regClose: map[string]func() error{}}
+	s := &Sidecar{cfg: cfg, log: log, names: dns.NewNames(dns.DefaultMaxNames), origins: &originTable{}}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
+	component := func(name string) zerolog.Logger { return log.With().Str(logfields.Component, name).Logger() }
 
 	// Policy first: a bad policy must stop start-up before anything is created on disk.
-	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, log.With().Str(logfields.Component, "policy").Logger()); err != nil {
+	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, component("policy")); err != nil {
 		return nil, err
 	}
-	if s.audit, err = audit.Open(cfg.Audit, log.With().Str(logfields.Component, "audit").Logger()); err != nil {
+	if s.audit, err = audit.Open(cfg.Audit, component("audit")); err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	s.closers = append(s.closers, s.audit.Close)
 
-	var self []netip.AddrPort
-	if cfg.Transparent.Enabled {
-		for _, a := range loopbacks(cfg.Transparent.IPv6) {
-			self = append(self, netip.AddrPortFrom(a, cfg.Transparent.Port))
-			if cfg.Transparent.DNSPort != 0 {
-				self = append(self, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))
-			}
-		}
-	}
-	if cfg.Interceptor.ListenAddr != "" {
-		ap, err := netip.ParseAddrPort(cfg.Interceptor.ListenAddr)
-		if err != nil {
-			return nil, fmt.Errorf("interceptor.listen_addr: %w", err)
-		}
-		s.proxyAddr = ap
-		self = append(self, ap)
-	}
-	if s.connector, err = NewConnector(cfg.Upstream, self); err != nil {
-		return nil, err
-	}
-	s.httpTransport = &http.Transport{
-		Proxy:               nil, // the sidecar never honours proxy variables itself
-		DialContext:         s.connector.DialContext,
-		MaxIdleConnsPerHost: 16,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // pass the agent's Accept-Encoding through untouched
-	}
-	s.closers = append(s.closers, func() error { s.httpTransport.CloseIdleConnections(); return nil })
-	if s.mitm, err = s.newInterceptor(); err != nil {
-		return nil, err
-	}
-	if s.mitm != nil {
-		s.closers = append(s.closers, s.mitm.Close)
-	}
-
-	mount, err := bpf.Cgroup2Mount()
-	if err != nil {
+	if s.mount, err = cgroup.FindV2Mount(); err != nil {
 		if cfg.Transparent.Enabled {
 			return nil, err
 		}
-		mount = "/sys/fs/cgroup"
+		s.mount = "/sys/fs/cgroup"
 	}
-	if s.ids, err = NewIdentities(mount, cfg.Agents); err != nil {
+	if s.trust, err = newTrust(cfg.Authority, s.engine, component("authority")); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, s.ids.Close)
-
-	if s.trust, err = newTrust(cfg.Authority, s.engine, log.With().Str(logfields.Component, "authority").Logger()); err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, s.trust.close, s.closeRegistrations)
-	if err := s.trust.openStatic(s.ids, cfg.Agents, log); err != nil {
-		return nil, err
-	}
+	s.closers = append(s.closers, s.trust.close)
 	if !cfg.Authority.Stage1() {
 		log.Warn().Msg("capabilities are not enforced: no [sidecar.authority] url or public_key_path")
 	}
+	if s.agents, err = agents.New(agents.Options{Mount: s.mount, Static: cfg.Agents, Store: s.trust.store,
+		ClockSkew: cfg.Authority.ClockSkew(), Log: component("agents")}); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.agents.Close)
+	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.audit, Stale: s.trust.stale, Log: component("judge")})
+
+	self := s.selfAddrs()
+	serverFirst := map[int]bool{}
+	for _, p := range cfg.Transparent.ServerFirstPorts {
+		serverFirst[int(p)] = true
+	}
+	if s.connector, err = connector.New(cfg.Upstream, self); err != nil {
+		return nil, err
+	}
+	if err := s.newL7(component("l7")); err != nil {
+		return nil, err
+	}
+	s.front = front.New(front.Options{
+		Origins:          s.origins,
+		Flow:             s.flowOf,
+		Names:            s.names.Lookup,
+		Judge:            s.judge,
+		Dial:             s.connector.Dial,
+		L7:               s.l7,
+		ProxyAddr:        s.proxyAddr,
+		ProxyAgent:       cfg.Interceptor.AgentID,
+		ServerFirstPorts: serverFirst,
+		FirstByteWait:    firstByteWait,
+		SniffTimeout:     cfg.Transparent.SniffTimeout.Duration,
+		Log:              component("front"),
+	})
 	return s, nil
+}
+
+// selfAddrs lists the sidecar's own listeners, which the connector never dials.
+func (s *Sidecar) selfAddrs() []netip.AddrPort {
+	var self []netip.AddrPort
+	if s.cfg.Transparent.Enabled {
+		for _, a := range loopbacks(s.cfg.Transparent.IPv6) {
+			self = append(self, netip.AddrPortFrom(a, s.cfg.Transparent.Port))
+			if s.cfg.Transparent.DNSPort != 0 {
+				self = append(self, netip.AddrPortFrom(a, s.cfg.Transparent.DNSPort))
+			}
+		}
+	}
+	if ap, err := netip.ParseAddrPort(s.cfg.Interceptor.ListenAddr); err == nil {
+		s.proxyAddr = ap
+		self = append(self, ap)
+	}
+	return self
+}
+
+// newL7 loads (or, on first start, creates) the CA whenever [sidecar.ca] dir is set — so that it
+// exists, and agents can be given it, before https_mitm is turned on — and builds the HTTP engine.
+func (s *Sidecar) newL7(log zerolog.Logger) error {
+	cfg := s.cfg
+	if cfg.Interceptor.ListenAddr != "" && !s.proxyAddr.IsValid() {
+		return fmt.Errorf("sidecar.interceptor.listen_addr %q: want address:port", cfg.Interceptor.ListenAddr)
+	}
+	if cfg.CA.Dir != "" {
+		ca, err := l7.LoadOrCreateCA(cfg.CA.Dir, log)
+		if err != nil {
+			return fmt.Errorf("sidecar.ca.dir %s: %w", cfg.CA.Dir, err)
+		}
+		s.ca = ca
+	}
+	roots, err := l7.UpstreamRoots(cfg.Upstream.CAFile)
+	if err != nil {
+		return fmt.Errorf("sidecar.upstream.ca_file: %w", err)
+	}
+	var creds l7.Injector
+	if cfg.Interceptor.HTTPSMITM.Enabled {
+		c, err := credentials.New(cfg.Credentials, os.LookupEnv, log)
+		if err != nil {
+			return fmt.Errorf("sidecar.credentials: %w", err)
+		}
+		creds = c
+	} else if len(cfg.Credentials) > 0 {
+		log.Warn().Msg("[[sidecar.credentials]] set but https_mitm is off: nothing will be injected")
+	}
+	e, err := l7.New(l7.Options{
+		Config:      cfg.Interceptor.HTTPSMITM,
+		CA:          s.ca,
+		Judge:       s.judge,
+		Dial:        s.connector.DialContext,
+		RootCAs:     roots,
+		Credentials: creds,
+		Tunnel: func(ctx context.Context, c net.Conn, p []byte, f *judge.Flow, h string, port int) {
+			s.front.Tunnel(ctx, c, p, f, h, port)
+		},
+		Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	s.l7 = e
+	s.closers = append(s.closers, e.Close)
+	return nil
+}
+
+// flowOf is the judged flow of a redirected connection: the agent the kernel's cgroup id resolves
+// to, and the process behind it.
+func (s *Sidecar) flowOf(o bpf.Origin) *judge.Flow {
+	f := &judge.Flow{PID: o.PID, UID: o.UID, Comm: o.Comm, Exe: agents.Exe(o.PID), OrigDst: o.Dst, Start: time.Now()}
+	a, cg, err := s.agents.Resolve(o.CgroupID)
+	f.Cgroup, f.Unknown = cg, err
+	if err == nil {
+		f.AgentID, f.SessionID, f.Capability = a.ID, a.SessionID, a.Capability
+	}
+	return f
 }
 
 // Start attaches the kernel programs, then binds the listeners, and returns once everything is in
@@ -145,34 +226,38 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 // connections are refused, never let through.
 func (s *Sidecar) Start(ctx context.Context) error {
 	cfg := s.cfg
-	s.origins = noOrigins{}
 	if cfg.Transparent.Enabled {
 		if err := s.attach(); err != nil {
 			return err
 		}
 		if cfg.Transparent.DNSPort != 0 {
-			d, err := newDNSServer(s, cfg.Upstream.Nameservers)
-			if err != nil {
-				return err
+			var forward []netip.AddrPort
+			for _, ns := range cfg.Upstream.Nameservers {
+				ap, err := connector.ParseNameserver(ns)
+				if err != nil {
+					return fmt.Errorf("sidecar.upstream.nameservers: %w", err)
+				}
+				forward = append(forward, ap)
 			}
+			d := dns.New(dns.Options{Origins: s.origins, Flow: s.flowOf, Judge: s.judge, Static: s.connector.Static,
+				Forward: forward, Names: s.names, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
 			var addrs []netip.AddrPort
 			for _, a := range loopbacks(cfg.Transparent.IPv6) {
 				addrs = append(addrs, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))
 			}
-			if err := d.listen(addrs); err != nil {
+			if err := d.Listen(addrs); err != nil {
 				return err
 			}
-			s.dns = d
-			s.closers = append(s.closers, func() error { d.shutdown(); return nil })
+			s.closers = append(s.closers, func() error { d.Shutdown(); return nil })
 		}
 		for _, a := range loopbacks(cfg.Transparent.IPv6) {
-			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.handleTransparent); err != nil {
+			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.front.ServeTransparent); err != nil {
 				return err
 			}
 		}
 	}
 	if s.proxyAddr.IsValid() {
-		if err := s.listen(ctx, s.proxyAddr, s.handleProxy); err != nil {
+		if err := s.listen(ctx, s.proxyAddr, s.front.ServeProxy); err != nil {
 			return err
 		}
 	}
@@ -187,9 +272,9 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("control socket: %w", err)
 		}
-		srv := control.NewServer(s, s.log.With().Str(logfields.Component, "control").Logger())
+		srv := control.NewServer(registry{s}, s.log.With().Str(logfields.Component, "control").Logger())
 		go srv.Serve(ctx, ln)
-		go s.sweepRegistrations(ctx)
+		go s.agents.Sweep(ctx, agents.SweepInterval)
 		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
 	}
 	return nil
@@ -197,8 +282,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 
 // attach creates the parent cgroup when missing and attaches (or re-uses) the pinned programs.
 func (s *Sidecar) attach() error {
-	mount := s.ids.mount
-	parent := filepath.Join(mount, filepath.FromSlash(cleanCgroup(s.cfg.Transparent.Cgroup)))
+	parent := filepath.Join(s.mount, filepath.FromSlash(cgroup.Canonical(s.cfg.Transparent.Cgroup)))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("creating parent cgroup: %w", err)
 	}
@@ -213,13 +297,16 @@ func (s *Sidecar) attach() error {
 	if err != nil {
 		return fmt.Errorf("attaching to %s: %w", parent, err)
 	}
-	s.progs, s.origins = progs, progs
+	s.origins.set(progs)
 	s.closers = append(s.closers, progs.Close)
 	s.log.Info().Str(logfields.Cgroup, parent).Str(logfields.PinDir, s.cfg.Transparent.PinDir).
 		Bool("reused_pins", reused).Msg("programs attached")
 	return nil
 }
 
+// listen binds addr and serves every accepted connection with handle. The accept loop outlives a
+// shortage of descriptors (EMFILE, ENFILE): it backs off, reports the sidecar unhealthy meanwhile,
+// and carries on once connections close.
 func (s *Sidecar) listen(ctx context.Context, addr netip.AddrPort, handle func(context.Context, net.Conn)) error {
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
@@ -229,36 +316,59 @@ func (s *Sidecar) listen(ctx context.Context, addr netip.AddrPort, handle func(c
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
 	s.log.Debug().Str(logfields.Listen, addr.String()).Msg("listening")
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					s.log.Error().Err(err).Str(logfields.Listen, addr.String()).Msg("accept failed")
-				}
-				return
-			}
-			s.flows.Add(1)
-			go func() {
-				defer s.flows.Done()
-				handle(ctx, conn)
-			}()
-		}
-	}()
+	go s.acceptLoop(ctx, ln, addr, handle)
 	return nil
 }
 
-// handleProxy serves the explicit proxy to a process outside any enforced cgroup: it has no
-// kernel-attested identity, so it gets [sidecar.interceptor] agent_id, or none (denied).
-func (s *Sidecar) handleProxy(ctx context.Context, conn net.Conn) {
-	defer conn.Close()
-	f := &flow{start: time.Now(), port: 80}
-	if id := s.cfg.Interceptor.AgentID; id != "" {
-		f.agent = Agent{ID: id}
-	} else {
-		f.agentErr = fmt.Errorf("%w: explicit proxy client (set [sidecar.interceptor] agent_id)", ErrUnknownAgent)
+func (s *Sidecar) acceptLoop(ctx context.Context, ln net.Listener, addr netip.AddrPort, handle func(context.Context, net.Conn)) {
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if !temporaryAccept(err) {
+				s.log.Error().Err(err).Str(logfields.Listen, addr.String()).Msg("accept failed: listener stopped")
+				return
+			}
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+				s.starved.Add(1)
+				s.log.Error().Err(err).Str(logfields.Listen, addr.String()).Msg("accept failed: backing off")
+			} else {
+				backoff = min(2*backoff, time.Second)
+			}
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-ctx.Done():
+				s.starved.Add(-1)
+				return
+			}
+		}
+		if backoff != 0 {
+			backoff = 0
+			s.starved.Add(-1)
+			s.log.Info().Str(logfields.Listen, addr.String()).Msg("accepting again")
+		}
+		s.flows.Add(1)
+		go func() {
+			defer s.flows.Done()
+			handle(ctx, conn)
+		}()
 	}
-	s.serveHTTP(ctx, conn, f, true)
+}
+
+// temporaryAccept reports whether an accept error is worth retrying: running out of descriptors or
+// memory, or a connection aborted before it was accepted.
+func temporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Ready is what the sidecar reports once started, for sd_notify STATUS= and the log.
@@ -275,6 +385,18 @@ func (s *Sidecar) Ready() string {
 
 // Reload re-reads policy; on error the old policy stays in force.
 func (s *Sidecar) Reload() error { return s.engine.Reload() }
+
+// Healthy reports why the sidecar cannot serve safely, or nil: an audit log that cannot be written
+// means every new flow is denied; an accept loop out of descriptors accepts nothing.
+func (s *Sidecar) Healthy() error {
+	if err := s.audit.Healthy(); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if n := s.starved.Load(); n > 0 {
+		return fmt.Errorf("%d listener(s) cannot accept: out of file descriptors", n)
+	}
+	return nil
+}
 
 // Shutdown stops accepting and waits (bounded) for flows in progress. The kernel programs stay
 // pinned: agents' connections are refused until a sidecar listens again.
@@ -360,29 +482,35 @@ func loopbacks(ipv6 bool) []netip.Addr {
 	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 }
 
-// noOrigins answers for a sidecar without kernel programs: nothing was redirected.
-type noOrigins struct{}
-
-func (noOrigins) Lookup(netip.AddrPort) (bpf.Origin, error) { return bpf.Origin{}, bpf.ErrNoOrigin }
-func (noOrigins) LookupDNS(netip.AddrPort, bpf.Proto) (bpf.Origin, error) {
-	return bpf.Origin{}, bpf.ErrNoOrigin
+// originTable answers origin lookups from the attached programs, or — before they are attached, or
+// without them — with no record, so that every flow is refused.
+type originTable struct {
+	mu    sync.RWMutex
+	progs *bpf.Programs
 }
 
-// Healthy reports why the sidecar cannot serve safely, or nil: an audit log that cannot be written
-// means every new flow is denied.
-func (s *Sidecar) Healthy() error {
-	if err := s.audit.Healthy(); err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	return nil
+func (t *originTable) set(p *bpf.Programs) {
+	t.mu.Lock()
+	t.progs = p
+	t.mu.Unlock()
 }
 
-func (s *Sidecar) closeRegistrations() error {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-	for cg, closeFn := range s.regClose {
-		closeFn()
-		delete(s.regClose, cg)
+func (t *originTable) Lookup(peer netip.AddrPort) (bpf.Origin, error) {
+	t.mu.RLock()
+	p := t.progs
+	t.mu.RUnlock()
+	if p == nil {
+		return bpf.Origin{}, bpf.ErrNoOrigin
 	}
-	return nil
+	return p.Lookup(peer)
+}
+
+func (t *originTable) LookupDNS(peer netip.AddrPort, proto bpf.Proto) (bpf.Origin, error) {
+	t.mu.RLock()
+	p := t.progs
+	t.mu.RUnlock()
+	if p == nil {
+		return bpf.Origin{}, bpf.ErrNoOrigin
+	}
+	return p.LookupDNS(peer, proto)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,31 +16,43 @@ import (
 
 const auditUsage = `usage:
   firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]
-  firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]`
+      Check the hash chain (and, with --pubkey, every signature) of the audit log: exit 0 when every
+      line checks out, 1 naming the first altered, dropped or reordered line.
+  firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]
+      Print records, human-readable unless --json; --follow keeps printing across rotations.
+  firma audit keygen [--out audit.key | -c firma.toml]
+      Create the ECDSA P-256 signing key (0600; refuses to overwrite) and its public key (.pub),
+      and print the public key. Without --out: [sidecar.audit] signing_key_path.
+Without FILE or -c, the log is [sidecar.audit] file_path of $` + configEnv + `, else ` + "/etc/firma/firma.toml" + `.`
 
-// auditCmd is `firma audit verify|tail`.
+// auditSubcommands are the subcommands of `firma audit`.
+var auditSubcommands = map[string]func([]string, io.Writer, io.Writer) error{
+	"verify": auditVerifyCmd,
+	"tail":   auditTailCmd,
+	"keygen": auditKeygenCmd,
+}
+
+// auditCmd is `firma audit verify|tail|keygen`.
 func auditCmd(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, auditUsage, map[string]func([]string, io.Writer, io.Writer) error{
-		"verify": auditVerifyCmd,
-		"tail":   auditTailCmd,
-	})
+	return subcommands(args, stdout, stderr, auditUsage, auditSubcommands)
 }
 
 // auditVerifyCmd exits 0 when every line checks out, 1 naming the first bad line otherwise.
 func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("audit verify", "usage: firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]\n\n"+
+		"Checks the hash chain of the audit files (the live file and its rotations, oldest first) and, with\n"+
+		"--pubkey, every signature. Exit 0 when every line checks out, 1 naming the first bad line.")
 	pubPath := fs.String("pubkey", "", "PEM public key (openssl pkey -pubout); without it only the chain is checked")
-	cfgPath := fs.String("c", "", "firma.toml: verify every file of [sidecar.audit] file_path")
-	files, err := parseInterleaved(fs, args)
+	cfgPath := configFlag(fs)
+	files, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	if *cfgPath != "" {
-		if len(files) > 0 {
-			return fmt.Errorf("%w: give -c or files, not both", errUsage)
-		}
-		live, err := auditLivePath(*cfgPath)
+	if *cfgPath != "" && len(files) > 0 {
+		return fmt.Errorf("%w: give -c or files, not both", errUsage)
+	}
+	if len(files) == 0 {
+		live, err := auditLivePath(configPath(*cfgPath))
 		if err != nil {
 			return err
 		}
@@ -100,9 +111,10 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 // auditTailCmd prints records, human-readable unless --json, and with --follow keeps printing them
 // across rotations until interrupted.
 func auditTailCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "", "firma.toml: tail [sidecar.audit] file_path")
+	fs := newFlagSet("audit tail", "usage: firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]\n\n"+
+		"Prints audit records, human-readable unless --json; with --follow keeps printing them across\n"+
+		"rotations until interrupted.")
+	cfgPath := configFlag(fs)
 	follow := fs.Bool("follow", false, "keep printing new records, across rotations")
 	fs.BoolVar(follow, "f", false, "short for --follow")
 	deny := fs.Bool("deny", false, "only DENY decisions")
@@ -110,25 +122,18 @@ func auditTailCmd(args []string, stdout, stderr io.Writer) error {
 	since := fs.String("since", "", "only records from this long ago (15m, 2h) or since this RFC 3339 time")
 	last := fs.Int("n", 10, "how many of the newest records to print first (0 = all); ignored with --since")
 	asJSON := fs.Bool("json", false, "print the records as written (JSON lines)")
-	rest, err := parseInterleaved(fs, args)
+	rest, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	var live string
 	switch {
-	case *cfgPath != "" && len(rest) == 0:
-		if live, err = auditLivePath(*cfgPath); err != nil {
+	case len(rest) == 0:
+		if live, err = auditLivePath(configPath(*cfgPath)); err != nil {
 			return err
 		}
 	case *cfgPath == "" && len(rest) == 1:
 		live = rest[0]
-	case *cfgPath == "" && len(rest) == 0:
-		if _, err := os.Stat("firma.toml"); err != nil {
-			return fmt.Errorf("%w: give -c firma.toml or the audit FILE\n%s", errUsage, auditUsage)
-		}
-		if live, err = auditLivePath("firma.toml"); err != nil {
-			return err
-		}
 	default:
 		return fmt.Errorf("%w: give -c firma.toml or one audit FILE\n%s", errUsage, auditUsage)
 	}
@@ -184,4 +189,46 @@ func auditLivePath(path string) (string, error) {
 		return "", fmt.Errorf("%s: sidecar.audit.file_path is not set", path)
 	}
 	return filepath.Clean(cfg.Sidecar.Audit.FilePath), nil
+}
+
+// auditKeygenCmd creates the audit signing key and prints its public key.
+func auditKeygenCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("audit keygen", "usage: firma audit keygen [--out audit.key | -c firma.toml]\n\n"+
+		"Creates an ECDSA P-256 signing key for [sidecar.audit] signing_key_path: the private key as\n"+
+		"PKCS #8 PEM (0600, its directory created 0700 if missing) and the public key next to it (.pub,\n"+
+		"0644), written atomically; an existing file is never overwritten. Prints the public key, which\n"+
+		"is what `firma audit verify --pubkey` and `openssl dgst -verify` take.")
+	out := fs.String("out", "", "private key file to create (default: [sidecar.audit] signing_key_path of -c)")
+	fs.StringVar(out, "o", "", "same as --out")
+	cfgPath := configFlag(fs)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	if *out != "" && *cfgPath != "" {
+		return fmt.Errorf("%w: give --out or -c, not both", errUsage)
+	}
+	path := *out
+	if path == "" {
+		cfg, err := loadConfig(configPath(*cfgPath))
+		if err != nil {
+			return fmt.Errorf("%w (or give --out FILE)", err)
+		}
+		if path = cfg.Sidecar.Audit.SigningKeyPath; path == "" {
+			return fmt.Errorf("%s: sidecar.audit.signing_key_path is not set (or give --out FILE)", cfg.path)
+		}
+	}
+	pub, err := audit.GenerateSigningKey(path)
+	if err != nil {
+		return err
+	}
+	pubPEM, err := audit.MarshalPublicKey(pub)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %s (0600) and %s; key id %s\n", path, audit.PublicKeyPath(path), audit.KeyID(pub))
+	_, err = stdout.Write(pubPEM)
+	return err
 }

@@ -89,8 +89,15 @@ func TestAuditVerifyCommand(t *testing.T) {
 		t.Fatalf("tampered: exit %d\n%s", code, out.String())
 	}
 
-	if code := run([]string{"audit", "verify"}, &out, &errb); code != 2 {
-		t.Fatalf("no files: exit %d", code)
+	// No files and no -c: the default config's log; here there is no default config.
+	errb.Reset()
+	if code := run([]string{"audit", "verify"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), systemConfigPath) {
+		t.Fatalf("no files: exit %d, %s", code, errb.String())
+	}
+	t.Setenv(configEnv, cfg)
+	out.Reset()
+	if code := run([]string{"audit", "verify", "--pubkey", pub}, &out, &errb); code != 1 || !strings.Contains(out.String(), "FAIL "+live+":2") {
+		t.Fatalf("no files, $%s set: exit %d\n%s", configEnv, code, out.String())
 	}
 	if code := run([]string{"audit", "verify", "--bogus", live}, &out, &errb); code != 2 {
 		t.Fatalf("bad flag: exit %d", code)
@@ -130,5 +137,53 @@ func TestAuditParseSince(t *testing.T) {
 	}
 	if _, err := auditParseSince("-5m", now); err == nil {
 		t.Fatal("negative accepted")
+	}
+}
+
+// TestAuditKeygenCommand: keygen writes a 0600 key and its .pub, prints the public key, refuses to
+// overwrite, and with -c writes [sidecar.audit] signing_key_path (relative to the config file).
+func TestAuditKeygenCommand(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "keys", "audit.key")
+	var out, errb bytes.Buffer
+	if code := run([]string{"audit", "keygen", "--out", key}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil || out.String() != string(pub) || !strings.HasPrefix(out.String(), "-----BEGIN PUBLIC KEY-----") {
+		t.Fatalf("stdout %q, .pub %q (%v)", out.String(), pub, err)
+	}
+	if fi, _ := os.Stat(key); fi == nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v", fi)
+	}
+	if _, err := audit.LoadSigningKey(key); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errb.String(), "wrote "+key) {
+		t.Errorf("stderr %q", errb.String())
+	}
+	before, _ := os.ReadFile(key)
+	errb.Reset()
+	if code := run([]string{"audit", "keygen", "--out", key}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "already exists") {
+		t.Errorf("second keygen: exit %d, %s", code, errb.String())
+	}
+	if after, _ := os.ReadFile(key); !bytes.Equal(before, after) {
+		t.Error("the key was overwritten")
+	}
+
+	cfg := filepath.Join(dir, "firma.toml")
+	os.WriteFile(cfg, []byte("[sidecar.audit]\nsigning_key_path = \"signing/audit.key\"\n"), 0o600)
+	t.Chdir(t.TempDir())
+	out.Reset()
+	if code := run([]string{"audit", "keygen", "-c", cfg}, &out, &errb); code != 0 {
+		t.Fatalf("keygen -c: exit %d: %s", code, errb.String())
+	}
+	if _, err := audit.LoadSigningKey(filepath.Join(dir, "signing", "audit.key")); err != nil {
+		t.Errorf("keygen -c did not write signing_key_path next to the config: %v", err)
+	}
+	os.WriteFile(cfg, []byte("[sidecar.audit]\n"), 0o600)
+	errb.Reset()
+	if code := run([]string{"audit", "keygen", "-c", cfg}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "signing_key_path is not set") {
+		t.Errorf("keygen -c without signing_key_path: exit %d, %s", code, errb.String())
 	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,57 +10,64 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/openfirma/firma/authority"
-	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
 
 const authorityUsage = `usage:
   firma authority generate-key -o FILE
-  firma authority -c firma.toml [serve]
-  firma authority -c firma.toml issue --agent-id ID --session-id ID --action CLASS [--action CLASS…]
+  firma authority [-c firma.toml] [--log-format text|json] [serve]
+  firma authority [-c firma.toml] issue --agent-id ID --session-id ID --action CLASS [--action CLASS…]
         --resource-scope GLOB --ttl-seconds N [--output FILE]
-  firma authority -c firma.toml revoke TOKEN_ID [--reason TEXT]`
+  firma authority [-c firma.toml] revoke TOKEN_ID [--reason TEXT]
+
+Runs from the [authority] section; 'firma authority SUBCOMMAND --help' describes each.`
 
 // authorityCmd is `firma authority …`: key generation, issuance, revocation, and the server.
 func authorityCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authority", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, authorityUsage) }
-	var configPath string
-	fs.StringVar(&configPath, "c", "", "firma.toml")
-	fs.StringVar(&configPath, "config", "", "firma.toml")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	fs := newFlagSet("authority", authorityUsage)
+	configFlagValue := configFlag(fs)
+	logFormatFlag := fs.String("log-format", "", "serve: text or json (default [authority] log_format, else text)")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	sub, rest := "serve", fs.Args()
 	if len(rest) > 0 {
 		sub, rest = rest[0], rest[1:]
 	}
 	if sub == "generate-key" {
-		if configPath != "" {
+		if *configFlagValue != "" {
 			return fmt.Errorf("%w: generate-key takes no -c", errUsage)
 		}
 		return authorityGenerateKey(rest, stdout, stderr)
 	}
-	if configPath == "" {
-		return fmt.Errorf("%w: -c firma.toml is required\n%s", errUsage, authorityUsage)
+	if sub == "serve" {
+		sfs := newFlagSet("authority serve", "usage: firma authority [-c firma.toml] [--log-format text|json] serve\n\n"+
+			"Serves signed policy bundles and revocations on [authority] listen_addr until SIGTERM.")
+		if err := parseFlags(sfs, rest, stdout, stderr); err != nil {
+			return err
+		}
+		if sfs.NArg() > 0 {
+			return fmt.Errorf("%w: unexpected arguments %q", errUsage, sfs.Args())
+		}
 	}
-	cfg, err := loadAuthorityConfig(configPath)
+	if err := checkLogFormat("--log-format", *logFormatFlag); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	configPath := configPath(*configFlagValue)
+	if sub == "issue" || sub == "revoke" {
+		if err := helpOnly(sub, rest, stdout, stderr); err != nil {
+			return err
+		}
+	}
+	fc, err := loadAuthorityConfig(configPath)
 	if err != nil {
 		return err
 	}
+	cfg := &fc.Authority.Config
 	switch sub {
 	case "serve":
-		if len(rest) > 0 {
-			return fmt.Errorf("%w: unexpected arguments %q", errUsage, rest)
-		}
-		return authorityServe(cfg, configPath, stderr)
+		return authorityServe(cfg, configPath, logFormat(*logFormatFlag, fc.Authority.LogFormat), stderr)
 	case "issue":
 		return authorityIssue(cfg, configPath, rest, stdout, stderr)
 	case "revoke":
@@ -71,8 +76,25 @@ func authorityCmd(args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, sub, authorityUsage)
 }
 
+// helpOnly lets `firma authority issue|revoke --help` answer before a config is read: both parse
+// their flags before they use the config.
+func helpOnly(sub string, args []string, stdout, stderr io.Writer) error {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help":
+			if sub == "issue" {
+				return authorityIssue(nil, "", []string{a}, stdout, stderr)
+			}
+			return authorityRevoke(nil, "", []string{a}, stdout, stderr)
+		case "--":
+			return nil
+		}
+	}
+	return nil
+}
+
 // loadAuthorityConfig reads firma.toml and checks its [authority] section.
-func loadAuthorityConfig(path string) (*authority.Config, error) {
+func loadAuthorityConfig(path string) (*fileConfig, error) {
 	fc, err := loadConfig(path)
 	if err != nil {
 		return nil, err
@@ -80,22 +102,20 @@ func loadAuthorityConfig(path string) (*authority.Config, error) {
 	if !fc.has["authority"] {
 		return nil, fmt.Errorf("%s: no [authority] section", path)
 	}
-	if err := fc.Authority.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := fc.validateAuthority(); err != nil {
+		return nil, err
 	}
-	return &fc.Authority, nil
+	return fc, nil
 }
 
 func authorityGenerateKey(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authority generate-key", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("authority generate-key", "usage: firma authority generate-key -o FILE\n\n"+
+		"Creates the authority's Ed25519 signing key (0600) and its public key (FILE.pub), which sidecars\n"+
+		"name in [sidecar.authority] public_key_path. An existing file is never overwritten.")
 	out := fs.String("o", "", "private key file to create (the public key goes to FILE.pub)")
 	fs.StringVar(out, "output", "", "same as -o")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if *out == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: generate-key -o FILE", errUsage)
@@ -115,8 +135,9 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func authorityIssue(cfg *authority.Config, configPath string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authority issue", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("authority issue", "usage: firma authority [-c firma.toml] issue --agent-id ID --session-id ID --action CLASS [--action CLASS…]\n"+
+		"        --resource-scope GLOB --ttl-seconds N [--output FILE]\n\n"+
+		"Issues a capability if [authority] issuance_policy_dir permits it, signed with key_file.")
 	agentID := fs.String("agent-id", "", "agent the capability is for")
 	sessionID := fs.String("session-id", "", "session id (e.g. $(uuidgen))")
 	var actions listFlag
@@ -124,11 +145,8 @@ func authorityIssue(cfg *authority.Config, configPath string, args []string, std
 	scope := fs.String("resource-scope", "", "host+path glob, e.g. '*.anthropic.com*'")
 	ttl := fs.Int64("ttl-seconds", 0, "lifetime; clamped to max_ttl_seconds")
 	output := fs.String("output", "", "capability file to write (0600); default: stdout")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	var missing []string
 	for _, f := range []struct{ name, v string }{
@@ -197,19 +215,16 @@ func authorityIssue(cfg *authority.Config, configPath string, args []string, std
 }
 
 func authorityRevoke(cfg *authority.Config, configPath string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authority revoke", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("authority revoke", "usage: firma authority [-c firma.toml] revoke TOKEN_ID [--reason TEXT]\n\n"+
+		"Appends the token id to [authority] revocation_file; the authority serves it to sidecars.")
 	reason := fs.String("reason", "", "why (recorded in the revocation file)")
 	// Accept the token id before or after --reason.
 	var tokenID string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		tokenID, args = args[0], args[1:]
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if tokenID == "" && fs.NArg() == 1 {
 		tokenID = fs.Arg(0)
@@ -232,12 +247,14 @@ func authorityRevoke(cfg *authority.Config, configPath string, args []string, st
 	return nil
 }
 
-func authorityServe(cfg *authority.Config, configPath string, stderr io.Writer) error {
+func authorityServe(cfg *authority.Config, configPath, logFormat string, stderr io.Writer) error {
 	if err := cfg.RequireServe(); err != nil {
 		return fmt.Errorf("%s: %w", configPath, err)
 	}
-	level, _ := zerolog.ParseLevel(cfg.LogLevel) // Validate checked it
-	log := zerolog.New(stderr).Level(level).With().Timestamp().Str(logfields.Component, "authority").Logger()
+	log, err := newLogger(stderr, cfg.LogLevel, logFormat, "authority")
+	if err != nil {
+		return fmt.Errorf("%s: authority.log_level: %w", configPath, err)
+	}
 	key, err := authority.LoadPrivateKey(cfg.KeyFile)
 	if err != nil {
 		return fmt.Errorf("authority key: %w", err)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/daemon/l7"
 )
 
 func TestCAShow(t *testing.T) {
@@ -29,7 +29,7 @@ func TestCAShow(t *testing.T) {
 		t.Error("ca show created the CA dir")
 	}
 
-	ca, err := mitm.LoadOrCreateCA(caDir, zerolog.Nop())
+	ca, err := l7.LoadOrCreateCA(caDir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,22 +2,29 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os/signal"
 	"syscall"
 
-	"github.com/openfirma/firma/examples/demo"
+	"github.com/openfirma/firma/internal/demo"
 )
+
+const demoUsage = `usage: sudo firma demo [--keep]
+
+Shows enforcement end to end on this machine: fake upstreams on loopback addresses, a sidecar with
+the built-in default policy attached to a fresh cgroup, and unmodified curl inside it. Nothing
+leaves the machine; everything it creates is removed at the end (unless --keep). Needs root.`
 
 // demoCmd runs the embedded demo: `sudo firma demo [--keep]`.
 func demoCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("demo", demoUsage)
 	keep := fs.Bool("keep", false, "keep the work dir (config, audit log, sidecar log)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	// The demo attaches programs and makes a cgroup: it must get to its cleanup even when its
 	// output goes to a reader that quits early (firma demo | head).

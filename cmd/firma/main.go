@@ -10,6 +10,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/openfirma/firma/version"
 )
 
 // command is one subcommand: args are what follows its name on the command line.
@@ -18,19 +20,34 @@ type command struct {
 	run     func(args []string, stdout, stderr io.Writer) error
 }
 
-// errUsage marks a command-line mistake: exit 2 rather than 1.
-var errUsage = errors.New("usage")
+var (
+	// errUsage marks a command-line mistake: exit 2 rather than 1.
+	errUsage = errors.New("usage")
+	// errHelp means the command printed its help, as asked: exit 0.
+	errHelp = errors.New("help requested")
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	case "help": // firma help [COMMAND [SUBCOMMAND]] is COMMAND [SUBCOMMAND] --help
+		if len(args) == 1 {
+			usage(stdout)
+			return 0
 		}
+		args = append(args[1:], "--help")
+	case "-version", "--version":
+		fmt.Fprintln(stdout, version.String())
 		return 0
 	}
 	cmd, ok := commands[args[0]]
@@ -42,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	err := cmd.run(args[1:], stdout, stderr)
 	var code exitCode
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, errHelp):
 		return 0
 	case errors.As(err, &code):
 		return int(code)
@@ -75,10 +92,15 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %s%s  %s\n", n, strings.Repeat(" ", width-len(n)), commands[n].summary)
 	}
+	fmt.Fprintf(w, `
+Every command that reads firma.toml takes -c FILE; without it, $%s, else %s.
+Relative paths in the file are relative to the file's own directory.
+'firma COMMAND --help' describes a command; 'firma --version' prints the version and commit.
+`, configEnv, systemConfigPath)
 }
 
 // subcommands runs the subcommand args[0] names, for commands that only group others
-// (firma audit verify|tail, firma policy validate|test, firma ca show).
+// (firma audit verify|tail|keygen, firma policy validate|test, firma ca show).
 func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map[string]func([]string, io.Writer, io.Writer) error) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: missing subcommand\n%s", errUsage, usage)
@@ -87,20 +109,58 @@ func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map
 		return run(args[1:], stdout, stderr)
 	}
 	switch args[0] {
-	case "-h", "--help", "help":
+	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
-		return nil
+		return errHelp
 	}
 	return fmt.Errorf("%w: unknown subcommand %q\n%s", errUsage, args[0], usage)
 }
 
+// newFlagSet returns a flag set whose help is usage (the synopsis and what the command does)
+// followed by the flags. Parse it with parseFlags or parseInterleaved, which print that help on
+// stdout for -h/--help.
+func newFlagSet(name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintln(w, strings.TrimRight(usage, "\n"))
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(w, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+// parseFlags parses args: -h/--help prints fs's help on stdout and returns errHelp (exit 0); a bad
+// flag is an errUsage naming it (exit 2) with the help on stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	fs.SetOutput(io.Discard) // the flag package would print the help itself, to the wrong stream
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return errHelp
+	case err != nil:
+		fs.SetOutput(stderr)
+		fs.Usage()
+		fmt.Fprintln(stderr)
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	fs.SetOutput(stderr)
+	return nil
+}
+
 // parseInterleaved parses flags that may come before, between or after the positional arguments
-// ("validate dir -v"); everything after "--" is positional.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+// ("validate dir -v"); everything after "--" is positional. Help and errors are as in parseFlags.
+func parseInterleaved(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%w: %w", errUsage, err)
+		if err := parseFlags(fs, args, stdout, stderr); err != nil {
+			return nil, err
 		}
 		rest := fs.Args()
 		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" || len(rest) == 0 {

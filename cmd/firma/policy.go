@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -33,13 +32,16 @@ const policyUsage = `usage:
       Print the embedded firma.cedarschema: every action class and context attribute a policy
       may use, and the starting point of a replacement schema.`
 
+// policySubcommands are the subcommands of `firma policy`.
+var policySubcommands = map[string]func([]string, io.Writer, io.Writer) error{
+	"validate": policyValidateCmd,
+	"test":     policyTestCmd,
+	"schema":   policySchemaCmd,
+}
+
 // policyCmd is `firma policy validate|test|schema`.
 func policyCmd(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, policyUsage, map[string]func([]string, io.Writer, io.Writer) error{
-		"validate": policyValidateCmd,
-		"test":     policyTestCmd,
-		"schema":   policySchemaCmd,
-	})
+	return subcommands(args, stdout, stderr, policyUsage, policySubcommands)
 }
 
 // policyConfig reads [sidecar.policy] and [sidecar.mapping] from firma.toml.
@@ -64,17 +66,19 @@ func printProblems(w io.Writer, err error) {
 }
 
 func policyValidateCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("policy validate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "", "firma.toml: validate its [sidecar.policy] and [sidecar.mapping] files")
+	fs := newFlagSet("policy validate", policyUsage)
+	cfgPath := fs.String("c", "", "firma.toml: validate its [sidecar.policy] and [sidecar.mapping] files (default $"+configEnv+", else "+systemConfigPath+" when it exists)")
 	schemaPath := fs.String("schema", "", "schema to validate against (default: -c's, else the embedded one)")
 	verbose := fs.Bool("v", false, "list every policy and rule")
-	targets, err := parseInterleaved(fs, args)
+	targets, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	var cfg policies.Config
 	var mapping policies.MappingConfig
+	if len(targets) == 0 {
+		*cfgPath = optionalConfigPath(*cfgPath)
+	}
 	if *cfgPath != "" {
 		if cfg, mapping, err = policyConfig(*cfgPath); err != nil {
 			return err
@@ -202,15 +206,14 @@ func short(version string) string {
 }
 
 func policyTestCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("policy test", policyUsage)
 	cfgPath := fs.String("c", "", "firma.toml: test its [sidecar.policy] and [sidecar.mapping] instead of the fixtures' setup")
 	dir := fs.String("policy-dir", "", "policy directory (overrides the fixture and -c)")
 	schema := fs.String("schema", "", "schema file (overrides the fixture and -c)")
 	rules := fs.String("rules", "", "mapping rules file (overrides the fixture and -c)")
 	protected := fs.String("default-protected", "", "true or false (overrides the fixture and -c)")
 	verbose := fs.Bool("v", false, "print every case, not only failures")
-	files, err := parseInterleaved(fs, args)
+	files, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -234,7 +237,6 @@ func policyTestCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		// Relative paths in firma.toml are the daemon's, relative to where it runs; keep them.
 		fromConfig = &struct {
 			cfg     policies.Config
 			mapping policies.MappingConfig
@@ -295,9 +297,8 @@ func policyTestCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 func policySchemaCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("policy schema", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	rest, err := parseInterleaved(fs, args)
+	fs := newFlagSet("policy schema", policyUsage)
+	rest, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}

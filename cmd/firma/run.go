@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,19 +11,13 @@ import (
 	"github.com/openfirma/firma/runner"
 )
 
-// defaultConfigPath is read by `firma run` when -c is not given and the file exists: it is where
-// the packaged units keep firma.toml, so [run] settings there apply to every run on the host.
-const defaultConfigPath = "/etc/firma/firma.toml"
-
 const runUsage = `usage: firma run [flags] -- COMMAND [ARGS...]
 
 Runs COMMAND under enforcement: in a fresh cgroup below the sidecar's enforced parent from its
 first instruction, registered with the sidecar as an agent, in a mount namespace that trusts
 firma's CA and hides firma's own files, without dangerous capabilities and with no_new_privs.
 No proxy variable is set. The exit status is COMMAND's (128+n if signal n killed it).
-
-flags:
-`
+[run] settings come from -c, else $` + configEnv + `, else /etc/firma/firma.toml when it exists.`
 
 // runCmd is `firma run`. It needs root; the agent runs as root (with reduced capabilities) unless
 // --user names another user.
@@ -41,14 +33,9 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 			return runner.Hold()
 		}
 	}
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, runUsage)
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("run", runUsage)
 	var opts runner.Options
-	configPath := fs.String("c", "", "firma.toml to read [run] from (default "+defaultConfigPath+" when it exists)")
+	configPath := configFlag(fs)
 	fs.StringVar(&opts.Profile, "profile", "", "profile: generic, codex, claude-code, or one from [run.profiles] (default [run] profile, else generic)")
 	fs.StringVar(&opts.AgentID, "agent-id", "", "agent id (default: the capability's agent_id, else the profile's)")
 	fs.StringVar(&opts.CapabilityFile, "capability-file", "", "capability TOML from `firma authority issue --output`")
@@ -56,11 +43,8 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.Cgroup, "cgroup", "", "parent cgroup for the agent, relative to the cgroup2 mount; must be at or below the sidecar's enforced parent")
 	fs.StringVar(&opts.User, "user", "", "run the agent as this user (name, uid or uid:gid)")
 	logLevel := fs.String("log-level", "warn", "firma run's own log level (debug, info, warn, error)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	opts.Command = fs.Args()
 	if len(opts.Command) == 0 {
@@ -71,16 +55,13 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
 	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).Level(level).With().
-		Timestamp().Str("component", "run").Logger()
+	log, err := newLogger(stderr, level.String(), "text", "run")
+	if err != nil {
+		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
+	}
 
 	cfg := runner.DefaultConfig()
-	path := *configPath
-	if path == "" {
-		if _, err := os.Stat(defaultConfigPath); err == nil {
-			path = defaultConfigPath
-		}
-	}
+	path := optionalConfigPath(*configPath)
 	if path != "" {
 		fc, err := loadConfig(path)
 		if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,20 +13,31 @@ import (
 	"github.com/openfirma/firma/daemon"
 )
 
+const sidecarUsage = `usage: firma sidecar [-c firma.toml] [--log-format text|json]
+       firma sidecar [-c firma.toml] --cleanup
+
+Runs the sidecar of [sidecar]: attaches the kernel programs to the enforced cgroup, then serves the
+transparent listener, the DNS resolver, the explicit proxy and the control socket until SIGTERM or
+SIGINT. SIGHUP reloads policy. The programs stay pinned when it exits, so agents' connections are
+refused, never let through, until a sidecar is back; --cleanup detaches them and ends enforcement.
+Logs go to stderr.`
+
 // sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`.
 func sidecarCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("c", "firma.toml", "config file")
+	fs := newFlagSet("sidecar", sidecarUsage)
+	path := configFlag(fs)
 	cleanup := fs.Bool("cleanup", false, "detach and unpin the kernel programs, then exit (ends enforcement)")
-	logFormat := fs.String("log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	logFormatFlag := fs.String("log-format", "", "text or json (default [sidecar] log_format, else text)")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	cfg, err := loadConfig(*path)
+	if err := checkLogFormat("--log-format", *logFormatFlag); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	cfg, err := loadConfig(configPath(*path))
 	if err != nil {
 		return err
 	}
@@ -48,7 +58,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "detached and unpinned %s\n", cfg.Sidecar.Transparent.PinDir)
 		return nil
 	}
-	log, err := newLogger(stderr, cfg.Sidecar.LogLevel, *logFormat, "sidecar")
+	log, err := newLogger(stderr, cfg.Sidecar.LogLevel, logFormat(*logFormatFlag, cfg.Sidecar.LogFormat), "sidecar")
 	if err != nil {
 		return fmt.Errorf("%s: sidecar.log_level: %w", cfg.path, err)
 	}
@@ -67,7 +77,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}()
-	err = daemon.Run(ctx, cfg.Sidecar, log, daemon.RunOptions{Reload: reload, Notifier: daemon.NewNotifier(log)})
+	err = daemon.Run(ctx, cfg.Sidecar.Config, log, daemon.RunOptions{Reload: reload, Notifier: daemon.NewNotifier(log)})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

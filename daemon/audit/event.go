@@ -81,11 +81,13 @@ type Decision struct {
 
 // Result is what happened after the decision: on a completion record, or on an ABORT decision.
 type Result struct {
-	BytesUp        int64  `json:"bytes_up"`
-	BytesDown      int64  `json:"bytes_down"`
-	DurationMS     int64  `json:"duration_ms"`
-	UpstreamStatus int    `json:"upstream_status,omitempty"`
-	Error          string `json:"error,omitempty"`
+	BytesUp        int64 `json:"bytes_up"`
+	BytesDown      int64 `json:"bytes_down"`
+	DurationMS     int64 `json:"duration_ms"`
+	UpstreamStatus int   `json:"upstream_status,omitempty"`
+	// Injected names the credential headers the sidecar set on the request (never their values).
+	Injected []string `json:"injected,omitempty"`
+	Error    string   `json:"error,omitempty"`
 }
 
 // LogRecord is the body of a KindLog record: what happened to the log itself.

@@ -7,14 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -40,7 +43,7 @@ type Server struct {
 
 // NewServer returns a server that hands requests to reg.
 func NewServer(reg Registry, log zerolog.Logger) *Server {
-	return &Server{reg: reg, log: log.With().Str(logfields.Component, "control").Logger(), peerCgroup: procCgroup}
+	return &Server{reg: reg, log: log.With().Str(logfields.Component, "control").Logger(), peerCgroup: cgroup.OfProcess}
 }
 
 // Serve listens on path and serves until ctx ends; see Listen and (*Server).Serve.
@@ -52,19 +55,20 @@ func Serve(ctx context.Context, path string, reg Registry, log zerolog.Logger) e
 	return NewServer(reg, log).Serve(ctx, ln)
 }
 
-// Listen creates the control socket at path: the directory is created 0700 (an existing one is
-// tightened to 0700), a stale socket left by a dead sidecar is removed, a live one is ErrSocketInUse,
-// and the socket is made 0600. Closing the listener removes the socket file.
+// Listen creates the control socket at path: a missing directory is created 0700, an existing one
+// is used as it is if CheckSocketDir finds it safe (its mode is never changed: the directory may be
+// /tmp), a stale socket left by a dead sidecar is removed, a live one is ErrSocketInUse, and the
+// socket is made 0600. Closing the listener removes the socket file.
 func Listen(path string) (*net.UnixListener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("control socket %q is not an absolute path", path)
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating control socket dir %s: %w", dir, err)
+	if err := makeSocketDir(dir); err != nil {
+		return nil, err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("control socket dir %s: %w", dir, err)
+	if err := CheckSocketDir(dir); err != nil {
+		return nil, err
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err
@@ -79,6 +83,70 @@ func Listen(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// ErrUnsafeSocketDir means another user could replace the control socket, or the directory above
+// it, and so pose as the sidecar to `firma run`.
+var ErrUnsafeSocketDir = errors.New("unsafe control socket directory")
+
+// makeSocketDir creates dir 0700 (its missing parents 0755) when it does not exist. It changes the
+// mode of nothing it did not create.
+func makeSocketDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("control socket dir %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("creating control socket dir %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); errors.Is(err, fs.ErrExist) {
+		return nil // created meanwhile by someone else: CheckSocketDir judges it
+	} else if err != nil {
+		return fmt.Errorf("creating control socket dir %s: %w", dir, err)
+	}
+	// Ours: undo whatever the umask took away.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("control socket dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// CheckSocketDir reports (ErrUnsafeSocketDir) whether a user other than root and this process's
+// could replace a socket in dir: dir and every directory above it (symbolic links resolved) must
+// be owned by root or by this process's user, and writable by nobody else unless the sticky bit
+// is set — /tmp (1777, root) is safe for a root-owned socket, a 0777 or 0775 directory is not,
+// nor is one that another user owns or could rename.
+func CheckSocketDir(dir string) error {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fmt.Errorf("control socket dir %s: %w", dir, err)
+	}
+	name := dir
+	if real != filepath.Clean(dir) {
+		name = fmt.Sprintf("%s (%s)", dir, real)
+	}
+	uid := uint32(os.Geteuid())
+	for p := real; ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return fmt.Errorf("control socket dir %s: %w", name, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("control socket dir %s: %s is not a directory", name, p)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && st.Uid != uid {
+			return fmt.Errorf("control socket dir %s: %w: %s is owned by uid %d, who could replace the socket (use a root-owned directory such as %s)",
+				name, ErrUnsafeSocketDir, p, st.Uid, filepath.Dir(DefaultSocket))
+		}
+		if perm := fi.Mode(); perm&0o022 != 0 && perm&fs.ModeSticky == 0 {
+			return fmt.Errorf("control socket dir %s: %w: %s is writable by group or others without the sticky bit (mode %04o), so they could replace the socket (use a root-owned directory such as %s)",
+				name, ErrUnsafeSocketDir, p, perm.Perm(), filepath.Dir(DefaultSocket))
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }
 
 // removeStale deletes a socket file nobody answers on; it refuses to touch anything else.
@@ -222,7 +290,7 @@ func (s *Server) handle(ctx context.Context, log zerolog.Logger, req request) re
 		log.Info().Int("runner_pid", r.PID).Msg("agent cgroup registered")
 		return response{OK: true}
 	case opUnregister:
-		cg, err := CleanCgroup(req.Cgroup)
+		cg, err := cgroup.Clean(req.Cgroup)
 		if err != nil {
 			return response{Error: "unregister: " + err.Error()}
 		}
@@ -262,7 +330,7 @@ func (s *Server) allowed(p peer) error {
 	if enforced == "" {
 		return nil
 	}
-	enforced, err := CleanCgroup(enforced)
+	enforced, err := cgroup.Clean(enforced)
 	if err != nil {
 		return fmt.Errorf("%w: the sidecar's enforced cgroup: %v", ErrPermission, err)
 	}
@@ -270,7 +338,7 @@ func (s *Server) allowed(p peer) error {
 	if err != nil {
 		return fmt.Errorf("%w: cgroup of peer pid %d: %v", ErrPermission, p.PID, err)
 	}
-	if cg == enforced || Under(cg, enforced) {
+	if cg == enforced || cgroup.Under(cg, enforced) {
 		return fmt.Errorf("%w: peer pid %d is inside the enforced cgroup %s", ErrPermission, p.PID, enforced)
 	}
 	return nil

@@ -26,15 +26,16 @@ func AuditKey(tb testing.TB) (key, pub string) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		tb.Fatal(err)
 	}
+	openssl := testutil.RequireTool(tb, "openssl")
 	key, pub = filepath.Join(dir, "audit.key"), filepath.Join(dir, "audit.pub")
-	gen := exec.Command("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+	gen := exec.Command(openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
 	if out, err := gen.CombinedOutput(); err != nil {
 		tb.Fatalf("openssl genpkey: %v\n%s", err, out)
 	}
 	if err := os.Chmod(key, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	if out, err := exec.Command("openssl", "pkey", "-in", key, "-pubout", "-out", pub).CombinedOutput(); err != nil {
+	if out, err := exec.Command(openssl, "pkey", "-in", key, "-pubout", "-out", pub).CombinedOutput(); err != nil {
 		tb.Fatalf("openssl pkey -pubout: %v\n%s", err, out)
 	}
 	return key, pub

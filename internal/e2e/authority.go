@@ -126,7 +126,7 @@ func (a *Authority) SidecarTOML(cacheDir string) string {
 // Start runs `firma authority -c` and waits for "authority ready".
 func (a *Authority) Start(tb testing.TB) {
 	tb.Helper()
-	p := StartProcess(tb, a.Dir, testutil.CleanEnv(), `"authority ready"`, 15*time.Second, a.Bin, "authority", "-c", a.ConfigPath)
+	p := StartProcess(tb, a.Dir, testutil.CleanEnv(), "authority ready", 15*time.Second, a.Bin, "authority", "-c", a.ConfigPath)
 	a.mu.Lock()
 	a.proc = p
 	a.mu.Unlock()

@@ -2,18 +2,14 @@ package testutil
 
 import (
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
-	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/openfirma/firma/internal/fake"
 )
 
 // LoopbackAddr returns a random address in 127.0.0.0/8 (never 127.0.0.1) so that tests running in
@@ -29,99 +25,34 @@ func LoopbackAddr(tb testing.TB) netip.Addr {
 }
 
 // SeenRequest is what a fake upstream recorded of one HTTP request.
-type SeenRequest struct {
-	Method string
-	Host   string
-	Path   string
-	Proto  string
-	Header http.Header
-	Body   []byte
-	TLS    *tls.ConnectionState
-}
+type SeenRequest = fake.SeenRequest
 
-// Upstream is a fake server that counts connections and records requests. It answers every HTTP
-// request with "hello from <Name> <path>".
-type Upstream struct {
-	Name string
-	Addr netip.AddrPort
+// Upstream is a fake server that counts connections and records requests (fake.Upstream).
+type Upstream = fake.Upstream
 
-	ln       net.Listener
-	srv      *http.Server
-	conns    atomic.Int64
-	mu       sync.Mutex
-	requests []SeenRequest
-	// Handler, when set before traffic arrives, replaces the default answer (the request is still recorded).
-	Handler http.Handler
-}
-
-// NewHTTPSUpstream serves HTTPS (h2 and http/1.1) on addr with a leaf from ca for names.
+// NewHTTPSUpstream serves HTTPS (h2 and http/1.1) on addr with a leaf from ca for names, until the
+// test ends.
 func NewHTTPSUpstream(tb testing.TB, name string, addr netip.AddrPort, ca *CA, names ...string) *Upstream {
 	tb.Helper()
-	cert := ca.Leaf(tb, names...)
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-	return startUpstream(tb, name, addr, cfg)
+	u, err := fake.NewHTTPS(name, addr, ca.CA, names...)
+	return started(tb, u, err)
 }
 
-// NewHTTPUpstream serves plain HTTP/1.1 on addr.
+// NewHTTPUpstream serves plain HTTP/1.1 on addr until the test ends.
 func NewHTTPUpstream(tb testing.TB, name string, addr netip.AddrPort) *Upstream {
 	tb.Helper()
-	return startUpstream(tb, name, addr, nil)
+	u, err := fake.NewHTTP(name, addr)
+	return started(tb, u, err)
 }
 
-func startUpstream(tb testing.TB, name string, addr netip.AddrPort, cfg *tls.Config) *Upstream {
+func started(tb testing.TB, u *Upstream, err error) *Upstream {
 	tb.Helper()
-	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
-		tb.Fatalf("fake upstream %s: %v", name, err)
+		tb.Fatal(err)
 	}
-	u := &Upstream{Name: name, Addr: netip.MustParseAddrPort(ln.Addr().String()), ln: ln}
-	u.srv = &http.Server{
-		Handler:           http.HandlerFunc(u.serve),
-		ReadHeaderTimeout: 10 * time.Second,
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				u.conns.Add(1)
-			}
-		},
-	}
-	if cfg != nil {
-		u.srv.TLSConfig = cfg
-		go u.srv.ServeTLS(ln, "", "")
-	} else {
-		go u.srv.Serve(ln)
-	}
-	tb.Cleanup(func() { u.srv.Close() })
+	tb.Cleanup(func() { u.Close() })
 	return u
 }
-
-func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	u.mu.Lock()
-	u.requests = append(u.requests, SeenRequest{
-		Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Proto: r.Proto,
-		Header: r.Header.Clone(), Body: body, TLS: r.TLS,
-	})
-	u.mu.Unlock()
-	if u.Handler != nil {
-		u.Handler.ServeHTTP(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	fmt.Fprintf(w, "hello from %s %s\n", u.Name, r.URL.Path)
-}
-
-// Conns is how many connections reached the upstream.
-func (u *Upstream) Conns() int64 { return u.conns.Load() }
-
-// Requests returns a copy of what the upstream has seen.
-func (u *Upstream) Requests() []SeenRequest {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]SeenRequest(nil), u.requests...)
-}
-
-// Port is the upstream's port as a string, for URLs.
-func (u *Upstream) Port() string { return strconv.Itoa(int(u.Addr.Port())) }
 
 // TCPCounter is a raw TCP listener that counts connections and echoes what it reads, for tests of
 // non-HTTP traffic and of "nothing reached the upstream".

@@ -20,7 +20,8 @@ import (
 	"github.com/openfirma/firma/internal/testutil"
 )
 
-// The guide's own commands, verbatim (Steps 2 to 6). The heredocs are the guide's.
+// The guide's own commands, verbatim (Steps 2 to 6). The heredocs are the guide's, with the paths
+// in firma.toml relative to the file's directory (.local/), as firma reads them.
 const guideSteps = `set -e
 examples/firma-run/local/setup.sh
 cp examples/firma-run/local/assets/firma.local.claude.example.toml \
@@ -33,10 +34,10 @@ firma authority generate-key -o .local/firma-authority.key
 cat >> .local/firma.toml <<EOF
 [authority]
 listen_addr = "[::1]:50051"
-policy_dir = "examples/policies"
-issuance_policy_dir = ".local/issuance"
-revocation_file = ".local/revocations.txt"
-key_file = ".local/firma-authority.key"
+policy_dir = "../examples/policies"
+issuance_policy_dir = "issuance"
+revocation_file = "revocations.txt"
+key_file = "firma-authority.key"
 max_ttl_seconds = 28800
 bundle_ttl_seconds = 60
 log_level = "info"
@@ -80,9 +81,7 @@ const apiKey = "sk-ant-guide-0123456789"
 // at its default (/run/firma/control.sock), because the guide's `firma run` names none.
 func TestGuideSecureACodingAgent(t *testing.T) {
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("uuidgen"); err != nil {
-		t.Fatal("the guide uses uuidgen (Debian package uuid-runtime); .ci/run installs it")
-	}
+	testutil.RequireTool(t, "uuidgen") // the guide's session ids (Debian: uuid-runtime; make deps installs it)
 	repo := scratchRepo(t)
 	bin := filepath.Dir(e2e.Binary(t, "firma"))
 	env := append(testutil.CleanEnv(), "PATH="+bin+":"+os.Getenv("PATH"))
@@ -133,7 +132,7 @@ resolve = { "api.anthropic.com" = %q, "paste.rs" = %q }
 	t.Cleanup(func() { authority.Stop(t, 10*time.Second) })
 	sidecar := e2e.StartProcess(t, repo, append(env, "ANTHROPIC_API_KEY="+apiKey), "sidecar ready", 30*time.Second, firma, "sidecar", "-c", ".local/firma.toml")
 	t.Cleanup(func() { sidecar.Stop(t, 10*time.Second) })
-	for _, line := range []string{"bootstrapping CA at .local/firma-ca", "wrote firma-ca.crt and firma-ca.key", "sidecar ready"} {
+	for _, line := range []string{"bootstrapping CA at " + filepath.Join(repo, ".local/firma-ca"), "wrote firma-ca.crt and firma-ca.key", "sidecar ready"} {
 		if !strings.Contains(sidecar.Logs(), line) {
 			t.Errorf("sidecar log lacks the guide's line %q:\n%s", line, sidecar.Logs())
 		}

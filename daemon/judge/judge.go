@@ -1,0 +1,375 @@
+// Package judge is the sidecar's one place of decision. Every front end — the transparent TCP/TLS
+// path, plain HTTP, the explicit proxy, the HTTPS MITM engine and the DNS resolver — describes who
+// is asking (a Flow: what the kernel attested) and what they ask for (an Intent), and gets a Verdict.
+// Decide writes the decision's audit record before it returns, so nothing reaches an upstream unless
+// a record of the decision is on disk first; Complete writes the record that closes an allowed flow.
+//
+// The sidecar's own refusals (an unknown agent, an unparsable ClientHello, a stale policy bundle, a
+// refused upstream address, domain fronting…) are decisions too, with their reasons listed here.
+//
+// The judge does no I/O but through the policy engine and the audit recorder it is given.
+package judge
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/logfields"
+	"github.com/openfirma/firma/policies"
+)
+
+// Mode is how a flow is carried, as the audit record's transport.mode names it.
+type Mode string
+
+const (
+	ModeConnect Mode = "connect" // TLS tunnelled by SNI without termination
+	ModeMITM    Mode = "mitm"    // TLS terminated, every request judged
+	ModeHTTP    Mode = "http"    // plain HTTP, every request judged
+	ModeTCP     Mode = "tcp"     // other TCP, judged by DNS-learned name or address
+	ModeDNS     Mode = "dns"     // one DNS query, judged by name
+)
+
+// Reasons for the sidecar's own refusals. The policy layer gives every other reason.
+const (
+	ReasonUnknownAgent  = "unknown agent"
+	ReasonAuditFailed   = "audit log unavailable"
+	ReasonBadHello      = "unparsable TLS ClientHello"
+	ReasonNoHost        = "no host to judge"
+	ReasonFronting      = "host does not match the TLS server name"
+	ReasonConnectInMITM = "CONNECT inside an intercepted connection"
+	ReasonHandshake     = "mitm handshake failed"
+	ReasonFallback      = "mitm fallback"
+)
+
+// ErrNoIdentity is a flow's Unknown for an explicit-proxy client outside every enforced cgroup when
+// no identity is configured for such clients: its denial names the key that gives them one.
+var ErrNoIdentity = errors.New("explicit proxy client outside every enforced cgroup (set [sidecar.interceptor] agent_id)")
+
+// Error classes of a completion record's result.error: what ended an allowed flow early.
+const (
+	ErrorNetwork        = "connector_network_error"     // resolving, a refused address, dialing, upstream TLS, reset
+	ErrorCredentials    = "credential injection failed" // nothing was sent upstream
+	ErrorClientCanceled = "client_canceled"             // the agent went away first
+)
+
+// Flow is what the kernel attested about the connection a decision is made in: who is asking.
+type Flow struct {
+	AgentID    string
+	SessionID  string
+	Capability policies.Capability // the agent's Stage 1 check; nil when capabilities are not enforced
+	// Unknown is why no agent covers the flow's cgroup; when set, every decision is a DENY.
+	Unknown error
+
+	Cgroup string // relative to the cgroup2 mount
+	PID    uint32 // the process that connected (thread group id)
+	UID    uint32
+	Comm   string
+	Exe    string
+	// OrigDst is where the agent asked to go: recorded, never dialed. Invalid when the flow was not
+	// redirected by the kernel (an explicit-proxy client outside every enforced cgroup).
+	OrigDst netip.AddrPort
+	Start   time.Time
+}
+
+// Intent is one thing to judge in a flow.
+type Intent struct {
+	Method    string // policies.MethodConnect, policies.MethodDNS, or an HTTP method
+	Host      string // name or address, without port
+	Port      int
+	Path      string // HTTP path and query
+	Transport string // policies raw_transport: http | https | tls | tcp | dns
+	Mode      Mode
+	SNI       string
+	QType     string // DNS query type, recorded as the DNS record's resource.method
+	Note      string // prefixed to the reason of a non-DENY decision (a fallback, say)
+	// Refuse makes the sidecar refuse by itself, with this reason, without asking the policy.
+	Refuse string
+}
+
+// Verdict is a decision and the audit record that carries it.
+type Verdict struct {
+	policies.Decision
+	record *audit.Event
+}
+
+// Allowed reports whether the flow may proceed.
+func (v Verdict) Allowed() bool {
+	return v.Outcome == policies.Allow || v.Outcome == policies.Passthrough
+}
+
+// RecordID is the id of the decision's audit record ("" when none was written).
+func (v Verdict) RecordID() string {
+	if v.record == nil {
+		return ""
+	}
+	return v.record.ID
+}
+
+// Result is how an allowed flow or request ended.
+type Result struct {
+	BytesUp        int64 // agent → upstream
+	BytesDown      int64 // upstream → agent
+	Duration       time.Duration
+	UpstreamStatus int            // HTTP status the upstream answered; 0 when none
+	Dialed         netip.AddrPort // the upstream address used
+	Injected       []string       // names (never values) of the credential headers the sidecar set
+	// ErrClass is "" on success, else one of the Error* classes; Err is the detail behind it.
+	ErrClass string
+	Err      error
+}
+
+// Failed is the Result of a flow that ended with err before or while reaching its upstream.
+func Failed(class string, err error, start time.Time) Result {
+	return Result{ErrClass: class, Err: err, Duration: time.Since(start)}
+}
+
+// Decider is what front ends need of the judge.
+type Decider interface {
+	Decide(ctx context.Context, f *Flow, in Intent) Verdict
+	Complete(v Verdict, r Result)
+}
+
+// Engine is the policy pipeline (mapping rules, Stage 1, Stage 2); *policies.Engine implements it.
+type Engine interface {
+	Decide(ctx context.Context, r policies.Request) (policies.Decision, error)
+}
+
+// Recorder appends audit records; *audit.Writer implements it.
+type Recorder interface {
+	Append(ev *audit.Event) error
+}
+
+// Options configure a Judge.
+type Options struct {
+	Engine Engine
+	Audit  Recorder
+	// Stale reports why decisions must be refused while the authority's bundle is out of date, or
+	// nil. nil Stale: never stale.
+	Stale func() error
+	Log   zerolog.Logger
+}
+
+// Judge decides and records. It is safe for concurrent use.
+type Judge struct {
+	engine Engine
+	audit  Recorder
+	stale  func() error
+	log    zerolog.Logger
+}
+
+var _ Decider = (*Judge)(nil)
+
+// New builds a Judge.
+func New(o Options) *Judge {
+	stale := o.Stale
+	if stale == nil {
+		stale = func() error { return nil }
+	}
+	return &Judge{engine: o.Engine, audit: o.Audit, stale: stale, log: o.Log}
+}
+
+// Decide judges one intent and appends its audit record before returning. An audit failure turns any
+// decision into a DENY.
+func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
+	d := j.decide(ctx, f, in)
+	if in.Note != "" && d.Outcome != policies.Deny {
+		d.Reason = joinReason(in.Note, d.Reason)
+	}
+	ev := decisionRecord(f, in, d)
+	if err := j.audit.Append(ev); err != nil {
+		j.log.Error().Err(err).Msg("audit append failed: denying")
+		d = policies.Decision{Outcome: policies.Deny, Reason: ReasonAuditFailed}
+		ev.Decision.Outcome, ev.Decision.Reason = string(d.Outcome), d.Reason
+	}
+	j.logDecision(f, in, d)
+	return Verdict{Decision: d, record: ev}
+}
+
+// decide is the decision without its record: the sidecar's own refusals first, then the policy.
+func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decision {
+	deny := func(reason string) policies.Decision {
+		return policies.Decision{Outcome: policies.Deny, Reason: reason}
+	}
+	switch {
+	case errors.Is(f.Unknown, ErrNoIdentity):
+		return deny(ReasonUnknownAgent + ": " + ErrNoIdentity.Error())
+	case f.Unknown != nil:
+		return deny(ReasonUnknownAgent)
+	case in.Refuse != "":
+		return deny(in.Refuse)
+	case in.Host == "":
+		return deny(ReasonNoHost)
+	}
+	if err := j.stale(); err != nil {
+		return deny(err.Error())
+	}
+	d, err := j.engine.Decide(ctx, policies.Request{
+		AgentID:    f.AgentID,
+		SessionID:  f.SessionID,
+		Method:     in.Method,
+		Host:       in.Host,
+		Port:       in.Port,
+		Path:       in.Path,
+		Transport:  in.Transport,
+		Time:       time.Now(),
+		PID:        int(f.PID),
+		UID:        int(f.UID),
+		Exe:        f.Exe,
+		Cgroup:     f.Cgroup,
+		Capability: f.Capability,
+	})
+	if err != nil {
+		return deny(err.Error())
+	}
+	return d
+}
+
+func joinReason(a, b string) string {
+	if b == "" {
+		return a
+	}
+	return a + ": " + b
+}
+
+// decisionRecord builds the canonical decision record.
+func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
+	resource := audit.Resource{Host: in.Host}
+	switch in.Mode {
+	case ModeMITM, ModeHTTP:
+		resource.Method = in.Method
+		resource.Path = in.Path
+		if d.Path != "" {
+			resource.Path = d.Path
+		}
+		if d.Provider != "" {
+			p := d.Provider
+			resource.Provider = &p
+		}
+	case ModeDNS:
+		// A lookup is of a name, not a connection to its port 53: the record carries the name and
+		// the query type as the method.
+		resource.Method = in.QType
+	default:
+		if in.Port != 0 {
+			resource.Host = HostPort(in.Host, in.Port)
+		}
+	}
+	var action *string
+	if d.ActionClass != "" {
+		a := d.ActionClass
+		action = &a
+	}
+	matched := d.MatchedPolicies
+	if matched == nil {
+		matched = []string{}
+	}
+	ev := &audit.Event{
+		Kind: audit.KindDecision,
+		Envelope: &audit.Envelope{
+			Agent: audit.Agent{
+				AgentID:   f.AgentID,
+				SessionID: f.SessionID,
+				Cgroup:    f.Cgroup,
+				PID:       int(f.PID),
+				Exe:       f.Exe,
+				Comm:      f.Comm,
+				UID:       int(f.UID),
+			},
+			Intent:    audit.Intent{ActionClass: action, Resource: resource, RawTransport: in.Transport},
+			Transport: audit.Transport{Mode: string(in.Mode), SNI: in.SNI},
+		},
+		Decision: &audit.Decision{Outcome: string(d.Outcome), MatchedPolicies: matched, Reason: d.Reason},
+	}
+	if f.OrigDst.IsValid() {
+		ev.Envelope.Transport.OrigDst = f.OrigDst.String()
+	}
+	if d.TokenID != "" {
+		ev.Capability = &audit.Capability{TokenID: d.TokenID}
+	}
+	return ev
+}
+
+// Complete appends the record that closes an allowed decision: what was dialed, bytes each way,
+// duration, upstream status, error. It repeats the decision's envelope, so that every record names
+// the process behind it. An allowed flow that failed is recorded as an ABORT. A failure to append is
+// logged: the flow already happened.
+func (j *Judge) Complete(v Verdict, r Result) {
+	if v.record == nil {
+		return
+	}
+	res := audit.Result{
+		BytesUp:        r.BytesUp,
+		BytesDown:      r.BytesDown,
+		DurationMS:     r.Duration.Milliseconds(),
+		UpstreamStatus: r.UpstreamStatus,
+		Injected:       r.Injected,
+		Error:          errorText(r),
+	}
+	ev := &audit.Event{Kind: audit.KindCompletion, DecisionID: v.record.ID, Result: &res}
+	if v.record.Envelope != nil {
+		env := *v.record.Envelope
+		if r.Dialed.IsValid() {
+			env.Transport.Dialed = r.Dialed.String()
+		}
+		ev.Envelope = &env
+	}
+	if res.Error != "" && v.Outcome == policies.Allow {
+		ev.Decision = &audit.Decision{Outcome: string(policies.Abort), MatchedPolicies: []string{}, Reason: res.Error}
+	}
+	if err := j.audit.Append(ev); err != nil {
+		j.log.Error().Err(err).Str(logfields.EventID, v.record.ID).Msg("audit completion append failed")
+	}
+}
+
+// errorText is result.error: the class, and the detail behind it. A credential failure's detail is
+// never recorded: it could name a secret file or variable the operator considers sensitive.
+func errorText(r Result) string {
+	if r.ErrClass == "" {
+		return ""
+	}
+	if r.Err == nil || r.ErrClass == ErrorCredentials {
+		return r.ErrClass
+	}
+	return r.ErrClass + ": " + r.Err.Error()
+}
+
+func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision) {
+	lvl := zerolog.InfoLevel
+	if d.Outcome == policies.Allow {
+		lvl = zerolog.DebugLevel
+	}
+	e := j.log.WithLevel(lvl)
+	if e == nil {
+		return
+	}
+	e = e.Str(logfields.Outcome, string(d.Outcome)).
+		Str(logfields.Agent, f.AgentID).
+		Uint32(logfields.PID, f.PID).
+		Str(logfields.Mode, string(in.Mode)).
+		Str(logfields.Host, in.Host).
+		Str(logfields.Reason, d.Reason)
+	if in.Port != 0 {
+		e = e.Int(logfields.Port, in.Port)
+	}
+	if in.Path != "" {
+		e = e.Str(logfields.Method, in.Method).Str(logfields.Path, in.Path)
+	}
+	if len(d.MatchedPolicies) > 0 {
+		e = e.Strs(logfields.Policies, d.MatchedPolicies)
+	}
+	e.Msg("decision")
+}
+
+// HostPort joins a host and a port, bracketing IPv6 literals.
+func HostPort(host string, port int) string {
+	if a, err := netip.ParseAddr(host); err == nil && a.Is6() {
+		return "[" + host + "]:" + strconv.Itoa(port)
+	}
+	return host + ":" + strconv.Itoa(port)
+}

@@ -1,0 +1,182 @@
+package l7
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/openfirma/firma/daemon/judge"
+	"github.com/openfirma/firma/internal/hostname"
+	"github.com/openfirma/firma/policies"
+)
+
+// ServeHTTP judges one request and forwards it if allowed. The same steps serve both entry points:
+// find the request's target (the TLS connection's host, or the request's own on plain HTTP), refuse
+// what the sidecar refuses by itself, ask the judge, answer a denial with 403, forward an allowed
+// request over the scheme's upstream pool, and complete the decision with what happened.
+func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.enter()
+	defer c.leave()
+	ctx := r.Context()
+	in := judge.Intent{Method: r.Method, Port: c.port, Path: r.URL.RequestURI(), Transport: c.scheme, Mode: c.mode, SNI: c.sni}
+
+	if r.Method == http.MethodConnect {
+		if c.scheme == "http" {
+			c.connect(w, r)
+			return
+		}
+		in.Host, in.Refuse = c.host, judge.ReasonConnectInMITM
+		c.e.judge.Decide(ctx, c.f, in)
+		writeText(w, http.StatusMethodNotAllowed, "firma: refused: "+judge.ReasonConnectInMITM)
+		return
+	}
+	host, port, status, err := c.target(r)
+	if err != nil {
+		in.Host, in.Port, in.Refuse = host, port, err.Error()
+		if host == "" {
+			in.Host = c.fallbackName()
+		}
+		c.e.judge.Decide(ctx, c.f, in)
+		writeText(w, status, "firma: refused: "+err.Error())
+		return
+	}
+	in.Host, in.Port = host, port
+	v := c.e.judge.Decide(ctx, c.f, in)
+	if !v.Allowed() {
+		writeDenied(w, v.Reason)
+		return
+	}
+	res, abort := c.forward(w, r, host, port)
+	c.e.judge.Complete(v, res)
+	if abort != nil {
+		// net/http aborts the response (HTTP/1.1: closes the connection; HTTP/2: resets the stream).
+		panic(abort)
+	}
+}
+
+// errFronting is a request naming another host or port than its TLS connection.
+type errFronting struct{ requested, host string }
+
+func (e errFronting) Error() string {
+	return fmt.Sprintf("%s (requested %s, connection is %s)", judge.ReasonFronting, e.requested, e.host)
+}
+
+// target is where a request goes. On a TLS-terminated connection it is the connection's host: a
+// Host, :authority or absolute-form target naming anything else is domain fronting (421). On plain
+// HTTP it is the absolute-form URL on the explicit proxy, else the Host header with the original
+// destination's port as the default.
+func (c *agentConn) target(r *http.Request) (host string, port int, status int, err error) {
+	if c.scheme == "https" {
+		for _, a := range []string{r.Host, r.URL.Host} {
+			if a == "" {
+				continue
+			}
+			h, p, perr := hostname.Parse(a)
+			if perr != nil || h != c.host || p != 0 && p != c.port {
+				return c.host, c.port, http.StatusMisdirectedRequest, errFronting{a, c.host}
+			}
+		}
+		return c.host, c.port, 0, nil
+	}
+	defPort := c.port
+	if c.proxy {
+		if !r.URL.IsAbs() {
+			return "", 0, http.StatusBadRequest, errors.New("the proxy needs an absolute URL or CONNECT")
+		}
+		if r.URL.Scheme != "http" {
+			return "", 0, http.StatusBadRequest, fmt.Errorf("scheme %q over a plain proxy request; use CONNECT", r.URL.Scheme)
+		}
+		defPort = 80
+	}
+	hostport := r.Host
+	if hostport == "" {
+		hostport = c.name
+	}
+	h, p, perr := hostname.Parse(hostport)
+	if perr != nil {
+		return "", 0, http.StatusBadRequest, fmt.Errorf("bad host %q", hostport)
+	}
+	if p == 0 {
+		p = defPort
+	}
+	if p == 0 {
+		return h, 0, http.StatusBadRequest, fmt.Errorf("no port for host %q", hostport)
+	}
+	return h, p, 0, nil
+}
+
+func (c *agentConn) fallbackName() string {
+	if c.host != "" {
+		return c.host
+	}
+	if c.name != "" {
+		return c.name
+	}
+	return "(unknown)"
+}
+
+// connect opens a tunnel for CONNECT host:port on a plain or explicit-proxy connection; what flows
+// in it is the front end's to judge, with the requested host as its name.
+func (c *agentConn) connect(w http.ResponseWriter, r *http.Request) {
+	host, port, err := hostname.Parse(r.Host)
+	if err != nil || port == 0 {
+		in := judge.Intent{Method: policies.MethodConnect, Host: c.fallbackName(), Port: c.port, Transport: "tcp",
+			Mode: judge.ModeConnect, Refuse: "CONNECT needs host:port"}
+		c.e.judge.Decide(r.Context(), c.f, in)
+		writeText(w, http.StatusBadRequest, "firma: refused: CONNECT needs host:port")
+		return
+	}
+	if c.e.tunnel == nil {
+		writeText(w, http.StatusMethodNotAllowed, "firma: refused: CONNECT is not served here")
+		return
+	}
+	// Count the tunnel before hijacking: the hijack ends the server's Serve, and serve must not
+	// return (closing the connection) before the tunnel is registered.
+	c.tunnels.Add(1)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		c.tunnels.Done()
+		writeText(w, http.StatusInternalServerError, "firma: cannot tunnel")
+		return
+	}
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		c.tunnels.Done()
+		conn.Close()
+		return
+	}
+	var buffered []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		buffered, _ = brw.Reader.Peek(n)
+	}
+	tf := *c.f
+	tf.Start = time.Now()
+	ctx := c.ctx // not the request's: it ends when this handler returns
+	go func() {
+		defer c.tunnels.Done()
+		defer conn.Close()
+		c.e.tunnel(ctx, conn, buffered, &tf, host, port)
+	}()
+}
+
+// writeDenied answers a denied request: 403, the reason, and X-Firma-Decision. The connection
+// carries on (keep-alive, pipelining, other HTTP/2 streams).
+func writeDenied(w http.ResponseWriter, reason string) {
+	w.Header().Set("X-Firma-Decision", string(policies.Deny))
+	writeText(w, http.StatusForbidden, "firma: denied: "+reason)
+}
+
+func writeText(w http.ResponseWriter, status int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+}
+
+// hostPort joins host and port for a URL or a dial.
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
