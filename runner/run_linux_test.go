@@ -21,8 +21,9 @@ import (
 	"github.com/openfirma/firma/internal/testutil"
 )
 
-// firmaBin and goClient are built once for the root tests.
-var firmaBin, goClient string
+// firmaBin, goClient and escapeBin are built once for the root tests, in a directory every user
+// may read (the agents run as nobody too).
+var firmaBin, goClient, escapeBin string
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -36,8 +37,8 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		os.Chmod(dir, 0o755)
-		firmaBin, goClient = filepath.Join(dir, "firma"), filepath.Join(dir, "goclient")
-		for bin, pkg := range map[string]string{firmaBin: "../cmd/firma", goClient: "./testdata/goclient"} {
+		firmaBin, goClient, escapeBin = filepath.Join(dir, "firma"), filepath.Join(dir, "goclient"), filepath.Join(dir, "escape")
+		for bin, pkg := range map[string]string{firmaBin: "../cmd/firma", goClient: "./testdata/goclient", escapeBin: "../internal/e2e/cmd/escape"} {
 			out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
