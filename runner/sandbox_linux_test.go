@@ -1,18 +1,19 @@
 package runner_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -229,7 +230,7 @@ func TestRunSandbox(t *testing.T) {
 				t.Errorf("bytes reached the test's listeners from inside firma run: tcp %q, abstract unix %q", tcp, unix)
 			}
 			want := sandboxRefuses()
-			for _, p := range sortedKeys(want) {
+			for _, p := range slices.Sorted(maps.Keys(want)) {
 				got, ok := r.Probes[p]
 				switch {
 				case !ok:
@@ -259,13 +260,25 @@ func TestRunSandbox(t *testing.T) {
 	}
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// startUntil starts cmd and returns once it has printed line (a line of its own) on stdout; what
+// it writes to stderr is collected in the returned buffer.
+func startUntil(t *testing.T, cmd *exec.Cmd, line string) *bytes.Buffer {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Strings(keys)
-	return keys
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := bufio.NewReader(out).ReadString('\n'); got != line+"\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("waiting for %q: got %q, %v\nstderr:\n%s", line, got, err, stderr.String())
+	}
+	return &stderr
 }
 
 // TestRunInitForwardsSignalsAndReaps: signals firma run receives reach the agent through its init
@@ -289,19 +302,7 @@ while [ -e /proc/$orphan ]; do sleep 0.01; done
 echo ready
 while :; do sleep 0.05; done`
 			cmd := f.command(t, "/", nil, "--", "sh", "-c", script)
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			line := make([]byte, 6)
-			if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
-				t.Fatalf("agent did not get ready (%q, %v): %s", line, err, stderr.String())
-			}
+			stderr := startUntil(t, cmd, "ready")
 			cmd.Process.Signal(tc.sig)
 			cmd.Wait()
 			if got := cmd.ProcessState.ExitCode(); got != tc.want {

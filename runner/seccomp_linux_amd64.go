@@ -2,43 +2,12 @@ package runner
 
 import "golang.org/x/sys/unix"
 
-// nativeSeccompArch is amd64's numbering, from x/sys/unix.
-func nativeSeccompArch() (seccompArch, error) {
-	return seccompArch{
-		Name:       "amd64",
-		Audit:      unix.AUDIT_ARCH_X86_64,
-		X32:        true,
-		Socket:     unix.SYS_SOCKET,
-		Socketpair: unix.SYS_SOCKETPAIR,
-		Numbers: map[string]uint32{
-			"io_uring_setup":    unix.SYS_IO_URING_SETUP,
-			"io_uring_enter":    unix.SYS_IO_URING_ENTER,
-			"io_uring_register": unix.SYS_IO_URING_REGISTER,
-			"ptrace":            unix.SYS_PTRACE,
-			"process_vm_readv":  unix.SYS_PROCESS_VM_READV,
-			"process_vm_writev": unix.SYS_PROCESS_VM_WRITEV,
-			"pidfd_getfd":       unix.SYS_PIDFD_GETFD,
-			"process_madvise":   unix.SYS_PROCESS_MADVISE,
-			"kcmp":              unix.SYS_KCMP,
-			"bpf":               unix.SYS_BPF,
-			"perf_event_open":   unix.SYS_PERF_EVENT_OPEN,
-			"kexec_load":        unix.SYS_KEXEC_LOAD,
-			"kexec_file_load":   unix.SYS_KEXEC_FILE_LOAD,
-			"init_module":       unix.SYS_INIT_MODULE,
-			"finit_module":      unix.SYS_FINIT_MODULE,
-			"delete_module":     unix.SYS_DELETE_MODULE,
-			"reboot":            unix.SYS_REBOOT,
-			"swapon":            unix.SYS_SWAPON,
-			"swapoff":           unix.SYS_SWAPOFF,
-			"acct":              unix.SYS_ACCT,
-			"syslog":            unix.SYS_SYSLOG,
-			"iopl":              unix.SYS_IOPL,
-			"ioperm":            unix.SYS_IOPERM, "keyctl": unix.SYS_KEYCTL,
-			"add_key":           unix.SYS_ADD_KEY,
-			"request_key":       unix.SYS_REQUEST_KEY,
-			"userfaultfd":       unix.SYS_USERFAULTFD,
-			"setns":             unix.SYS_SETNS,
-			"open_by_handle_at": unix.SYS_OPEN_BY_HANDLE_AT,
-		},
-	}, nil
-}
+// x86_64: calls made with the x32 ABI carry this arch's token, so the filter refuses them by number.
+const (
+	archName  = "amd64"
+	archAudit = unix.AUDIT_ARCH_X86_64
+	archX32   = true
+)
+
+// archOnlyNumbers are refused calls only x86_64 has: port I/O.
+var archOnlyNumbers = map[string]uint32{"iopl": unix.SYS_IOPL, "ioperm": unix.SYS_IOPERM}

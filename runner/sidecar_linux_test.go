@@ -1,7 +1,6 @@
 package runner_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -102,20 +101,9 @@ s.close()`, ca.CertFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	startUntil(t, cmd, "connected")
 	defer cmd.Wait()
 	defer stdin.Close()
-	if line, err := bufio.NewReader(out).ReadString('\n'); line != "connected\n" {
-		t.Fatalf("%q, %v\n%s\nsidecar:\n%s", line, err, stderr.String(), s.Logs())
-	}
 	ev := s.WaitEvent(t, "for python3's connection to allowed.test", func(ev audit.Event) bool {
 		return ev.Kind == audit.KindDecision && ev.Envelope != nil && ev.Envelope.Agent.Comm == "python3" &&
 			strings.HasPrefix(ev.Envelope.Intent.Resource.Host, "allowed.test")
