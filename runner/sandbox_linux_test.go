@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -360,6 +361,35 @@ echo > probe && rm probe && echo workspace-writable`, url, goClient)
 					t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", res.Code, res.Stdout, res.Stderr)
 				}
 			})
+		}
+	}
+	f.noCgroupLeft(t)
+}
+
+// TestRunProfileDevices: a profile's devices key brings host devices into the private /dev; the
+// rest of the host's /dev stays out.
+func TestRunProfileDevices(t *testing.T) {
+	f := newFakeSidecar(t)
+	var dev string
+	for _, d := range []string{"/dev/kvm", "/dev/net/tun", "/dev/fuse", "/dev/loop-control", "/dev/hwrng"} {
+		if _, err := os.Stat(d); err == nil {
+			dev = d
+			break
+		}
+	}
+	if dev == "" {
+		t.Fatal("no host device to bind in (looked for kvm, net/tun, fuse, loop-control, hwrng)")
+	}
+	cfg := filepath.Join(t.TempDir(), "firma.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[run.profiles.dev]\ndevices = [%q, \"/dev/firma-no-such-device\"]\n", dev)), 0o600)
+	res := f.run(t, "/", nil, "-c", cfg, "--profile", "dev", "--", "sh", "-c", fmt.Sprintf("test -c %s && echo bound; ls /dev", dev))
+	if res.Code != 0 || !strings.Contains(res.Stdout, "bound\n") || strings.Contains(res.Stdout, "firma-no-such-device") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", res.Code, res.Stdout, res.Stderr)
+	}
+	for _, name := range strings.Fields(res.Stdout) {
+		if name != "bound" && !slices.Contains([]string{"fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+			"stdout", "tty", "urandom", "zero", filepath.Base(filepath.Dir(dev)), filepath.Base(dev)}, name) {
+			t.Errorf("/dev holds %s", name)
 		}
 	}
 	f.noCgroupLeft(t)
