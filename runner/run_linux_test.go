@@ -117,7 +117,7 @@ func (f *fakeSidecar) stillRegistered() []string {
 	return out
 }
 
-func newFakeSidecar(t *testing.T) *fakeSidecar {
+func newFakeSidecar(t testing.TB) *fakeSidecar {
 	t.Helper()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
@@ -159,7 +159,7 @@ type result struct {
 }
 
 // firmaRun runs `firma run --sidecar S <args>` and waits for it.
-func (f *fakeSidecar) run(t *testing.T, dir string, env []string, args ...string) result {
+func (f *fakeSidecar) run(t testing.TB, dir string, env []string, args ...string) result {
 	t.Helper()
 	cmd := f.command(t, dir, env, args...)
 	var stdout, stderr bytes.Buffer
@@ -172,7 +172,7 @@ func (f *fakeSidecar) run(t *testing.T, dir string, env []string, args ...string
 	return result{Code: cmd.ProcessState.ExitCode(), Stdout: stdout.String(), Stderr: stderr.String()}
 }
 
-func (f *fakeSidecar) command(t *testing.T, dir string, env []string, args ...string) *exec.Cmd {
+func (f *fakeSidecar) command(t testing.TB, dir string, env []string, args ...string) *exec.Cmd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -183,7 +183,7 @@ func (f *fakeSidecar) command(t *testing.T, dir string, env []string, args ...st
 }
 
 // noCgroupLeft asserts the test parent has no child cgroup and firma run unregistered everything.
-func (f *fakeSidecar) noCgroupLeft(t *testing.T) {
+func (f *fakeSidecar) noCgroupLeft(t testing.TB) {
 	t.Helper()
 	entries, err := os.ReadDir(f.Parent.Path)
 	if err != nil {

@@ -394,3 +394,16 @@ func TestRunProfileDevices(t *testing.T) {
 	}
 	f.noCgroupLeft(t)
 }
+
+// BenchmarkRunStartup is what the sandbox costs each run: `firma run -- true` from start to exit
+// (control socket, cgroup, namespaces, init, exec step, seccomp and Landlock, cleanup), against
+// the fake sidecar.
+func BenchmarkRunStartup(b *testing.B) {
+	f := newFakeSidecar(b)
+	for b.Loop() {
+		if res := f.run(b, "/", nil, "--", "true"); res.Code != 0 {
+			b.Fatalf("exit %d: %s", res.Code, res.Stderr)
+		}
+	}
+	f.noCgroupLeft(b)
+}
