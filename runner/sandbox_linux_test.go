@@ -56,7 +56,8 @@ func sandboxRefuses() map[string]string {
 		// The kernel's own interfaces: the seccomp filter.
 		"bpf": "EPERM", "perf_event_open": "EPERM", "io_uring_setup": "EPERM", "userfaultfd": "EPERM",
 		"add_key": "EPERM", "keyctl": "EPERM", "syslog": "EPERM", "delete_module": "EPERM", "setns": "EPERM",
-		"open_by_handle_at": "EPERM",
+		"open_by_handle_at": "EPERM", "kexec_load": "EPERM", "init_module": "EPERM", "finit_module": "EPERM",
+		"request_key": "EPERM", "acct": "EPERM", "swapoff": "EPERM",
 		// Processes outside the sandbox do not exist for it: the PID namespace (ptrace is refused
 		// before the kernel looks the pid up).
 		"signal-outside": "ESRCH", "pidfd-open-outside": "ESRCH", "ptrace-outside": "EPERM",
@@ -70,6 +71,7 @@ func sandboxRefuses() map[string]string {
 	if runtime.GOARCH == "amd64" {
 		// The i386 entry, with its own numbering: ENOSYS for every call.
 		want["int80-getpid"], want["int80-socket-netlink"] = "ENOSYS", "ENOSYS"
+		want["iopl"], want["ioperm"] = "EPERM", "EPERM"
 	}
 	return want
 }

@@ -204,6 +204,23 @@ func probeAll(r *Report, abstract string, outside int) {
 	_, err = unix.OpenByHandleAt(unix.AT_FDCWD, unix.NewFileHandle(1, make([]byte, 8)), unix.O_RDONLY)
 	r.record("open_by_handle_at", err)
 
+	// Calls that change the host if they work: tried only inside firma run (under firma's init).
+	if strings.HasPrefix(r.InitComm, "firma") {
+		_, _, e = unix.Syscall6(unix.SYS_KEXEC_LOAD, 0, 0, 0, 0, 0, 0)
+		r.record("kexec_load", errnoOf(e))
+		_, _, e = unix.Syscall(unix.SYS_INIT_MODULE, 0, 0, uintptr(unsafe.Pointer(name)))
+		r.record("init_module", errnoOf(e))
+		_, _, e = unix.Syscall(unix.SYS_FINIT_MODULE, ^uintptr(0), uintptr(unsafe.Pointer(name)), 0)
+		r.record("finit_module", errnoOf(e))
+		_, err = unix.RequestKey("user", "firma-escape-test", "", unix.KEY_SPEC_PROCESS_KEYRING)
+		r.record("request_key", err)
+		r.record("acct", unix.Acct(""))
+		nowhere, _ := unix.BytePtrFromString("/firma-no-such-swap")
+		_, _, e = unix.Syscall(unix.SYS_SWAPOFF, uintptr(unsafe.Pointer(nowhere)), 0, 0)
+		r.record("swapoff", errnoOf(e))
+		probeArchOnly(r)
+	}
+
 	// Abstract unix sockets live in the network namespace, which the agent shares with the host.
 	if abstract != "" {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
