@@ -25,7 +25,13 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
 		case runner.InitArg:
-			if runner.Init() != nil {
+			// The agent's status; 1 when the setup failed (the reason went to firma run).
+			if code := runner.Init(); code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		case runner.ExecArg:
+			if runner.ExecAgent() != nil {
 				return exitCode(1) // the reason went to firma run, which reports it
 			}
 			return nil
