@@ -21,13 +21,16 @@ import (
 
 // Options is one `firma run` invocation.
 type Options struct {
-	Profile        string   // "" = Config.Profile
-	AgentID        string   // "" = from the capability, else the profile
-	CapabilityFile string   // "" = none
-	Sidecar        string   // control socket; "" = Config.Sidecar
-	Cgroup         string   // parent for the agent's cgroup; "" = Config.Cgroup, else the sidecar's
-	User           string   // name, uid or uid:gid to run as; "" = as invoked
-	Command        []string // argv
+	Profile        string // "" = Config.Profile
+	AgentID        string // "" = from the capability, else the profile
+	CapabilityFile string // "" = none
+	Sidecar        string // control socket; "" = Config.Sidecar
+	Cgroup         string // parent for the agent's cgroup; "" = Config.Cgroup, else the sidecar's
+	User           string // name, uid or uid:gid to run as; "" = as invoked
+	// Monitor asks the sidecar for monitor mode: the agent's policy denials are recorded, not
+	// enforced (the kernel path stays sealed and the sandbox is the same).
+	Monitor bool
+	Command []string // argv
 
 	Dir    string   // working directory (the workspace); "" = the current one
 	Env    []string // the environment to start from; nil = this process's
@@ -254,9 +257,12 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	log = log.With().Str(logfields.Cgroup, pl.Rel).Logger()
 
 	reg := control.Registration{Cgroup: pl.Rel, AgentID: id.AgentID, SessionID: id.SessionID,
-		CapabilityFile: id.CapabilityFile, PID: h.pid}
+		CapabilityFile: id.CapabilityFile, PID: h.pid, Monitor: opts.Monitor}
 	if err := sc.Register(ctx, reg); err != nil {
 		return 1, fmt.Errorf("registering %s as %s: %w", pl.Rel, id.AgentID, err)
+	}
+	if opts.Monitor {
+		log.Warn().Str(logfields.Agent, id.AgentID).Msg("MONITOR MODE: policy denials are recorded, not enforced")
 	}
 	sc.Close()
 	undo.add(func(ctx context.Context) error { return h.unregister(ctx, socket, pl.Rel, log) })

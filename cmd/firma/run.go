@@ -48,6 +48,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.Sidecar, "sidecar", "", "sidecar control socket (default [run] sidecar, else [sidecar.control] socket, else /run/firma/control.sock)")
 	fs.StringVar(&opts.Cgroup, "cgroup", "", "parent cgroup for the agent, relative to the cgroup2 mount; must be at or below the sidecar's enforced parent")
 	fs.StringVar(&opts.User, "user", "", "run the agent as this user (name, uid or uid:gid)")
+	fs.BoolVar(&opts.Monitor, "monitor", false, "monitor mode: the sidecar records what policy would deny but lets it through")
 	logLevel := fs.String("log-level", "warn", "firma run's own log level (debug, info, warn, error)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
