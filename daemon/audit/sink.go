@@ -373,27 +373,30 @@ func (q *fwdQueue) drop() int {
 
 // openSinks makes the configured sinks and starts their senders. Nothing is dialed yet: a
 // destination that is down at start is retried like one that goes down later.
-func openSinks(cfgs []SinkConfig, log zerolog.Logger) ([]*sink, error) {
+func openSinks(cfgs []SinkConfig, log zerolog.Logger, mk func(SinkConfig) (transport, error)) ([]*sink, error) {
+	if mk == nil {
+		mk = newTransport
+	}
 	var out []*sink
 	for i, c := range cfgs {
 		c = c.withDefaults()
-		var t transport
-		switch c.Type {
-		case SinkJournald:
-			t = newJournaldTransport(c)
-		case SinkSyslog:
-			st, err := newSyslogTransport(c)
-			if err != nil {
-				for _, s := range out {
-					s.shutdown(time.Now())
-				}
-				return nil, fmt.Errorf("audit.sinks[%d]: %w", i, err)
+		t, err := mk(c)
+		if err != nil {
+			for _, s := range out {
+				s.shutdown(time.Now())
 			}
-			t = st
+			return nil, fmt.Errorf("audit.sinks[%d]: %w", i, err)
 		}
 		s := newSink(c.name(), c.QueueSize, t, log)
 		go s.run()
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+func newTransport(c SinkConfig) (transport, error) {
+	if c.Type == SinkJournald {
+		return newJournaldTransport(c), nil
+	}
+	return newSyslogTransport(c)
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -76,8 +77,9 @@ type Writer struct {
 	buf         []byte
 	arena       []byte
 
-	sinks   []*sink  // forwarding, after the file: see sink.go
-	limiter *limiter // refusal records per agent and class: see limit.go
+	sinks   []*sink       // forwarding, after the file: see sink.go
+	drain   time.Duration // how long Close lets the sinks deliver
+	limiter *limiter      // refusal records per agent and class: see limit.go
 	now     func() time.Time
 }
 
@@ -112,6 +114,17 @@ type outage struct {
 // torn last line left by a crash, and writes an open or resume record before returning: a log that
 // cannot be written at start is an error.
 func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
+	return open(cfg, log, openOptions{})
+}
+
+// openOptions are the seams tests use; the zero value is what Open does.
+type openOptions struct {
+	transport func(SinkConfig) (transport, error) // nil: the real transports
+	now       func() time.Time                    // nil: time.Now
+	drain     time.Duration                       // 0: sinkDrainTimeout
+}
+
+func open(cfg Config, log zerolog.Logger, o openOptions) (*Writer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -124,8 +137,12 @@ func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
 		ctl:  make(chan ctlRequest),
 		quit: make(chan struct{}),
 		done: make(chan struct{}),
-		now:  time.Now,
+		now:  o.now,
 	}
+	if w.now == nil {
+		w.now = time.Now
+	}
+	w.drain = cmp.Or(o.drain, sinkDrainTimeout)
 	w.limiter = newLimiter(float64(cfg.RefusalRate), cfg.RefusalBurst, time.Duration(cfg.RefusalWindow))
 	if cfg.SigningKeyPath != "" {
 		s, err := LoadSigningKey(cfg.SigningKeyPath)
@@ -139,7 +156,7 @@ func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
 	if err := os.MkdirAll(filepath.Dir(w.path), 0o700); err != nil {
 		return nil, fmt.Errorf("audit dir: %w", err)
 	}
-	sinks, err := openSinks(cfg.Sinks, log)
+	sinks, err := openSinks(cfg.Sinks, log, o.transport)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +266,7 @@ func (w *Writer) Close() error {
 	w.gate.Unlock()
 	close(w.quit)
 	<-w.done
-	return errors.Join(w.closeErr, w.closeSinks(time.Now().Add(sinkDrainTimeout)))
+	return errors.Join(w.closeErr, w.closeSinks(time.Now().Add(w.drain)))
 }
 
 // closeSinks lets every sink deliver what it holds until deadline, then stops it.
