@@ -152,7 +152,7 @@ module(load="imuxsock" SysSock.Use="off")
 input(type="imudp" address="127.0.0.1" port="%[5]d")
 input(type="imptcp" address="127.0.0.1" port="%[6]d")
 input(type="imptcp" path=%[7]q unlink="on")
-input(type="imuxsock" socket=%[8]q useSpecialParser="off" parseHostname="on")
+input(type="imuxsock" socket=%[8]q useSpecialParser="off" parseHostname="on" ignoreTimestamp="off")
 input(type="imtcp" address="127.0.0.1" port="%[9]d" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
 template(name="fields" type="string" string="%%pri%%|%%timereported:::date-rfc3339%%|%%hostname%%|%%app-name%%|%%procid%%|%%msgid%%|%%structured-data%%|%%msg%%\n")
 if $app-name == "rsyslog-probe" then {
