@@ -275,6 +275,9 @@ func TestSyslogReceiverStoppedMidRun(t *testing.T) {
 		t.Fatalf("while down: %+v", downStats)
 	}
 	r.Start(t)
+	if st := settled("after the receiver came back"); st.Dropped != downStats.Dropped {
+		t.Fatalf("records dropped after the outage: %+v (dropped while down: %d)", st, downStats.Dropped)
+	}
 	appendN(5)
 	st := settled("after the receiver came back")
 	if st.Retries == 0 || !st.Up || st.Dropped != downStats.Dropped {
