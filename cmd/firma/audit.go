@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 )
 
 const auditUsage = `usage:
-  firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]
+  firma audit verify [--pubkey audit.pub] [--format auto|file|journal|syslog] [--host H] [--app A] [-c firma.toml | FILE… | -]
   firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]`
 
 // auditCmd is `firma audit verify|tail`.
@@ -33,9 +34,32 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	pubPath := fs.String("pubkey", "", "PEM public key (openssl pkey -pubout); without it only the chain is checked")
 	cfgPath := fs.String("c", "", "firma.toml: verify every file of [sidecar.audit] file_path")
+	formatName := fs.String("format", "auto", "how the input carries the records: file (the log files), journal (journalctl -o cat|json|short), syslog (a syslog daemon's file), auto")
+	host := fs.String("host", "", "journal/syslog: only records sent from this host name (one chain when a receiver holds several)")
+	app := fs.String("app", "", "journal/syslog: only records with this APP-NAME / SYSLOG_IDENTIFIER")
 	files, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
+	}
+	format, err := audit.ParseFormat(*formatName)
+	if err != nil {
+		return fmt.Errorf("%w: --format: %w", errUsage, err)
+	}
+	// "-" reads an export from stdin (journalctl … | firma audit verify -): it is spooled to a
+	// temporary file, which verify rereads to tell a reordered line from a removed one.
+	stdinFile := ""
+	for i, f := range files {
+		if f != "-" {
+			continue
+		}
+		if stdinFile != "" {
+			return fmt.Errorf("%w: - given twice", errUsage)
+		}
+		if stdinFile, err = spoolStdin(); err != nil {
+			return err
+		}
+		defer os.Remove(stdinFile)
+		files[i] = stdinFile
 	}
 	if *cfgPath != "" {
 		if len(files) > 0 {
@@ -74,15 +98,27 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintln(stderr, "warning: no --pubkey: checking the hash chain only, not who wrote it")
 	}
-	rep, err := audit.Verify(pub, files...)
+	rep, err := audit.VerifyWith(pub, audit.VerifyOptions{Format: format, Host: *host, App: *app}, files...)
+	name := func(f string) string {
+		if f == stdinFile && f != "" {
+			return "-"
+		}
+		return f
+	}
 	if err != nil {
+		if stdinFile != "" {
+			return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), stdinFile, "-"))
+		}
 		return err
 	}
 	for _, n := range rep.Notes {
+		if stdinFile != "" {
+			n = strings.ReplaceAll(n, stdinFile, "-")
+		}
 		fmt.Fprintf(stderr, "note: %s\n", n)
 	}
 	if p := rep.Problem; p != nil {
-		fmt.Fprintf(stdout, "FAIL %s:%d: %s: %s\n", p.File, p.Line, p.Kind, p.Detail)
+		fmt.Fprintf(stdout, "FAIL %s:%d: %s: %s\n", name(p.File), p.Line, p.Kind, p.Detail)
 		if rep.Records > 0 {
 			fmt.Fprintf(stdout, "  %d records before it verified (seq %d..%d)\n", rep.Records, rep.FirstSeq, rep.LastSeq)
 		}
@@ -92,9 +128,32 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	if pub != nil {
 		how = fmt.Sprintf("chain and signatures verified with key %.16s…", keyID)
 	}
+	if rep.Format != audit.FormatFile {
+		how += fmt.Sprintf(", read as a %s export", rep.Format)
+	}
 	fmt.Fprintf(stdout, "OK %d records, seq %d..%d, %d file(s): %s\n", rep.Records, rep.FirstSeq, rep.LastSeq, len(rep.Files), how)
 	fmt.Fprintf(stdout, "  last line: seq %d hash %s\n", rep.LastSeq, rep.LastHash)
 	return nil
+}
+
+// auditStdin is what `firma audit verify -` reads.
+var auditStdin io.Reader = os.Stdin
+
+// spoolStdin copies stdin to a private temporary file and returns its path.
+func spoolStdin() (string, error) {
+	f, err := os.CreateTemp("", "firma-audit-verify-stdin-")
+	if err != nil {
+		return "", fmt.Errorf("spooling stdin: %w", err)
+	}
+	_, err = io.Copy(f, auditStdin)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("spooling stdin: %w", err)
+	}
+	return f.Name(), nil
 }
 
 // auditTailCmd prints records, human-readable unless --json, and with --follow keeps printing them
