@@ -156,6 +156,9 @@ func VerifyWith(pub crypto.PublicKey, opt VerifyOptions, files ...string) (*Repo
 		}
 	}
 	r := v.report
+	if r.Records == 0 {
+		return r, errors.New("verifying audit log: no audit record in the input")
+	}
 	r.Signed = ecPub != nil
 	if ecPub == nil {
 		r.Notes = append(r.Notes, "signatures not checked: no public key given (chain only)")
@@ -345,7 +348,7 @@ func (v *verifier) file(fi int) error {
 			sum.LastSeq = v.prevSeq
 		}
 		sum.Lines = n
-		if torn != nil && (v.format == FormatFile || bytes.Contains(torn, recordStart)) {
+		if torn != nil && (v.format == FormatFile || v.record(torn).rec != nil) {
 			v.fail(path, n+1, 0, ProblemTruncated, "the file ends inside this line (%d bytes without a newline): cut short or a torn write", len(torn))
 			return nil
 		}
@@ -391,7 +394,7 @@ func (v *verifier) checkSigs(lines [][]byte) []bool {
 		wg.Go(func() {
 			for i := k; i < len(lines); i += workers {
 				body, sig := splitLine(lines[i])
-				der, err := base64.StdEncoding.DecodeString(sig)
+				der, err := base64.StdEncoding.Strict().DecodeString(sig) // Strict: one encoding per signature
 				digest := sha256.Sum256(body)
 				ok[i] = sig != "" && err == nil && ecdsa.VerifyASN1(v.pub, digest[:], der)
 			}
@@ -404,6 +407,10 @@ func (v *verifier) checkSigs(lines [][]byte) []bool {
 // line checks one line; false means a problem was recorded.
 func (v *verifier) line(fi, n int, line []byte, sigOK bool) bool {
 	path := v.files[fi]
+	if !bytes.HasPrefix(line, recordStart) {
+		v.fail(path, n, 0, ProblemMalformed, "not a record as the writer writes them (every record begins with %s)", recordStart)
+		return false
+	}
 	var r record
 	if err := json.Unmarshal(line, &r); err != nil {
 		v.fail(path, n, 0, ProblemMalformed, "not JSON: %v", err)
