@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -355,7 +357,13 @@ exec ` + bin
 
 // Wrap returns the command line that runs name with args inside journald's mount namespace.
 func (j *Journald) Wrap(name string, args ...string) []string {
-	return append([]string{"nsenter", "--target", strconv.Itoa(j.cmd.Process.Pid), "--mount", "--", name}, args...)
+	return append(append(j.Prefix(), name), args...)
+}
+
+// Prefix is the command line that runs what follows it inside journald's mount namespace
+// (SidecarOptions.Wrap).
+func (j *Journald) Prefix() []string {
+	return []string{"nsenter", "--target", strconv.Itoa(j.cmd.Process.Pid), "--mount", "--"}
 }
 
 // Export runs journalctl inside journald's namespace on its journal with args (e.g. "-o", "cat",
@@ -370,6 +378,40 @@ func (j *Journald) Export(tb testing.TB, args ...string) []byte {
 			tb.Fatalf("journalctl %v: %v\n%s", args, err, ee.Stderr)
 		}
 		tb.Fatalf("journalctl %v: %v", args, err)
+	}
+	return out
+}
+
+// VerifyAuditExport runs `firma audit verify --pubkey pub args…` with stdin as its input (for
+// "-") and returns its combined output and exit status.
+func VerifyAuditExport(tb testing.TB, pub string, stdin []byte, args ...string) (string, int) {
+	tb.Helper()
+	cmd := exec.Command(Binary(tb, "firma"), append([]string{"audit", "verify", "--pubkey", pub}, args...)...)
+	cmd.Env = testutil.CleanEnv()
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return string(out), 0
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		tb.Fatalf("firma audit verify: %v\n%s", err, out)
+	}
+	return string(out), ee.ExitCode()
+}
+
+// Messages returns the MSG of each message rsyslog received from app, in order.
+func (r *Rsyslog) Messages(tb testing.TB, app string) []string {
+	tb.Helper()
+	data, err := os.ReadFile(r.fieldsOut)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		tb.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.SplitN(l, "|", 8); len(f) == 8 && f[3] == app {
+			out = append(out, f[7])
+		}
 	}
 	return out
 }
