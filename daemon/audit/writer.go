@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"cmp"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -584,9 +586,16 @@ func (w *Writer) forward(buf []byte, ends []int, metas []*Event, batch []*reques
 
 // sign fills sigs, spreading the work over the CPUs for a large batch.
 func (w *Writer) sign(bodies [][]byte, sigs []string) error {
+	// An *ecdsa.PrivateKey signs deterministically (RFC 6979, random nil): the same standard ECDSA
+	// signature that any verifier accepts, without the hedged signer's SHA-512 DRBG, which cost a
+	// fifth of the signing time. Another crypto.Signer gets the system's randomness.
+	random := io.Reader(rand.Reader)
+	if _, ok := w.signer.(*ecdsa.PrivateKey); ok {
+		random = nil
+	}
 	one := func(i int) error {
 		sum := sha256.Sum256(bodies[i])
-		der, err := w.signer.Sign(rand.Reader, sum[:], crypto.SHA256)
+		der, err := w.signer.Sign(random, sum[:], crypto.SHA256)
 		if err != nil {
 			return fmt.Errorf("signing: %w", err)
 		}
