@@ -241,4 +241,3 @@ func firstDifference(a, b []string) int {
 	}
 	return min(len(a), len(b))
 }
-
