@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/openfirma/firma/internal/keyfile"
 )
 
 // CapabilityFile is the TOML file `firma authority issue --output F` writes. Only RawToken is
@@ -63,7 +65,7 @@ func WriteCapabilityFile(path string, f CapabilityFile) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, data, 0o600); err != nil {
+	if err := keyfile.WriteAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("writing capability file %s: %w", path, err)
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/keyfile"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -445,7 +446,7 @@ func (c *Client) acceptRevocations(rc *revocationClaims, raw string, arrived tim
 
 func (c *Client) writeCache(name string, data []byte) {
 	path := filepath.Join(c.cfg.CacheDir, name)
-	if err := writeFileAtomic(path, data, 0o600); err != nil {
+	if err := keyfile.WriteAtomic(path, data, 0o600); err != nil {
 		c.log.Warn().Err(err).Str(logfields.File, path).Msg("writing authority cache")
 	}
 }

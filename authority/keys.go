@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 
 	"aidanwoods.dev/go-paseto"
+
+	"github.com/openfirma/firma/internal/keyfile"
 )
 
 const (
@@ -27,7 +29,7 @@ var (
 	// ErrKeyExists is returned by GenerateKey when the key or its .pub already exists.
 	ErrKeyExists = errors.New("key file already exists")
 	// ErrKeyPermissions is returned when a private key file is readable by group or others.
-	ErrKeyPermissions = errors.New("private key is readable by group or others")
+	ErrKeyPermissions = keyfile.ErrInsecure
 )
 
 // Signer is what code above the keystore sees of the authority key: a crypto.Signer for raw
@@ -116,29 +118,9 @@ func GenerateKey(path string) (ed25519.PublicKey, error) {
 // `openssl genpkey -algorithm ed25519`). It refuses files that group or others can read, PEM blocks
 // of any other type, trailing data, and non-Ed25519 keys.
 func LoadPrivateKey(path string) (*Key, error) {
-	f, err := os.Open(path)
+	k, err := keyfile.LoadPrivate(path)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: mode %#o: %w (chmod 600 it)", path, st.Mode().Perm(), ErrKeyPermissions)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
-	if err != nil {
-		return nil, err
-	}
-	der, err := onePEM(data, pemPrivateKey)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(der)
-	if err != nil {
-		return nil, fmt.Errorf("%s: parsing private key: %w", path, err)
 	}
 	priv, ok := k.(ed25519.PrivateKey)
 	if !ok {
@@ -193,68 +175,11 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-// writeNewFile writes data to path, which must not exist, via a temp file in the same directory:
-// write → chmod → fsync → link (fails if path appeared meanwhile) → remove temp → fsync dir.
+// writeNewFile writes a key file that must not exist yet (keyfile.WriteNew), reporting ErrKeyExists.
 func writeNewFile(path string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(path, data, perm)
-	if err != nil {
-		return err
+	err := keyfile.WriteNew(path, data, perm)
+	if errors.Is(err, keyfile.ErrExists) {
+		return fmt.Errorf("%s: %w", path, ErrKeyExists)
 	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s: %w", path, ErrKeyExists)
-		}
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeFileAtomic replaces path with data: write temp → chmod → fsync → rename → fsync dir.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(path, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func writeTemp(path string, data []byte, perm os.FileMode) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	fail := func(err error) (string, error) {
-		f.Close()
-		os.Remove(name)
-		return "", err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return err
 }

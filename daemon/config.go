@@ -4,17 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
-	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/audit"
-	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/credentials"
 	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -27,7 +27,7 @@ type Config struct {
 	Control     ControlConfig          `toml:"control"`
 	Policy      policies.Config        `toml:"policy"`
 	Mapping     policies.MappingConfig `toml:"mapping"`
-	Upstream    UpstreamConfig         `toml:"upstream"`
+	Upstream    connector.Config       `toml:"upstream"`
 	Audit       audit.Config           `toml:"audit"`
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          mitm.CAConfig          `toml:"ca"`
@@ -49,7 +49,7 @@ type TransparentConfig struct {
 	IPv6    bool   `toml:"ipv6"`
 	PinDir  string `toml:"pin_dir"`
 	// SniffTimeout bounds how long the sidecar waits for a client's first bytes.
-	SniffTimeout Duration `toml:"sniff_timeout"`
+	SniffTimeout duration.Duration `toml:"sniff_timeout"`
 }
 
 // AgentConfig is one [[sidecar.agents]] entry: a static identity for a cgroup subtree.
@@ -75,29 +75,6 @@ type ControlConfig struct {
 	Socket string `toml:"socket"`
 }
 
-// UpstreamConfig is [sidecar.upstream]: how the sidecar resolves, classifies and dials.
-type UpstreamConfig struct {
-	CAFile      string            `toml:"ca_file"`
-	Resolve     map[string]string `toml:"resolve"`     // static name → address overrides
-	AllowCIDRs  []string          `toml:"allow_cidrs"` // otherwise-refused ranges to permit
-	Nameservers []string          `toml:"nameservers"` // "" = the host's resolv.conf
-	DialTimeout Duration          `toml:"dial_timeout"`
-}
-
-// Duration is a time.Duration that reads from TOML as "1.5s" or as integer seconds.
-type Duration time.Duration
-
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
 // DefaultConfig returns the defaults that apply to keys a file leaves out.
 func DefaultConfig() Config {
 	return Config{
@@ -109,12 +86,12 @@ func DefaultConfig() Config {
 			DNSPort:      15053,
 			IPv6:         true,
 			PinDir:       "/sys/fs/bpf/firma",
-			SniffTimeout: Duration(5 * time.Second),
+			SniffTimeout: duration.Of(5 * time.Second),
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: mitm.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
 		Mapping:     policies.DefaultMappingConfig(),
-		Upstream:    UpstreamConfig{DialTimeout: Duration(10 * time.Second)},
+		Upstream:    connector.DefaultConfig(),
 		Audit:       audit.DefaultConfig(),
 		Authority:   authority.DefaultClientConfig(),
 	}
@@ -130,7 +107,7 @@ func (c *Config) Validate() error {
 		if c.Transparent.Port == 0 {
 			bad("transparent.port", "must be set")
 		}
-		if c.Transparent.Cgroup == "" || !cgroupPathOK(c.Transparent.Cgroup) {
+		if c.Transparent.Cgroup == "" || !cgroup.ValidRelative(c.Transparent.Cgroup) {
 			bad("transparent.cgroup", "%q is not a relative cgroup path", c.Transparent.Cgroup)
 		}
 		if c.Transparent.PinDir == "" || !filepath.IsAbs(c.Transparent.PinDir) {
@@ -142,19 +119,19 @@ func (c *Config) Validate() error {
 			bad("transparent.dns_port", "must differ from transparent.port")
 		}
 	}
-	if c.Transparent.SniffTimeout <= 0 {
+	if c.Transparent.SniffTimeout.Duration <= 0 {
 		bad("transparent.sniff_timeout", "must be positive")
 	}
 	seen := map[string]bool{}
 	for i, a := range c.Agents {
 		key := fmt.Sprintf("agents[%d]", i)
-		if !cgroupPathOK(a.Cgroup) {
+		if !cgroup.ValidRelative(a.Cgroup) {
 			bad(key+".cgroup", "%q is not a relative cgroup path", a.Cgroup)
 		}
 		if a.AgentID == "" {
 			bad(key+".agent_id", "must be set")
 		}
-		cg := cleanCgroup(a.Cgroup)
+		cg := cgroup.Canonical(a.Cgroup)
 		if seen[cg] {
 			bad(key+".cgroup", "%q is listed twice", a.Cgroup)
 		}
@@ -165,26 +142,7 @@ func (c *Config) Validate() error {
 			bad("interceptor.listen_addr", "%v", err)
 		}
 	}
-	for name, addr := range c.Upstream.Resolve {
-		if _, err := netip.ParseAddr(addr); err != nil {
-			bad("upstream.resolve", "%q: %q is not an IP address", name, addr)
-		}
-	}
-	for _, cidr := range c.Upstream.AllowCIDRs {
-		if _, err := netip.ParsePrefix(cidr); err != nil {
-			bad("upstream.allow_cidrs", "%q: %v", cidr, err)
-		}
-	}
-	for _, ns := range c.Upstream.Nameservers {
-		if _, err := netip.ParseAddrPort(ns); err != nil {
-			if _, err := netip.ParseAddr(ns); err != nil {
-				bad("upstream.nameservers", "%q is not an address or address:port", ns)
-			}
-		}
-	}
-	if c.Upstream.DialTimeout <= 0 {
-		bad("upstream.dial_timeout", "must be positive")
-	}
+	errs = append(errs, prefixed("sidecar.upstream.", c.Upstream.Validate())...)
 	if err := c.Authority.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -215,24 +173,4 @@ func prefixed(prefix string, err error) []error {
 		return out
 	}
 	return []error{fmt.Errorf("%s%w", prefix, err)}
-}
-
-// cgroupPathOK accepts a relative cgroup path without ".." whose slices nest as systemd nests them.
-func cgroupPathOK(p string) bool {
-	if strings.Trim(p, "/") == "" {
-		return false
-	}
-	_, err := control.SlicePath(p)
-	return err == nil
-}
-
-// cleanCgroup is the canonical form of a configured cgroup path: a leading slash, no trailing slash,
-// and systemd slices expanded to where systemd puts them ("firma-agents.slice" is
-// "/firma.slice/firma-agents.slice"), so a service with Slice=firma-agents.slice is covered whether
-// or not systemd runs. Paths are validated first; an invalid one falls back to plain cleaning.
-func cleanCgroup(p string) string {
-	if cg, err := control.SlicePath(p); err == nil {
-		return cg
-	}
-	return path.Clean("/" + strings.Trim(p, "/"))
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -239,7 +240,7 @@ func hostPort(host string, port int) string {
 // errorResult describes an upstream failure for a completion record.
 func errorResult(err error, start time.Time) audit.Result {
 	msg := errConnector + ": " + err.Error()
-	var ae *AddrError
+	var ae *connector.AddrError
 	if errors.As(err, &ae) {
 		msg = errConnector + ": refused " + ae.Error()
 	}

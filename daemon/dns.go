@@ -114,7 +114,7 @@ func (d *dnsServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // answer resolves an allowed query: a static override answers A/AAAA itself, anything else is
 // forwarded to the sidecar's nameservers.
 func (d *dnsServer) answer(ctx context.Context, req *dns.Msg, name string, qtype uint16) (*dns.Msg, error) {
-	if addr, ok := d.s.connector.static[name]; ok {
+	if addr, ok := d.s.connector.Static(name); ok {
 		resp := new(dns.Msg)
 		resp.SetReply(req)
 		resp.Authoritative = true

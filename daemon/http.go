@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -117,7 +118,7 @@ func (h *httpFront) connect(w http.ResponseWriter, r *http.Request) {
 		buffered, _ = brw.Reader.Peek(n)
 	}
 	tf := *h.f
-	tf.hint, tf.port, tf.start = normalizeHost(host), port, time.Now()
+	tf.hint, tf.port, tf.start = hostname.Normalize(host), port, time.Now()
 	go func() {
 		defer h.wg.Done()
 		defer conn.Close()
@@ -194,7 +195,7 @@ func splitHostDefaultPort(hostport string, def int) (string, int, error) {
 	if err != nil {
 		var ae *net.AddrError
 		if errors.As(err, &ae) && strings.Contains(ae.Err, "missing port") {
-			return normalizeHost(hostport), def, nil
+			return hostname.Normalize(hostport), def, nil
 		}
 		return "", 0, fmt.Errorf("bad host %q", hostport)
 	}
@@ -202,7 +203,7 @@ func splitHostDefaultPort(hostport string, def int) (string, int, error) {
 	if err != nil || port <= 0 || port > 65535 {
 		return "", 0, fmt.Errorf("bad port in %q", hostport)
 	}
-	return normalizeHost(host), port, nil
+	return hostname.Normalize(host), port, nil
 }
 
 type countingReader struct {

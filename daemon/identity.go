@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/policies"
 )
 
@@ -56,7 +57,7 @@ func NewIdentities(mount string, static []AgentConfig) (*Identities, error) {
 		paths:      map[uint64]string{},
 	}
 	for _, a := range static {
-		cg := cleanCgroup(a.Cgroup)
+		cg := cgroup.Canonical(a.Cgroup)
 		ids.static[cg] = Agent{ID: a.AgentID, SessionID: a.SessionID, Cgroup: cg, CapabilityFile: a.CapabilityFile}
 	}
 	return ids, nil
@@ -66,10 +67,10 @@ func NewIdentities(mount string, static []AgentConfig) (*Identities, error) {
 func (ids *Identities) Close() error { return unix.Close(ids.mountFD) }
 
 // SetCapability attaches a Stage 1 check to the static entry for cgroup.
-func (ids *Identities) SetCapability(cgroup string, c policies.Capability) {
+func (ids *Identities) SetCapability(path string, c policies.Capability) {
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
-	cg := cleanCgroup(cgroup)
+	cg := cgroup.Canonical(path)
 	if a, ok := ids.static[cg]; ok {
 		a.Capability = c
 		ids.static[cg] = a
@@ -78,7 +79,7 @@ func (ids *Identities) SetCapability(cgroup string, c policies.Capability) {
 
 // Register makes cgroup (and its descendants) the agent a. It replaces an earlier registration.
 func (ids *Identities) Register(a Agent) {
-	a.Cgroup = cleanCgroup(a.Cgroup)
+	a.Cgroup = cgroup.Canonical(a.Cgroup)
 	a.Registered = true
 	ids.mu.Lock()
 	ids.registered[a.Cgroup] = a
@@ -86,8 +87,8 @@ func (ids *Identities) Register(a Agent) {
 }
 
 // Unregister forgets a registration; it reports whether there was one.
-func (ids *Identities) Unregister(cgroup string) bool {
-	cg := cleanCgroup(cgroup)
+func (ids *Identities) Unregister(path string) bool {
+	cg := cgroup.Canonical(path)
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
 	_, ok := ids.registered[cg]
@@ -141,7 +142,7 @@ func (ids *Identities) pathOf(id uint64) (string, error) {
 	if !ok || (rel != "" && rel[0] != '/') {
 		return "", fmt.Errorf("%w: cgroup id %d is at %s, outside %s", ErrUnknownAgent, id, abs, ids.mount)
 	}
-	p = cleanCgroup(rel)
+	p = cgroup.Canonical(rel)
 	ids.mu.Lock()
 	if len(ids.paths) > 100_000 {
 		clear(ids.paths) // ids are never reused; this only bounds memory

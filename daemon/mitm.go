@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"time"
 
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/credentials"
@@ -139,7 +138,7 @@ func (h mitmHooks) HandshakeFailed(ctx context.Context, meta *mitm.ConnMeta, err
 	reason := "mitm handshake failed (strict host): " + err.Error()
 	if !strict {
 		reason = fmt.Sprintf("mitm handshake failed: %v; CONNECT-only for %v", err,
-			time.Duration(h.s.cfg.Interceptor.HTTPSMITM.FallbackPeriod))
+			h.s.cfg.Interceptor.HTTPSMITM.FallbackPeriod.Duration)
 	}
 	h.s.decide(ctx, meta.Identity.(*flow), intent{method: policies.MethodConnect, host: meta.SNI, port: meta.Port,
 		transport: "tls", mode: modeMITM, sni: meta.SNI, refuse: reason})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -24,7 +25,7 @@ var _ control.Registry = (*Sidecar)(nil)
 func (s *Sidecar) Info() control.Info {
 	info := control.Info{Version: version}
 	if s.cfg.Transparent.Enabled {
-		info.Cgroup = cleanCgroup(s.cfg.Transparent.Cgroup)
+		info.Cgroup = cgroup.Canonical(s.cfg.Transparent.Cgroup)
 		if s.cfg.Transparent.DNSPort != 0 {
 			info.DNS = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.cfg.Transparent.DNSPort)))
 		}

@@ -21,8 +21,10 @@ import (
 
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/daemon/mitm"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
 )
@@ -37,7 +39,7 @@ type Sidecar struct {
 	engine       *policies.Engine
 	audit        *audit.Writer
 	ids          *Identities
-	connector    *Connector
+	connector    *connector.Connector
 	origins      bpf.Origins
 	progs        *bpf.Programs
 	names        *nameTable
@@ -62,7 +64,7 @@ type Sidecar struct {
 // New prepares a sidecar from a validated config: it opens the audit log and loads policy, but
 // touches neither the kernel nor the network. Errors name the file at fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
-	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: time.Duration(cfg.Transparent.SniffTimeout),
+	s := &Sidecar{cfg: cfg, log: log, names: newNameTable(), sniffTimeout: cfg.Transparent.SniffTimeout.Duration,
 		regClose: map[string]func() error{}}
 	defer func() {
 		if err != nil {
@@ -96,7 +98,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		s.proxyAddr = ap
 		self = append(self, ap)
 	}
-	if s.connector, err = NewConnector(cfg.Upstream, self); err != nil {
+	if s.connector, err = connector.New(cfg.Upstream, self); err != nil {
 		return nil, err
 	}
 	s.httpTransport = &http.Transport{
@@ -114,7 +116,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		s.closers = append(s.closers, s.mitm.Close)
 	}
 
-	mount, err := bpf.Cgroup2Mount()
+	mount, err := cgroup.FindV2Mount()
 	if err != nil {
 		if cfg.Transparent.Enabled {
 			return nil, err
@@ -198,7 +200,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 // attach creates the parent cgroup when missing and attaches (or re-uses) the pinned programs.
 func (s *Sidecar) attach() error {
 	mount := s.ids.mount
-	parent := filepath.Join(mount, filepath.FromSlash(cleanCgroup(s.cfg.Transparent.Cgroup)))
+	parent := filepath.Join(mount, filepath.FromSlash(cgroup.Canonical(s.cfg.Transparent.Cgroup)))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("creating parent cgroup: %w", err)
 	}

@@ -3,13 +3,13 @@ package policies
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"path"
-	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/cedar-policy/cedar-go/types"
+
+	"github.com/openfirma/firma/internal/hostname"
 )
 
 // errMalformed prefixes what normalize refuses; the decision reason is its text.
@@ -116,96 +116,9 @@ func defaultPort(kind intentKind, transport string) int {
 	return 0
 }
 
-// NormalizeHost returns host in the form mapping rules and policies compare against: lowercased,
-// trailing dot stripped, IP literals canonical (no brackets, IPv4-mapped addresses unmapped). A port
-// in host ("example.com:443", "[::1]:80") is split off and returned; 0 when there is none.
-func NormalizeHost(host string) (string, int, error) {
-	if host == "" {
-		return "", 0, errors.New("no host")
-	}
-	name, port := host, 0
-	if strings.HasPrefix(host, "[") {
-		end := strings.IndexByte(host, ']')
-		if end < 0 {
-			return "", 0, fmt.Errorf("host %q: unclosed '['", host)
-		}
-		name = host[1:end]
-		rest := host[end+1:]
-		if rest != "" {
-			p, ok := parsePort(strings.TrimPrefix(rest, ":"))
-			if !strings.HasPrefix(rest, ":") || !ok {
-				return "", 0, fmt.Errorf("host %q: bad port", host)
-			}
-			port = p
-		}
-		addr, err := netip.ParseAddr(name)
-		if err != nil || !addr.Is6() || addr.Zone() != "" {
-			return "", 0, fmt.Errorf("host %q: not an IPv6 address", host)
-		}
-		return addr.Unmap().String(), port, nil
-	}
-	if i := strings.IndexByte(host, ':'); i >= 0 {
-		if strings.Count(host, ":") > 1 { // a bare IPv6 literal
-			addr, err := netip.ParseAddr(host)
-			if err != nil || addr.Zone() != "" {
-				return "", 0, fmt.Errorf("host %q: not an IPv6 address", host)
-			}
-			return addr.Unmap().String(), 0, nil
-		}
-		p, ok := parsePort(host[i+1:])
-		if !ok {
-			return "", 0, fmt.Errorf("host %q: bad port", host)
-		}
-		name, port = host[:i], p
-	}
-	name = strings.TrimSuffix(strings.ToLower(name), ".")
-	if addr, err := netip.ParseAddr(name); err == nil {
-		if addr.Zone() != "" {
-			return "", 0, fmt.Errorf("host %q: zoned address", host)
-		}
-		return addr.Unmap().String(), port, nil
-	}
-	if err := checkHostname(name); err != nil {
-		return "", 0, fmt.Errorf("host %q: %v", host, err)
-	}
-	return name, port, nil
-}
-
-func parsePort(s string) (int, bool) {
-	if s == "" || len(s) > 5 {
-		return 0, false
-	}
-	p, err := strconv.Atoi(s)
-	if err != nil || p < 1 || p > 65535 || s[0] == '+' || s[0] == '-' {
-		return 0, false
-	}
-	return p, true
-}
-
-// checkHostname accepts a lowercase ASCII DNS name: labels of letters, digits, '-' and '_'.
-func checkHostname(name string) error {
-	if name == "" {
-		return errors.New("empty name")
-	}
-	if len(name) > 253 {
-		return errors.New("name longer than 253 characters")
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" {
-			return errors.New("empty label")
-		}
-		if len(label) > 63 {
-			return errors.New("label longer than 63 characters")
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("invalid character %q", c)
-			}
-		}
-	}
-	return nil
-}
+// NormalizeHost returns host in the form mapping rules and policies compare against (hostname.Parse):
+// lowercased, trailing dot stripped, IP literals canonical; a port is split off (0 when none).
+func NormalizeHost(host string) (string, int, error) { return hostname.Parse(host) }
 
 // NormalizePath returns the canonical form of an HTTP request path (see normalize): "/" for an
 // empty path, never a query.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/openfirma/firma/internal/hostname"
 )
 
 // HostPattern is a host pattern of mapping rules (and of the sidecar's intercept, bypass and strict
@@ -40,7 +42,7 @@ func ParseHostPattern(s string) (HostPattern, error) {
 		return HostPattern{}, errors.New("empty host pattern")
 	case strings.HasPrefix(s, "*."):
 		suffix := strings.TrimSuffix(strings.ToLower(s[2:]), ".")
-		if err := checkHostname(suffix); err != nil {
+		if err := hostname.Check(suffix); err != nil {
 			return HostPattern{}, fmt.Errorf("host pattern %q: %v", s, err)
 		}
 		return HostPattern{kind: patternOneLabel, value: suffix}, nil
@@ -326,7 +328,7 @@ func buildRule(raw rawRule, schema *Schema) (*Rule, []error) {
 	case !schema.HasActionClass(raw.ActionClass):
 		errs = append(errs, fmt.Errorf("unknown action class %q (not an action of %s)", raw.ActionClass, schema.Name()))
 	}
-	if raw.Provider != "" && checkHostname(raw.Provider) != nil {
+	if raw.Provider != "" && hostname.Check(raw.Provider) != nil {
 		errs = append(errs, fmt.Errorf("provider %q: use lowercase letters, digits, '-', '_' and '.'", raw.Provider))
 	}
 	return r, errs

@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/cgroup"
 )
 
 // Config is the [run] section of firma.toml.
@@ -107,7 +107,7 @@ func (c *Config) Validate() error {
 		bad("sidecar", "%q is not an absolute path", c.Sidecar)
 	}
 	if c.Cgroup != "" {
-		if cg, err := control.CleanCgroup(c.Cgroup); err != nil || cg == "/" {
+		if cg, err := cgroup.Clean(c.Cgroup); err != nil || cg == "/" {
 			bad("cgroup", "%q is not a cgroup path below the cgroup2 root", c.Cgroup)
 		}
 	}

@@ -16,43 +16,6 @@ const hybridMountinfo = `22 28 0:20 / /sys rw,nosuid,nodev,noexec,relatime share
 90 28 0:50 / /mnt/with\040space rw - tmpfs none rw
 `
 
-func TestParseMountinfo(t *testing.T) {
-	mounts, err := ParseMountinfo(strings.NewReader(hybridMountinfo))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(mounts) != 6 {
-		t.Fatalf("%d mounts", len(mounts))
-	}
-	if m := mounts[4]; m != (Mount{Root: "/", Point: "/sys/fs/cgroup/unified", FSType: "cgroup2", Source: "cgroup2"}) {
-		t.Fatalf("optional fields mis-parsed: %+v", m)
-	}
-	if mounts[5].Point != "/mnt/with space" {
-		t.Fatalf("escape not undone: %q", mounts[5].Point)
-	}
-	cg2, err := Cgroup2Mount(mounts)
-	if err != nil || cg2 != "/sys/fs/cgroup/unified" {
-		t.Fatalf("cgroup2 mount %q, %v", cg2, err)
-	}
-	if got := cgroupMounts(mounts); !reflect.DeepEqual(got, []string{"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"}) {
-		t.Fatalf("cgroup mounts %v", got)
-	}
-
-	unified := "29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
-	mounts, _ = ParseMountinfo(strings.NewReader(unified))
-	if cg2, _ := Cgroup2Mount(mounts); cg2 != "/sys/fs/cgroup" {
-		t.Fatalf("unified host: %q", cg2)
-	}
-	// A cgroup2 mount of a subtree (a container's view) is not the hierarchy's root.
-	mounts, _ = ParseMountinfo(strings.NewReader("29 23 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"))
-	if _, err := Cgroup2Mount(mounts); err != ErrNoCgroup2 {
-		t.Fatalf("subtree mount: %v", err)
-	}
-	if _, err := ParseMountinfo(strings.NewReader("22 28 0:20 / /sys rw\n")); err == nil || !strings.Contains(err.Error(), "line 1") {
-		t.Fatalf("malformed line: %v", err)
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	cfg := DefaultConfig()
 	if err := cfg.Validate(); err != nil {

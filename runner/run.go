@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -94,7 +95,7 @@ type agentUser struct {
 // host is every side effect the runner has, so that tests can replace each one.
 type host struct {
 	dial      func(ctx context.Context, socket string) (sidecar, error)
-	mountinfo func() ([]Mount, error)
+	mountinfo func() ([]cgroup.Mount, error)
 	fs        cgroupFS
 	// systemd, when set (systemd manages this host), connects to it and returns a placer that
 	// makes transient scopes described by desc.
@@ -186,16 +187,16 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	if err != nil {
 		return 1, err
 	}
-	enforced, err := control.CleanCgroup(info.Cgroup)
+	enforced, err := cgroup.Clean(info.Cgroup)
 	if info.Cgroup == "" || err != nil || enforced == "/" {
 		return 1, fmt.Errorf("%w: the sidecar reports no enforced cgroup (%q); is [sidecar.transparent] enabled?", ErrNotEnforced, info.Cgroup)
 	}
 	parent := enforced
 	if p := firstNonEmpty(opts.Cgroup, cfg.Cgroup); p != "" {
-		if parent, err = control.SlicePath(p); err != nil {
+		if parent, err = cgroup.SlicePath(p); err != nil {
 			return 1, fmt.Errorf("--cgroup: %w", err)
 		}
-		if parent != enforced && !control.Under(parent, enforced) {
+		if parent != enforced && !cgroup.Under(parent, enforced) {
 			return 1, fmt.Errorf("%w: cgroup %s is outside the sidecar's enforced parent %s", ErrNotEnforced, parent, enforced)
 		}
 	}
@@ -203,7 +204,7 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	if err != nil {
 		return 1, err
 	}
-	mount, err := Cgroup2Mount(mounts)
+	mount, err := cgroup.V2Mount(mounts)
 	if err != nil {
 		return 1, err
 	}
@@ -213,7 +214,7 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 
 	spec, err := buildSpec(specInput{
 		Command: opts.Command, Env: opts.Env, Dir: dir, Profile: profile, Info: info,
-		Socket: socket, User: user, Homes: h.homes(user), CgroupMounts: cgroupMounts(mounts), Exists: h.exists,
+		Socket: socket, User: user, Homes: h.homes(user), CgroupMounts: cgroup.Points(mounts), Exists: h.exists,
 		Capability: id.CapabilityFile,
 	})
 	if err != nil {

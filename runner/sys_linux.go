@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/cgroup"
 )
 
 // InitArg and HoldArg are the hidden `firma run` modes the runner re-executes itself in:
@@ -49,14 +50,7 @@ func realHost(log zerolog.Logger) (*host, error) {
 		dial: func(ctx context.Context, socket string) (sidecar, error) {
 			return control.Dial(ctx, socket)
 		},
-		mountinfo: func() ([]Mount, error) {
-			f, err := os.Open("/proc/self/mountinfo")
-			if err != nil {
-				return nil, err
-			}
-			defer f.Close()
-			return ParseMountinfo(f)
-		},
+		mountinfo:    cgroup.SelfMounts,
 		fs:           realCgroupFS{},
 		launch:       startAgent,
 		notify:       notifySignals,

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/internal/cgroup"
 )
 
 // transcript collects what the fakes were asked to do, one line per side effect.
@@ -398,7 +399,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 			tr.add("dial %s", socket)
 			return fh.sc, nil
 		},
-		mountinfo: func() ([]Mount, error) { return ParseMountinfo(strings.NewReader(hybridMountinfo)) },
+		mountinfo: func() ([]cgroup.Mount, error) { return cgroup.ParseMountinfo(strings.NewReader(hybridMountinfo)) },
 		fs:        fh.fs,
 		launch: func(l launch) (agent, error) {
 			tr.add("launch fd=%d argv=%s uid=%d workspace=%s", l.CgroupFD, strings.Join(l.Spec.Argv, " "), l.Spec.UID, l.Spec.Workspace)

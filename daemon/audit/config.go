@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 // Config is [sidecar.audit].
@@ -13,7 +15,7 @@ type Config struct {
 	SigningKeyPath string `toml:"signing_key_path"` // ECDSA P-256 PEM; "" ⇒ chained but unsigned
 	// FsyncInterval bounds how much a power failure can lose: written lines are fsynced at most this
 	// long after write(2). 0 ⇒ DefaultFsyncInterval. Write it as a string: "1s", "200ms".
-	FsyncInterval Duration `toml:"fsync_interval"`
+	FsyncInterval duration.Duration `toml:"fsync_interval"`
 	// MaxSizeBytes rotates the live file before a write once it has reached this size.
 	// 0 ⇒ DefaultMaxSizeBytes.
 	MaxSizeBytes int64 `toml:"max_size_bytes"`
@@ -45,7 +47,7 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		FilePath:      "audit.jsonl",
-		FsyncInterval: Duration(DefaultFsyncInterval),
+		FsyncInterval: duration.Of(DefaultFsyncInterval),
 		MaxSizeBytes:  DefaultMaxSizeBytes,
 		RefusalRate:   DefaultRefusalRate,
 		RefusalBurst:  DefaultRefusalBurst,
@@ -59,7 +61,7 @@ func (c Config) Validate() error {
 	if c.FilePath == "" {
 		errs = append(errs, errors.New("audit.file_path: must be set"))
 	}
-	if d := time.Duration(c.FsyncInterval); d != 0 && (d < time.Millisecond || d > time.Minute) {
+	if d := c.FsyncInterval.Duration; d != 0 && (d < time.Millisecond || d > time.Minute) {
 		errs = append(errs, fmt.Errorf("audit.fsync_interval: %v is not between 1ms and 1m (write it as a string, e.g. \"1s\")", d))
 	}
 	if c.MaxSizeBytes < 0 {
@@ -88,8 +90,8 @@ func (c Config) Validate() error {
 // withDefaults fills the keys left at zero, so that a Config built by hand (or by a caller's own
 // defaults that predate a key) still gets the documented behaviour.
 func (c Config) withDefaults() Config {
-	if c.FsyncInterval == 0 {
-		c.FsyncInterval = Duration(DefaultFsyncInterval)
+	if c.FsyncInterval.Duration == 0 {
+		c.FsyncInterval = duration.Of(DefaultFsyncInterval)
 	}
 	if c.MaxSizeBytes == 0 {
 		c.MaxSizeBytes = DefaultMaxSizeBytes
@@ -109,17 +111,3 @@ func (c Config) withDefaults() Config {
 	}
 	return c
 }
-
-// Duration is a time.Duration read from TOML as a string ("1s", "250ms").
-type Duration time.Duration
-
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }

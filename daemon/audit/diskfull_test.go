@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/internal/testutil"
 )
 
@@ -58,7 +59,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 	key, _, pub := testKey(t)
 	path := filepath.Join(dir, "audit.jsonl")
 	log, logs := testLogger(t)
-	w, err := Open(Config{FilePath: path, SigningKeyPath: key, FsyncInterval: Duration(20 * time.Millisecond)}, log)
+	w, err := Open(Config{FilePath: path, SigningKeyPath: key, FsyncInterval: duration.Of(20 * time.Millisecond)}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestDiskFullUnderConcurrency(t *testing.T) {
 	key, _, pub := testKey(t)
 	path := filepath.Join(dir, "audit.jsonl")
 	log, _ := testLogger(t)
-	w, err := Open(Config{FilePath: path, SigningKeyPath: key, FsyncInterval: Duration(10 * time.Millisecond)}, log)
+	w, err := Open(Config{FilePath: path, SigningKeyPath: key, FsyncInterval: duration.Of(10 * time.Millisecond)}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

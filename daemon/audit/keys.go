@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/openfirma/firma/internal/keyfile"
 )
 
 // ErrKey marks a signing or public key that cannot be used: wrong PEM type, wrong curve, readable by
@@ -21,52 +23,13 @@ var ErrKey = errors.New("unusable audit key")
 // `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes) or "EC PRIVATE KEY"
 // (SEC 1, optionally after an "EC PARAMETERS" block). A file readable by group or others is refused.
 func LoadSigningKey(path string) (crypto.Signer, error) {
-	fi, err := os.Stat(path)
+	k, err := keyfile.LoadPrivate(path)
 	if err != nil {
-		return nil, fmt.Errorf("audit signing key: %w", err)
+		return nil, fmt.Errorf("audit signing key: %w: %w", ErrKey, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("audit signing key %s: %w: not a regular file", path, ErrKey)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("audit signing key %s: %w: mode %04o is readable by group or others (chmod 600)", path, ErrKey, perm)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("audit signing key: %w", err)
-	}
-	var key *ecdsa.PrivateKey
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		var k any
-		switch block.Type {
-		case "EC PARAMETERS":
-			continue
-		case "PRIVATE KEY":
-			k, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-		case "EC PRIVATE KEY":
-			k, err = x509.ParseECPrivateKey(block.Bytes)
-		default:
-			return nil, fmt.Errorf("audit signing key %s: %w: PEM block %q, want \"PRIVATE KEY\" or \"EC PRIVATE KEY\"", path, ErrKey, block.Type)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("audit signing key %s: %w: %w", path, ErrKey, err)
-		}
-		if key != nil {
-			return nil, fmt.Errorf("audit signing key %s: %w: more than one private key", path, ErrKey)
-		}
-		ec, ok := k.(*ecdsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("audit signing key %s: %w: %T, want ECDSA P-256", path, ErrKey, k)
-		}
-		key = ec
-	}
-	if key == nil {
-		return nil, fmt.Errorf("audit signing key %s: %w: no PEM private key", path, ErrKey)
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit signing key %s: %w: %T, want ECDSA P-256", path, ErrKey, k)
 	}
 	if key.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("audit signing key %s: %w: curve %s, want P-256", path, ErrKey, key.Curve.Params().Name)

@@ -303,7 +303,7 @@ func (w *Writer) Stats() Stats {
 // run is the writer goroutine.
 func (w *Writer) run() {
 	defer close(w.done)
-	tick := time.NewTicker(time.Duration(w.cfg.FsyncInterval))
+	tick := time.NewTicker(w.cfg.FsyncInterval.Duration)
 	defer tick.Stop()
 	batch := make([]*request, 0, maxBatch)
 	for {
@@ -859,7 +859,7 @@ func (w *Writer) retain() {
 
 // syncer fsyncs the live file every fsync interval when something was written since the last one.
 func (w *Writer) syncer() {
-	tick := time.NewTicker(time.Duration(w.cfg.FsyncInterval))
+	tick := time.NewTicker(w.cfg.FsyncInterval.Duration)
 	defer tick.Stop()
 	for {
 		select {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 func TestAppendVerifySigned(t *testing.T) {
@@ -415,7 +417,7 @@ func TestForeignLastLineRefused(t *testing.T) {
 
 func TestLiveFileRemovedStartsNewFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	w := openTest(t, Config{FilePath: path, FsyncInterval: Duration(10 * time.Millisecond)})
+	w := openTest(t, Config{FilePath: path, FsyncInterval: duration.Of(10 * time.Millisecond)})
 	w.Append(decision(1, "a", "DENY"))
 	os.Remove(path)
 	waitFor(t, "a new live file", func() bool { _, err := os.Stat(path); return err == nil })
@@ -439,8 +441,8 @@ func TestConfigValidate(t *testing.T) {
 		want string
 	}{
 		{Config{}, "audit.file_path"},
-		{Config{FilePath: "a", FsyncInterval: 1}, "audit.fsync_interval"},
-		{Config{FilePath: "a", FsyncInterval: Duration(time.Hour)}, "audit.fsync_interval"},
+		{Config{FilePath: "a", FsyncInterval: duration.Of(1)}, "audit.fsync_interval"},
+		{Config{FilePath: "a", FsyncInterval: duration.Of(time.Hour)}, "audit.fsync_interval"},
 		{Config{FilePath: "a", MaxSizeBytes: 10}, "audit.max_size_bytes"},
 		{Config{FilePath: "a", MaxFiles: -1}, "audit.max_files"},
 	} {

@@ -9,11 +9,12 @@
 package control
 
 import (
+	"github.com/openfirma/firma/internal/cgroup"
+
 	"context"
 	"errors"
 	"fmt"
 	"path"
-	"strings"
 )
 
 // DefaultSocket is where the sidecar listens unless [sidecar.control] socket says otherwise.
@@ -101,31 +102,8 @@ const (
 	opUnregister = "unregister"
 )
 
-// CleanCgroup is the canonical form of a cgroup path relative to the cgroup2 mount: a leading
-// slash, no trailing slash. It refuses "..", "." and empty elements.
-func CleanCgroup(p string) (string, error) {
-	trimmed := strings.Trim(p, "/")
-	if trimmed == "" {
-		return "/", nil
-	}
-	for _, el := range strings.Split(trimmed, "/") {
-		if el == "" || el == "." || el == ".." {
-			return "", fmt.Errorf("cgroup path %q has an empty, . or .. element", p)
-		}
-	}
-	return path.Clean("/" + trimmed), nil
-}
-
-// Under reports whether cgroup child lies strictly below parent (both canonical).
-func Under(child, parent string) bool {
-	if parent == "/" {
-		return child != "/"
-	}
-	return strings.HasPrefix(child, parent+"/")
-}
-
 func (r Registration) validate(enforced string) error {
-	cg, err := CleanCgroup(r.Cgroup)
+	cg, err := cgroup.Clean(r.Cgroup)
 	if err != nil {
 		return err
 	}
@@ -135,10 +113,10 @@ func (r Registration) validate(enforced string) error {
 	if enforced == "" {
 		return errors.New("the sidecar enforces no cgroup (transparent mode is off)")
 	}
-	if enforced, err = CleanCgroup(enforced); err != nil {
+	if enforced, err = cgroup.Clean(enforced); err != nil {
 		return fmt.Errorf("the sidecar's enforced cgroup: %w", err)
 	}
-	if !Under(cg, enforced) {
+	if !cgroup.Under(cg, enforced) {
 		return fmt.Errorf("cgroup %s is not below the enforced parent %s", cg, enforced)
 	}
 	if r.AgentID == "" {

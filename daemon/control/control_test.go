@@ -354,13 +354,3 @@ func TestBadRequests(t *testing.T) {
 		}
 	}
 }
-
-func TestParseProcCgroup(t *testing.T) {
-	got, err := ParseProcCgroup(strings.NewReader("9:name=systemd:/\n4:memory:/x\n0::/firma-agents.slice/run-1\n"))
-	if err != nil || got != "/firma-agents.slice/run-1" {
-		t.Fatalf("got %q, %v", got, err)
-	}
-	if _, err := ParseProcCgroup(strings.NewReader("4:memory:/x\n")); err == nil {
-		t.Fatal("no v2 line accepted")
-	}
-}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -40,7 +41,7 @@ type Server struct {
 
 // NewServer returns a server that hands requests to reg.
 func NewServer(reg Registry, log zerolog.Logger) *Server {
-	return &Server{reg: reg, log: log.With().Str(logfields.Component, "control").Logger(), peerCgroup: procCgroup}
+	return &Server{reg: reg, log: log.With().Str(logfields.Component, "control").Logger(), peerCgroup: cgroup.OfProcess}
 }
 
 // Serve listens on path and serves until ctx ends; see Listen and (*Server).Serve.
@@ -222,7 +223,7 @@ func (s *Server) handle(ctx context.Context, log zerolog.Logger, req request) re
 		log.Info().Int("runner_pid", r.PID).Msg("agent cgroup registered")
 		return response{OK: true}
 	case opUnregister:
-		cg, err := CleanCgroup(req.Cgroup)
+		cg, err := cgroup.Clean(req.Cgroup)
 		if err != nil {
 			return response{Error: "unregister: " + err.Error()}
 		}
@@ -262,7 +263,7 @@ func (s *Server) allowed(p peer) error {
 	if enforced == "" {
 		return nil
 	}
-	enforced, err := CleanCgroup(enforced)
+	enforced, err := cgroup.Clean(enforced)
 	if err != nil {
 		return fmt.Errorf("%w: the sidecar's enforced cgroup: %v", ErrPermission, err)
 	}
@@ -270,7 +271,7 @@ func (s *Server) allowed(p peer) error {
 	if err != nil {
 		return fmt.Errorf("%w: cgroup of peer pid %d: %v", ErrPermission, p.PID, err)
 	}
-	if cg == enforced || Under(cg, enforced) {
+	if cg == enforced || cgroup.Under(cg, enforced) {
 		return fmt.Errorf("%w: peer pid %d is inside the enforced cgroup %s", ErrPermission, p.PID, enforced)
 	}
 	return nil

@@ -38,6 +38,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -81,7 +82,7 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.Host == "" {
 		bad("host: must be set")
-	} else if h := normalizeHost(c.Host); !validHost(h) {
+	} else if h := hostname.Normalize(strings.TrimSpace(c.Host)); !validHost(h) {
 		bad("host: %q is not an exact host name or IP literal (no wildcard, port or scheme)", c.Host)
 	}
 	switch c.Mode {
@@ -134,7 +135,7 @@ func ValidateAll(cfgs []Config) error {
 			errs = append(errs, fmt.Errorf("credentials[%d]: %w", i, err))
 			continue
 		}
-		k := [2]string{normalizeHost(c.Host), c.header()}
+		k := [2]string{hostname.Normalize(strings.TrimSpace(c.Host)), c.header()}
 		if j, dup := seen[k]; dup {
 			errs = append(errs, fmt.Errorf("credentials[%d]: host %s header %s is already set by credentials[%d]", i, k[0], k[1], j))
 		}
@@ -166,7 +167,7 @@ func New(cfgs []Config, lookupEnv func(string) (string, bool), log zerolog.Logge
 	var errs []error
 	for i := range cfgs {
 		c := &cfgs[i]
-		host := normalizeHost(c.Host)
+		host := hostname.Normalize(strings.TrimSpace(c.Host))
 		e := &entry{
 			label:  fmt.Sprintf("credentials[%d] (%s)", i, host),
 			header: c.header(),
@@ -206,7 +207,7 @@ func New(cfgs []Config, lookupEnv func(string) (string, bool), log zerolog.Logge
 
 // Has reports whether host (exactly, after normalization) has credentials.
 func (in *Injector) Has(host string) bool {
-	return in != nil && len(in.byHost[normalizeHost(host)]) > 0
+	return in != nil && len(in.byHost[hostname.Normalize(host)]) > 0
 }
 
 // Apply prepares h for the upstream host. It always removes Proxy-Authorization; when host has
@@ -217,7 +218,7 @@ func (in *Injector) Apply(host string, h http.Header) ([]string, error) {
 	if in == nil {
 		return nil, nil
 	}
-	entries := in.byHost[normalizeHost(host)]
+	entries := in.byHost[hostname.Normalize(host)]
 	if len(entries) == 0 {
 		return nil, nil
 	}
@@ -260,17 +261,6 @@ func (e *entry) resolve() (string, error) {
 		return "", fmt.Errorf("%w: %s: %s holds more than one line", ErrInjectionFailed, e.label, e.file)
 	}
 	return v, nil
-}
-
-func normalizeHost(h string) string {
-	h = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(h), "."))
-	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-		h = h[1 : len(h)-1]
-	}
-	if ip, err := netip.ParseAddr(h); err == nil {
-		return ip.WithZone("").String()
-	}
-	return h
 }
 
 // validHost accepts a DNS name (letters, digits, '-', '_' in non-empty labels) or an IP literal.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/keyfile"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -139,10 +140,6 @@ func LoadCA(dir string) (*CA, error) {
 	if !keySt.Mode().IsRegular() || !certSt.Mode().IsRegular() {
 		return nil, refuse(ErrCAInvalid, "%s and %s must be regular files", certPath, keyPath)
 	}
-	if keySt.Mode().Perm()&0o077 != 0 {
-		return nil, refuse(ErrCAInsecure, "key %s has mode %04o: readable by group or others (chmod 600 it)",
-			keyPath, keySt.Mode().Perm())
-	}
 
 	key, err := readKey(keyPath)
 	if err != nil {
@@ -170,34 +167,16 @@ func refuse(kind error, format string, a ...any) error {
 // readKey reads exactly one PKCS#8 ("PRIVATE KEY") or SEC 1 ("EC PRIVATE KEY") block holding an
 // ECDSA or RSA key.
 func readKey(path string) (crypto.Signer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading CA key: %w", err)
+	key, err := keyfile.LoadPrivate(path)
+	switch {
+	case errors.Is(err, keyfile.ErrInsecure):
+		return nil, refuse(ErrCAInsecure, "%v", err)
+	case err != nil:
+		return nil, refuse(ErrCAInvalid, "%v", err)
 	}
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, refuse(ErrCAInvalid, "%s holds no PEM block", path)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, refuse(ErrCAInvalid, "%s holds more than one PEM block", path)
-	}
-	var key any
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	default:
-		return nil, refuse(ErrCAInvalid, "%s holds a %q PEM block, want \"PRIVATE KEY\"", path, block.Type)
-	}
-	if err != nil {
-		return nil, refuse(ErrCAInvalid, "%s: %v", path, err)
-	}
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey:
-		return k, nil
-	case *rsa.PrivateKey:
-		return k, nil
+	switch key.(type) {
+	case *ecdsa.PrivateKey, *rsa.PrivateKey:
+		return key, nil
 	default:
 		return nil, refuse(ErrCAInvalid, "%s: %T keys cannot sign leaves", path, key)
 	}
@@ -273,10 +252,10 @@ func createCA(dir string, now time.Time) error {
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeNew(dir, CAKeyFile, keyPEM, 0o600); err != nil {
+	if err := keyfile.WriteNew(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeNew(dir, CACertFile, certPEM, 0o644); err != nil {
+	if err := keyfile.WriteNew(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
 		return err
 	}
 	d, err := os.Open(dir)
@@ -285,35 +264,6 @@ func createCA(dir string, now time.Time) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// writeNew writes data to dir/name through a temporary file; it fails if name already exists.
-func writeNew(dir, name string, data []byte, perm os.FileMode) (err error) {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("placing %s: %w", name, err)
-	}
-	return nil
 }
 
 func randomSerial() (*big.Int, error) {

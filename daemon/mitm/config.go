@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 // CAConfig is [sidecar.ca]: where the MITM CA lives.
@@ -31,26 +33,26 @@ type Config struct {
 
 	// FallbackPeriod is how long a non-strict intercepted host is tunnelled CONNECT-only after a
 	// client rejected the minted certificate (certificate pinning, CA not trusted).
-	FallbackPeriod Duration `toml:"fallback_period"`
+	FallbackPeriod duration.Duration `toml:"fallback_period"`
 	// HandshakeTimeout bounds the agent-side TLS handshake.
-	HandshakeTimeout Duration `toml:"handshake_timeout"`
+	HandshakeTimeout duration.Duration `toml:"handshake_timeout"`
 	// IdleTimeout closes an agent-side keep-alive or HTTP/2 connection with no request in flight.
-	IdleTimeout Duration `toml:"idle_timeout"`
+	IdleTimeout duration.Duration `toml:"idle_timeout"`
 	// MaxConcurrentStreams is the HTTP/2 stream limit per agent connection.
 	MaxConcurrentStreams int `toml:"max_concurrent_streams"`
 
 	// LeafLifetime is the validity of a minted leaf certificate; LeafCacheSize bounds the LRU cache.
-	LeafLifetime  Duration `toml:"leaf_lifetime"`
-	LeafCacheSize int      `toml:"leaf_cache_size"`
+	LeafLifetime  duration.Duration `toml:"leaf_lifetime"`
+	LeafCacheSize int               `toml:"leaf_cache_size"`
 
 	// Upstream pool: connections to one upstream host are shared by all agent connections.
-	UpstreamMaxConnsPerHost int      `toml:"upstream_max_conns_per_host"` // 0 = unlimited
-	UpstreamMaxIdlePerHost  int      `toml:"upstream_max_idle_per_host"`
-	UpstreamIdleTimeout     Duration `toml:"upstream_idle_timeout"`
+	UpstreamMaxConnsPerHost int               `toml:"upstream_max_conns_per_host"` // 0 = unlimited
+	UpstreamMaxIdlePerHost  int               `toml:"upstream_max_idle_per_host"`
+	UpstreamIdleTimeout     duration.Duration `toml:"upstream_idle_timeout"`
 	// UpstreamResponseTimeout bounds the wait for an upstream's response headers (504 after it).
-	UpstreamResponseTimeout Duration `toml:"upstream_response_timeout"`
+	UpstreamResponseTimeout duration.Duration `toml:"upstream_response_timeout"`
 	// UpstreamTLSTimeout bounds the upstream TLS handshake.
-	UpstreamTLSTimeout Duration `toml:"upstream_tls_timeout"`
+	UpstreamTLSTimeout duration.Duration `toml:"upstream_tls_timeout"`
 
 	// compiled is set by Validate so that Mode and Strict need not parse the lists again.
 	compiled *hostLists
@@ -59,25 +61,25 @@ type Config struct {
 // DefaultConfig is the section's defaults: MITM off, every limit set.
 func DefaultConfig() Config {
 	return Config{
-		FallbackPeriod:          Duration(10 * time.Minute),
-		HandshakeTimeout:        Duration(10 * time.Second),
-		IdleTimeout:             Duration(2 * time.Minute),
+		FallbackPeriod:          duration.Of(10 * time.Minute),
+		HandshakeTimeout:        duration.Of(10 * time.Second),
+		IdleTimeout:             duration.Of(2 * time.Minute),
 		MaxConcurrentStreams:    250,
-		LeafLifetime:            Duration(24 * time.Hour),
+		LeafLifetime:            duration.Of(24 * time.Hour),
 		LeafCacheSize:           1024,
 		UpstreamMaxConnsPerHost: 64,
 		UpstreamMaxIdlePerHost:  16,
-		UpstreamIdleTimeout:     Duration(90 * time.Second),
-		UpstreamResponseTimeout: Duration(5 * time.Minute),
-		UpstreamTLSTimeout:      Duration(10 * time.Second),
+		UpstreamIdleTimeout:     duration.Of(90 * time.Second),
+		UpstreamResponseTimeout: duration.Of(5 * time.Minute),
+		UpstreamTLSTimeout:      duration.Of(10 * time.Second),
 	}
 }
 
 // Validate checks the section. Errors name keys relative to [sidecar.interceptor.https_mitm].
 func (c *Config) Validate() error {
 	hl, errs := compile(c)
-	positive := func(key string, d Duration) {
-		if d <= 0 {
+	positive := func(key string, d duration.Duration) {
+		if d.Duration <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be positive", key))
 		}
 	}
@@ -88,7 +90,7 @@ func (c *Config) Validate() error {
 	positive("upstream_idle_timeout", c.UpstreamIdleTimeout)
 	positive("upstream_response_timeout", c.UpstreamResponseTimeout)
 	positive("upstream_tls_timeout", c.UpstreamTLSTimeout)
-	if c.LeafLifetime > Duration(maxLeafLifetime) {
+	if c.LeafLifetime.Duration > maxLeafLifetime {
 		errs = append(errs, fmt.Errorf("leaf_lifetime: at most %s", maxLeafLifetime))
 	}
 	if c.LeafCacheSize < 1 {
@@ -194,19 +196,3 @@ func compile(c *Config) (*hostLists, []error) {
 	}
 	return &hl, errs
 }
-
-// Duration is a time.Duration that reads from TOML as a string such as "90s" or "10m".
-type Duration time.Duration
-
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
-func (d Duration) String() string { return time.Duration(d).String() }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 func TestHostListMatch(t *testing.T) {
@@ -87,7 +89,7 @@ func TestValidateErrors(t *testing.T) {
 	c.BypassHosts = []string{"pinned.example.com"}
 	c.StrictHosts = []string{"pinned.example.com"}
 	c.LeafCacheSize = 0
-	c.FallbackPeriod = 0
+	c.FallbackPeriod = duration.Duration{}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("accepted")

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -80,7 +81,7 @@ func (s *session) checkAuthority(r *http.Request) string {
 		if h, p, err := net.SplitHostPort(a); err == nil {
 			host, port = h, p
 		}
-		if NormalizeHost(host) != s.meta.Host || port != "" && port != strconv.Itoa(s.meta.Port) {
+		if hostname.Normalize(host) != s.meta.Host || port != "" && port != strconv.Itoa(s.meta.Port) {
 			return fmt.Sprintf("host %q does not match the TLS server name %q", a, s.meta.Host)
 		}
 	}

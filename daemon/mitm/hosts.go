@@ -5,23 +5,13 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/policies"
 )
 
 // Host patterns and normalization are the policy layer's (policies.ParseHostPattern,
-// policies.NormalizeHost), so that intercept, bypass and strict lists match exactly as mapping rules
+// hostname.Normalize), so that intercept, bypass and strict lists match exactly as mapping rules
 // do: an exact name or IP literal, "*." and a name matching exactly one more label, or "*".
-
-// NormalizeHost is the canonical form every host comparison here uses: policies.NormalizeHost
-// without the port (lowercase, trailing dot stripped, IP literals canonical). A host that does not
-// parse is lowercased only, so it matches no pattern and no SNI by accident.
-func NormalizeHost(host string) string {
-	h, _, err := policies.NormalizeHost(host)
-	if err != nil {
-		return strings.ToLower(host)
-	}
-	return h
-}
 
 // HostList is a parsed intercept_hosts, bypass_hosts or strict_hosts list.
 type HostList []policies.HostPattern
@@ -45,7 +35,7 @@ func ParseHostList(key string, entries []string) (HostList, error) {
 
 // Match reports whether any pattern matches host (in any case, with or without a trailing dot).
 func (l HostList) Match(host string) bool {
-	h := NormalizeHost(host)
+	h := hostname.Normalize(host)
 	for _, p := range l {
 		if p.Match(h) {
 			return true

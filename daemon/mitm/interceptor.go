@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/openfirma/firma/internal/hostname"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -160,7 +161,7 @@ func New(opts Options) (*Interceptor, error) {
 	i := &Interceptor{
 		cfg:      cfg,
 		hosts:    cfg.compiled,
-		leaves:   newLeafCache(opts.CA, time.Duration(cfg.LeafLifetime), cfg.LeafCacheSize),
+		leaves:   newLeafCache(opts.CA, cfg.LeafLifetime.Duration, cfg.LeafCacheSize),
 		hooks:    opts.Hooks,
 		creds:    opts.Credentials,
 		log:      opts.Log,
@@ -201,7 +202,7 @@ func (i *Interceptor) Strict(host string) bool { return i.hosts.strict.Match(hos
 
 // ShouldFallback reports whether host is inside its fallback period. Strict hosts never fall back.
 func (i *Interceptor) ShouldFallback(host string) bool {
-	host = NormalizeHost(host)
+	host = hostname.Normalize(host)
 	if i.hosts.strict.Match(host) {
 		return false
 	}
@@ -235,7 +236,7 @@ func (i *Interceptor) Serve(ctx context.Context, conn net.Conn, meta *ConnMeta) 
 	if meta.Host == "" {
 		meta.Host = meta.SNI
 	}
-	meta.Host = NormalizeHost(meta.Host)
+	meta.Host = hostname.Normalize(meta.Host)
 	if meta.Host == "" {
 		return ErrNoHost
 	}
@@ -252,7 +253,7 @@ func (i *Interceptor) Serve(ctx context.Context, conn net.Conn, meta *ConnMeta) 
 			return i.leaves.get(host)
 		},
 	})
-	hctx, cancel := context.WithTimeout(ctx, time.Duration(i.cfg.HandshakeTimeout))
+	hctx, cancel := context.WithTimeout(ctx, i.cfg.HandshakeTimeout.Duration)
 	err := tlsConn.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
@@ -272,7 +273,7 @@ func (i *Interceptor) handshakeFailed(ctx context.Context, meta *ConnMeta, err e
 	ev := i.log.Warn().Str(logfields.Host, meta.Host).Str(logfields.SNI, meta.SNI).
 		Str(logfields.Reason, err.Error()).Bool(logfields.Strict, strict)
 	if !strict {
-		until := i.now().Add(time.Duration(i.cfg.FallbackPeriod))
+		until := i.now().Add(i.cfg.FallbackPeriod.Duration)
 		i.mu.Lock()
 		i.fallback[meta.Host] = until
 		i.mu.Unlock()
@@ -292,7 +293,7 @@ func (i *Interceptor) serveHTTP(ctx context.Context, raw net.Conn, conn *tls.Con
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       time.Duration(i.cfg.IdleTimeout),
+		IdleTimeout:       i.cfg.IdleTimeout.Duration,
 		MaxHeaderBytes:    1 << 20,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: i.cfg.MaxConcurrentStreams},
 		ErrorLog:          log.New(debugWriter{i.log}, "", 0),

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/internal/testutil"
 )
 
@@ -550,7 +551,7 @@ func TestUpstreamBadCertificate(t *testing.T) {
 
 // An upstream that does not answer in time is a 504 with connector_network_error.
 func TestUpstreamTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{cfg: func(c *Config) { c.UpstreamResponseTimeout = Duration(200 * time.Millisecond) }})
+	e := newEnv(t, envOptions{cfg: func(c *Config) { c.UpstreamResponseTimeout = duration.Of(200 * time.Millisecond) }})
 	up := e.upstream(apiHost)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
@@ -614,7 +615,7 @@ func TestUpstreamPoolReuse(t *testing.T) {
 func TestHandshakeFailureFallback(t *testing.T) {
 	e := newEnv(t, envOptions{cfg: func(c *Config) {
 		c.StrictHosts = []string{"strict.example.test"}
-		c.FallbackPeriod = Duration(time.Minute)
+		c.FallbackPeriod = duration.Of(time.Minute)
 	}})
 	now := time.Now()
 	e.icpt.now = func() time.Time { return now }

@@ -38,9 +38,9 @@ func newTransport(cfg *Config, dial DialFunc, roots *x509.CertPool) *http.Transp
 		ForceAttemptHTTP2:     true,
 		MaxConnsPerHost:       cfg.UpstreamMaxConnsPerHost,
 		MaxIdleConnsPerHost:   cfg.UpstreamMaxIdlePerHost,
-		IdleConnTimeout:       time.Duration(cfg.UpstreamIdleTimeout),
-		TLSHandshakeTimeout:   time.Duration(cfg.UpstreamTLSTimeout),
-		ResponseHeaderTimeout: time.Duration(cfg.UpstreamResponseTimeout),
+		IdleConnTimeout:       cfg.UpstreamIdleTimeout.Duration,
+		TLSHandshakeTimeout:   cfg.UpstreamTLSTimeout.Duration,
+		ResponseHeaderTimeout: cfg.UpstreamResponseTimeout.Duration,
 		ExpectContinueTimeout: time.Second,
 		// Pass Accept-Encoding and compressed bodies through untouched.
 		DisableCompression: true,

@@ -37,6 +37,7 @@ import (
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon"
 	"github.com/openfirma/firma/daemon/audit"
+	"github.com/openfirma/firma/internal/cgroup"
 )
 
 // agentID is the identity the demo gives its cgroup: the shipped claude-code policy applies.
@@ -85,7 +86,7 @@ func Run(ctx context.Context, out io.Writer, keep bool) (err error) {
 		ups[name] = u
 	}
 
-	mount, err := bpf.Cgroup2Mount()
+	mount, err := cgroup.FindV2Mount()
 	if err != nil {
 		return err
 	}

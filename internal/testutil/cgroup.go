@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/internal/cgroup"
 )
 
 // Cgroup is a cgroup2 directory made for one test and removed (with anything left in it) afterwards.
@@ -37,7 +38,7 @@ func NewCgroup(tb testing.TB, parent *Cgroup) *Cgroup {
 	if parent != nil {
 		base, rel = parent.Path, parent.Rel
 	} else {
-		mnt, err := bpf.Cgroup2Mount()
+		mnt, err := cgroup.FindV2Mount()
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -1,7 +1,8 @@
-package control
+package cgroup
 
 import (
 	"fmt"
+	"path"
 	"strings"
 )
 
@@ -9,10 +10,10 @@ import (
 // actually uses: a dash in a slice name is nesting, so "firma-agents.slice" lives at
 // "/firma.slice/firma-agents.slice" and a service with Slice=firma-agents.slice at
 // "/firma.slice/firma-agents.slice/x.service". A path that already spells out the nesting is left as
-// it is. The result is canonical (CleanCgroup). firma uses the same path when systemd is absent, so
+// it is. The result is canonical (Clean). firma uses the same path when systemd is absent, so
 // configuration means the same cgroup on every host.
 func SlicePath(p string) (string, error) {
-	cg, err := CleanCgroup(p)
+	cg, err := Clean(p)
 	if err != nil || cg == "/" {
 		return cg, err
 	}
@@ -54,4 +55,46 @@ func sliceChain(name string) ([]string, error) {
 		chain[i] = strings.Join(parts[:i+1], "-") + ".slice"
 	}
 	return chain, nil
+}
+
+// Clean is the canonical form of a cgroup path relative to the cgroup2 mount: a leading slash, no
+// trailing slash. It refuses "..", "." and empty elements.
+func Clean(p string) (string, error) {
+	trimmed := strings.Trim(p, "/")
+	if trimmed == "" {
+		return "/", nil
+	}
+	for _, el := range strings.Split(trimmed, "/") {
+		if el == "" || el == "." || el == ".." {
+			return "", fmt.Errorf("cgroup path %q has an empty, . or .. element", p)
+		}
+	}
+	return path.Clean("/" + trimmed), nil
+}
+
+// Under reports whether cgroup child lies strictly below parent (both canonical).
+func Under(child, parent string) bool {
+	if parent == "/" {
+		return child != "/"
+	}
+	return strings.HasPrefix(child, parent+"/")
+}
+
+// Canonical is SlicePath for a path that has already been validated: an invalid one falls back to
+// plain cleaning (a leading slash, no trailing slash).
+func Canonical(p string) string {
+	if cg, err := SlicePath(p); err == nil {
+		return cg
+	}
+	return path.Clean("/" + strings.Trim(p, "/"))
+}
+
+// ValidRelative accepts a relative cgroup path without "..", other than the root, whose slices nest
+// as systemd nests them.
+func ValidRelative(p string) bool {
+	if strings.Trim(p, "/") == "" {
+		return false
+	}
+	_, err := SlicePath(p)
+	return err == nil
 }

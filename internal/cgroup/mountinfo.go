@@ -1,10 +1,11 @@
-package runner
+package cgroup
 
 import (
 	"bufio"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 )
 
@@ -16,7 +17,7 @@ type Mount struct {
 	Source string
 }
 
-// ErrNoCgroup2 means no cgroup2 filesystem is mounted.
+// ErrNoCgroup2 means no cgroup2 filesystem showing the hierarchy's root is mounted.
 var ErrNoCgroup2 = errors.New("no cgroup2 mount found")
 
 // ParseMountinfo reads mountinfo text (proc(5)):
@@ -56,10 +57,21 @@ func ParseMountinfo(r io.Reader) ([]Mount, error) {
 	return mounts, nil
 }
 
-// Cgroup2Mount returns where the unified hierarchy is mounted: /sys/fs/cgroup on most hosts,
-// /sys/fs/cgroup/unified on hybrid ones. When several cgroup2 mounts exist the first one that
-// shows the hierarchy's root wins.
-func Cgroup2Mount(mounts []Mount) (string, error) {
+// SelfMounts parses /proc/self/mountinfo.
+func SelfMounts() ([]Mount, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseMountinfo(f)
+}
+
+// V2Mount returns where the unified hierarchy is mounted: /sys/fs/cgroup on most hosts,
+// /sys/fs/cgroup/unified on hybrid ones. When several cgroup2 mounts exist the first one that shows
+// the hierarchy's root wins; a mount of a subtree (a container's bind mount) is not the root, and
+// cgroup paths would not resolve against it.
+func V2Mount(mounts []Mount) (string, error) {
 	for _, m := range mounts {
 		if m.FSType == "cgroup2" && m.Root == "/" {
 			return m.Point, nil
@@ -68,8 +80,17 @@ func Cgroup2Mount(mounts []Mount) (string, error) {
 	return "", ErrNoCgroup2
 }
 
-// cgroupMounts returns every cgroup (v1) and cgroup2 mount point.
-func cgroupMounts(mounts []Mount) []string {
+// FindV2Mount is V2Mount of this process's mount table.
+func FindV2Mount() (string, error) {
+	mounts, err := SelfMounts()
+	if err != nil {
+		return "", err
+	}
+	return V2Mount(mounts)
+}
+
+// Points returns every cgroup (v1) and cgroup2 mount point.
+func Points(mounts []Mount) []string {
 	var points []string
 	for _, m := range mounts {
 		if m.FSType == "cgroup" || m.FSType == "cgroup2" {

@@ -1,4 +1,4 @@
-package control
+package cgroup
 
 import (
 	"bufio"
@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// procCgroup returns the cgroup v2 path of pid as this process sees it.
-func procCgroup(pid int32) (string, error) {
+// OfProcess returns the cgroup v2 path of pid as this process sees it.
+func OfProcess(pid int32) (string, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return "", err
@@ -24,7 +24,7 @@ func ParseProcCgroup(r io.Reader) (string, error) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return CleanCgroup(p)
+			return Clean(p)
 		}
 	}
 	if err := sc.Err(); err != nil {
