@@ -32,7 +32,7 @@ type Config struct {
 	RefusalBurst int     `toml:"refusal_burst"`
 	// RefusalWindow is the longest a run of suppressed records waits for its summary record.
 	// 0 ⇒ DefaultRefusalWindow.
-	RefusalWindow Duration `toml:"refusal_window"`
+	RefusalWindow duration.Duration `toml:"refusal_window"`
 }
 
 const (
@@ -51,7 +51,7 @@ func DefaultConfig() Config {
 		MaxSizeBytes:  DefaultMaxSizeBytes,
 		RefusalRate:   DefaultRefusalRate,
 		RefusalBurst:  DefaultRefusalBurst,
-		RefusalWindow: Duration(DefaultRefusalWindow),
+		RefusalWindow: duration.Of(DefaultRefusalWindow),
 	}
 }
 
@@ -78,7 +78,7 @@ func (c Config) Validate() error {
 	if c.RefusalBurst < 0 || c.RefusalBurst > 1_000_000 {
 		errs = append(errs, fmt.Errorf("audit.refusal_burst: %d is not between 0 and 1000000", c.RefusalBurst))
 	}
-	if d := time.Duration(c.RefusalWindow); d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+	if d := c.RefusalWindow.Duration; d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
 		errs = append(errs, fmt.Errorf("audit.refusal_window: %v is not between 100ms and 1h", d))
 	}
 	for i, s := range c.Sinks {
@@ -102,8 +102,8 @@ func (c Config) withDefaults() Config {
 	if c.RefusalBurst == 0 {
 		c.RefusalBurst = DefaultRefusalBurst
 	}
-	if c.RefusalWindow == 0 {
-		c.RefusalWindow = Duration(DefaultRefusalWindow)
+	if c.RefusalWindow.Duration == 0 {
+		c.RefusalWindow = duration.Of(DefaultRefusalWindow)
 	}
 	c.Sinks = slices.Clone(c.Sinks)
 	for i := range c.Sinks {

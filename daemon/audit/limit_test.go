@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 // fakeClock is a time the test moves by hand.
@@ -109,7 +111,7 @@ func TestAppendLimitedWritesSuppressedRecords(t *testing.T) {
 	key, _, pub := testKey(t)
 	log, _ := testLogger(t)
 	w, err := open(Config{FilePath: path, SigningKeyPath: key, RefusalRate: 1, RefusalBurst: 3,
-		RefusalWindow: Duration(5 * time.Second), FsyncInterval: Duration(10 * time.Millisecond)}, log, openOptions{now: clk.now})
+		RefusalWindow: duration.Of(5 * time.Second), FsyncInterval: duration.Of(10 * time.Millisecond)}, log, openOptions{now: clk.now})
 	if err != nil {
 		t.Fatal(err)
 	}

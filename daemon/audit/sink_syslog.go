@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/openfirma/firma/internal/keyfile"
 )
 
 // RFC 5424 is written here rather than with a library: Go's log/syslog writes RFC 3164-style
@@ -126,9 +128,17 @@ func syslogTLSConfig(cfg SinkConfig, a sinkAddr) (*tls.Config, error) {
 		}
 	}
 	if cfg.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		certPEM, err := os.ReadFile(cfg.CertFile)
 		if err != nil {
-			return nil, fmt.Errorf("cert_file/key_file: %w", err)
+			return nil, fmt.Errorf("cert_file: %w", err)
+		}
+		keyPEM, err := keyfile.ReadPrivate(cfg.KeyFile) // refuses a key others can read
+		if err != nil {
+			return nil, fmt.Errorf("key_file: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file/key_file %s, %s: %w", cfg.CertFile, cfg.KeyFile, err)
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}

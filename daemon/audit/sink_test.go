@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/internal/duration"
 )
 
 // rfc5424 is the SYSLOG-MSG rule of RFC 5424 section 6 for a message without structured data:
@@ -209,7 +211,7 @@ func TestSinkGetsEveryLineInOrder(t *testing.T) {
 	var inFile []int // for each delivery attempt, how many lines the file had
 	ft := &fakeTransport{}
 	ft.before = func(int) { inFile = append(inFile, len(readLines(t, path))) }
-	w, ft := openWithFake(t, Config{FilePath: path, SigningKeyPath: key, FsyncInterval: Duration(20 * time.Millisecond)}, ft, openOptions{})
+	w, ft := openWithFake(t, Config{FilePath: path, SigningKeyPath: key, FsyncInterval: duration.Of(20 * time.Millisecond)}, ft, openOptions{})
 	for i := range 50 {
 		if err := w.Append(decision(i, "api.anthropic.com", "ALLOW")); err != nil {
 			t.Fatal(err)
@@ -255,7 +257,7 @@ func TestSinkQueueFullDropsWithoutBlocking(t *testing.T) {
 		}
 	}}
 	log, buf := testLogger(t)
-	cfg := Config{FilePath: path, FsyncInterval: Duration(20 * time.Millisecond),
+	cfg := Config{FilePath: path, FsyncInterval: duration.Of(20 * time.Millisecond),
 		Sinks: []SinkConfig{{Type: SinkSyslog, Address: "udp://127.0.0.1:9", QueueSize: 5}}}
 	w, err := open(cfg, log, openOptions{transport: func(SinkConfig) (transport, error) { return ft, nil }})
 	if err != nil {

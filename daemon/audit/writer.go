@@ -145,7 +145,7 @@ func open(cfg Config, log zerolog.Logger, o openOptions) (*Writer, error) {
 		w.now = time.Now
 	}
 	w.drain = cmp.Or(o.drain, sinkDrainTimeout)
-	w.limiter = newLimiter(float64(cfg.RefusalRate), cfg.RefusalBurst, time.Duration(cfg.RefusalWindow))
+	w.limiter = newLimiter(float64(cfg.RefusalRate), cfg.RefusalBurst, cfg.RefusalWindow.Duration)
 	if cfg.SigningKeyPath != "" {
 		s, err := LoadSigningKey(cfg.SigningKeyPath)
 		if err != nil {
