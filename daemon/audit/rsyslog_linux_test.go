@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"bufio"
+	"crypto/ecdsa"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -82,13 +83,7 @@ func waitRsyslog(t *testing.T, r *e2e.Rsyslog, done func(map[string][][]string) 
 // the RFC 5424 header as the sink meant it; `verify --format syslog` then checks the chain in what
 // rsyslog wrote, with either of its file formats, and finds a line removed from it.
 func TestSyslogSinksIntoRsyslog(t *testing.T) {
-	testutil.RequireRoot(t)
-	r := e2e.StartRsyslog(t)
-	key, pubPath := e2e.AuditKey(t)
-	pub, err := audit.LoadPublicKey(pubPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, key, pub := rsyslogAndKey(t)
 	sinks := map[string]audit.SinkConfig{
 		"firma-udp":        {Address: fmt.Sprintf("udp://127.0.0.1:%d", r.UDPPort)},
 		"firma-tcp":        {Address: fmt.Sprintf("tcp://127.0.0.1:%d", r.TCPPort)},
@@ -222,10 +217,9 @@ func TestSyslogSinksIntoRsyslog(t *testing.T) {
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
-// With the receiver stopped mid-run, no record is lost from the file, the sink retries until the
-// receiver is back, and what it could not hold is counted: the receiver has exactly the file's
-// lines minus the dropped ones, in order.
-func TestSyslogReceiverStoppedMidRun(t *testing.T) {
+// rsyslogAndKey starts an rsyslogd and makes an audit signing key (its path) and public key.
+func rsyslogAndKey(t *testing.T) (*e2e.Rsyslog, string, *ecdsa.PublicKey) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	r := e2e.StartRsyslog(t)
 	key, pubPath := e2e.AuditKey(t)
@@ -233,6 +227,14 @@ func TestSyslogReceiverStoppedMidRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, key, pub
+}
+
+// With the receiver stopped mid-run, no record is lost from the file, the sink retries until the
+// receiver is back, and what it could not hold is counted: the receiver has exactly the file's
+// lines minus the dropped ones, in order.
+func TestSyslogReceiverStoppedMidRun(t *testing.T) {
+	r, key, pub := rsyslogAndKey(t)
 	cfg := audit.Config{FilePath: filepath.Join(t.TempDir(), "audit.jsonl"), SigningKeyPath: key,
 		Sinks: []audit.SinkConfig{{Type: audit.SinkSyslog, Address: fmt.Sprintf("tcp://127.0.0.1:%d", r.TCPPort), QueueSize: 8}}}
 	w, err := audit.Open(cfg, zerolog.Nop())

@@ -57,17 +57,7 @@ func AuditKey(tb testing.TB) (key, pub string) {
 // exit status.
 func VerifyAudit(tb testing.TB, pub string, files ...string) (string, int) {
 	tb.Helper()
-	cmd := exec.Command(Binary(tb, "firma"), append([]string{"audit", "verify", "--pubkey", pub}, files...)...)
-	cmd.Env = testutil.CleanEnv()
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		return string(out), 0
-	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		tb.Fatalf("firma audit verify: %v\n%s", err, out)
-	}
-	return string(out), ee.ExitCode()
+	return VerifyAuditExport(tb, pub, nil, files...)
 }
 
 // AuditFiles lists the sidecar's audit files, rotated ones first, in chain order.
@@ -389,7 +379,9 @@ func VerifyAuditExport(tb testing.TB, pub string, stdin []byte, args ...string) 
 	tb.Helper()
 	cmd := exec.Command(Binary(tb, "firma"), append([]string{"audit", "verify", "--pubkey", pub}, args...)...)
 	cmd.Env = testutil.CleanEnv()
-	cmd.Stdin = bytes.NewReader(stdin)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		return string(out), 0
