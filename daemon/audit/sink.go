@@ -3,6 +3,7 @@ package audit
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -388,6 +389,9 @@ func openSinks(cfgs []SinkConfig, log zerolog.Logger, mk func(SinkConfig) (trans
 			return nil, fmt.Errorf("audit.sinks[%d]: %w", i, err)
 		}
 		s := newSink(c.name(), c.QueueSize, t, log)
+		if a, err := parseSinkAddr(c.Address); err == nil && (a.scheme == "udp" || a.scheme == "tcp") && !isLoopback(a.host) {
+			s.log.Warn().Msg("audit sink sends records (hosts, paths, agents) in clear text over the network: use tcp+tls:// beyond this machine")
+		}
 		go s.run()
 		out = append(out, s)
 	}
@@ -399,4 +403,13 @@ func newTransport(c SinkConfig) (transport, error) {
 		return newJournaldTransport(c), nil
 	}
 	return newSyslogTransport(c)
+}
+
+// isLoopback reports whether host is a loopback address or localhost.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -137,6 +137,9 @@ func VerifyWith(pub crypto.PublicKey, opt VerifyOptions, files ...string) (*Repo
 	default:
 		return nil, fmt.Errorf("verifying audit log: unknown format %q", format)
 	}
+	if format == FormatFile && (opt.Host != "" || opt.App != "") {
+		return nil, errors.New("verifying audit log: a host or app filter applies to journal and syslog exports, not to the log files")
+	}
 	v := &verifier{pub: ecPub, report: &Report{Format: format}, format: format, opt: opt, sources: map[string]int{}}
 	if pub != nil {
 		v.wantKeyID = KeyID(pub)
