@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/openfirma/firma/internal/duration"
 )
@@ -405,5 +408,74 @@ func TestCloseGivesUpOnADeadSink(t *testing.T) {
 	}
 	if n := len(fileLines(t, path)); n != 7 {
 		t.Fatalf("file has %d lines, want 7", n)
+	}
+}
+
+// The sink keys decode from TOML as documented, and each bad value is an error naming its key.
+func TestSinkConfigDecodeAndValidate(t *testing.T) {
+	const doc = `
+file_path = "audit.jsonl"
+refusal_rate = 5.0
+refusal_burst = 20
+refusal_window = "30s"
+
+[[sinks]]
+type = "journald"
+app_name = "firma-a"
+queue_size = 100
+
+[[sinks]]
+type = "syslog"
+address = "tcp+tls://logs.example.com:6514"
+ca_file = "ca.pem"
+server_name = "logs.example.com"
+cert_file = "c.pem"
+key_file = "c.key"
+facility = "local3"
+hostname = "box-1"
+`
+	var c Config
+	dec := toml.NewDecoder(strings.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{FilePath: "audit.jsonl", RefusalRate: 5, RefusalBurst: 20, RefusalWindow: duration.Of(30 * time.Second), Sinks: []SinkConfig{
+		{Type: SinkJournald, AppName: "firma-a", QueueSize: 100},
+		{Type: SinkSyslog, Address: "tcp+tls://logs.example.com:6514", CAFile: "ca.pem", ServerName: "logs.example.com",
+			CertFile: "c.pem", KeyFile: "c.key", Facility: "local3", Hostname: "box-1"}}}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("decoded %+v", c)
+	}
+	for _, tc := range []struct {
+		sink SinkConfig
+		want string
+	}{
+		{SinkConfig{}, "audit.sinks[0].type: must be set"},
+		{SinkConfig{Type: "kafka"}, `audit.sinks[0].type: "kafka" is not`},
+		{SinkConfig{Type: SinkSyslog}, "audit.sinks[0].address: must be set"},
+		{SinkConfig{Type: SinkSyslog, Address: "127.0.0.1:514"}, "audit.sinks[0].address:"},
+		{SinkConfig{Type: SinkSyslog, Address: "http://h:1"}, `unknown scheme "http"`},
+		{SinkConfig{Type: SinkSyslog, Address: "unix://relative"}, "audit.sinks[0].address:"},
+		{SinkConfig{Type: SinkSyslog, Address: "udp://h:514", CAFile: "x"}, "audit.sinks[0].ca_file: only a tcp+tls:// address uses it"},
+		{SinkConfig{Type: SinkSyslog, Address: "tcp+tls://h:1", CertFile: "c"}, "audit.sinks[0].cert_file: cert_file and key_file go together"},
+		{SinkConfig{Type: SinkJournald, Address: "unix:///x"}, "audit.sinks[0].address: not used by a journald sink"},
+		{SinkConfig{Type: SinkJournald, Facility: "local9"}, `audit.sinks[0].facility: "local9" is not`},
+		{SinkConfig{Type: SinkJournald, AppName: "fir ma"}, "audit.sinks[0].app_name:"},
+		{SinkConfig{Type: SinkJournald, QueueSize: -1}, "audit.sinks[0].queue_size: -1"},
+		{SinkConfig{Type: SinkSyslog, Address: "udp://h:514", Hostname: "a b"}, "audit.sinks[0].hostname:"},
+	} {
+		err := Config{FilePath: "a", Sinks: []SinkConfig{tc.sink}}.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.sink, err, tc.want)
+		}
+	}
+	for _, c := range []Config{{FilePath: "a", RefusalRate: -1}, {FilePath: "a", RefusalBurst: -1}, {FilePath: "a", RefusalWindow: duration.Of(time.Millisecond)}} {
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "audit.refusal_") {
+			t.Errorf("%+v: %v", c, err)
+		}
 	}
 }
