@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -477,5 +478,54 @@ hostname = "box-1"
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "audit.refusal_") {
 			t.Errorf("%+v: %v", c, err)
 		}
+	}
+}
+
+// What a sink received across a rotation and a restart verifies as one stream, to the same last
+// hash as the files; the stream may start anywhere in the chain.
+func TestForwardedStreamVerifiesAcrossRotationAndRestart(t *testing.T) {
+	key, _, pub := testKey(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	var got []string
+	for round := range 2 { // the second Open resumes the chain: a restart
+		w, ft := openWithFake(t, Config{FilePath: path, SigningKeyPath: key}, nil, openOptions{})
+		for i := range 5 {
+			if err := w.Append(decision(i, "a.example", "ALLOW")); err != nil {
+				t.Fatal(err)
+			}
+			if i == 2 && round == 0 {
+				if err := w.Rotate(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ft.lines()...)
+	}
+	files, _ := Files(path)
+	fileRep, err := Verify(pub, files...)
+	if err != nil || !fileRep.OK() || len(files) != 2 {
+		t.Fatal(err, fileRep.Problem, files)
+	}
+	stream := filepath.Join(t.TempDir(), "export")
+	if err := os.WriteFile(stream, []byte(strings.Join(got, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := VerifyWith(pub, VerifyOptions{Format: FormatJournal}, stream)
+	if err != nil || !rep.OK() || rep.Records != fileRep.Records || rep.LastHash != fileRep.LastHash || !rep.Closed {
+		t.Fatalf("stream: %v %+v %v", err, rep, rep.Problem)
+	}
+	// The stream's second half alone: it starts mid-chain, which a stream may.
+	half := filepath.Join(t.TempDir(), "half")
+	os.WriteFile(half, []byte(strings.Join(got[len(got)/2:], "\n")+"\n"), 0o600)
+	rep, err = VerifyWith(pub, VerifyOptions{Format: FormatJournal}, half)
+	if err != nil || !rep.OK() || rep.FirstSeq == 1 || rep.LastHash != fileRep.LastHash {
+		t.Fatalf("half stream: %v %+v %v", err, rep, rep.Problem)
+	}
+	// As a file it must begin with an open record.
+	if rep, _ := VerifyWith(pub, VerifyOptions{Format: FormatFile}, half); rep.OK() && !strings.Contains(got[len(got)/2], `"event":"open"`) {
+		t.Fatal("a file that starts mid-chain verified")
 	}
 }
