@@ -16,20 +16,21 @@ import (
 	"github.com/openfirma/firma/internal/e2e"
 )
 
-// sinkTOML is [[sidecar.audit.sinks]] for a TLS syslog sink to r (client certificate included)
-// and, with journald, a journald sink.
-func sinkTOML(r *e2e.Rsyslog, queue int, journald bool) string {
+// sinkTOML is [[sidecar.audit.sinks]] for a syslog sink to r, over TLS with a client certificate
+// or over plain TCP, and, with journald, a journald sink.
+func sinkTOML(r *e2e.Rsyslog, tls bool, queue int, journald bool) string {
+	transport := fmt.Sprintf("address = \"tcp://127.0.0.1:%d\"\n", r.TCPPort)
+	if tls {
+		transport = fmt.Sprintf("address = \"tcp+tls://127.0.0.1:%d\"\nca_file = %q\ncert_file = %q\nkey_file = %q\n",
+			r.TLSPort, r.CA.CertFile, r.ClientCert, r.ClientKey)
+	}
 	s := fmt.Sprintf(`
 [[sidecar.audit.sinks]]
 type = "syslog"
-address = "tcp+tls://127.0.0.1:%d"
-ca_file = %q
-cert_file = %q
-key_file = %q
-app_name = "firma-e2e"
+%sapp_name = "firma-e2e"
 hostname = "e2e-host"
 queue_size = %d
-`, r.TLSPort, r.CA.CertFile, r.ClientCert, r.ClientKey, queue)
+`, transport, queue)
 	if journald {
 		s += "\n[[sidecar.audit.sinks]]\ntype = \"journald\"\napp_name = \"firma-e2e\"\n"
 	}
@@ -49,8 +50,8 @@ func auditLines(t *testing.T, w *world) []string {
 	return out
 }
 
-// waitMessages waits until rsyslog has n messages from the sidecar.
-func waitMessages(t *testing.T, r *e2e.Rsyslog, n int) []string {
+// waitMessages waits until rsyslog has n messages from the sidecar w.
+func waitMessages(t *testing.T, r *e2e.Rsyslog, w *world, n int) []string {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -59,7 +60,7 @@ func waitMessages(t *testing.T, r *e2e.Rsyslog, n int) []string {
 			return got
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rsyslog has %d of %d records", len(got), n)
+			t.Fatalf("rsyslog has %d of %d records; sidecar:\n%s", len(got), n, w.Logs())
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
@@ -72,7 +73,7 @@ func TestAuditSinksCarryEveryRecord(t *testing.T) {
 	rs := e2e.StartRsyslog(t)
 	j := e2e.StartJournald(t)
 	key, pub := e2e.AuditKey(t)
-	w := newWorld(t, e2e.SidecarOptions{AuditTOML: auditTOML(key) + "\n" + sinkTOML(rs, 10000, true), Wrap: j.Prefix()})
+	w := newWorld(t, e2e.SidecarOptions{AuditTOML: auditTOML(key) + "\n" + sinkTOML(rs, true, 10000, true), Wrap: j.Prefix()})
 
 	if out, err := w.curl(t, "https://allowed.test/one"); err != nil || out != "hello from allowed /one\n" {
 		t.Fatalf("allowed: %v %q\n%s", err, out, w.Logs())
@@ -111,7 +112,7 @@ func TestAuditSinksCarryEveryRecord(t *testing.T) {
 	}
 
 	// rsyslog: every line, in order, byte for byte; verify passes on its file.
-	if got := waitMessages(t, rs, len(file)); !slices.Equal(got, file) {
+	if got := waitMessages(t, rs, w, len(file)); !slices.Equal(got, file) {
 		t.Fatalf("rsyslog has %d records, the file %d; first difference at %d", len(got), len(file), firstDifference(got, file))
 	}
 	rs.Stop(t)
@@ -159,11 +160,13 @@ func TestAuditSinksCarryEveryRecord(t *testing.T) {
 }
 
 // With the syslog receiver stopped mid-run, no decision is lost from the file; the sidecar reports
-// the drops, and rsyslog has exactly the file's records minus that many.
+// the drops, and rsyslog has exactly the file's records minus that many. Plain TCP: rsyslog's TLS
+// driver may hold the last record of a burst until more data or a close arrives, which a test that
+// waits for delivery mid-run cannot tell from a loss (TLS is covered above and in daemon/audit).
 func TestAuditSyslogReceiverStoppedMidRun(t *testing.T) {
 	rs := e2e.StartRsyslog(t)
 	key, pub := e2e.AuditKey(t)
-	w := newWorld(t, e2e.SidecarOptions{AuditTOML: auditTOML(key) + "\n" + sinkTOML(rs, 4, false)})
+	w := newWorld(t, e2e.SidecarOptions{AuditTOML: auditTOML(key) + "\n" + sinkTOML(rs, false, 4, false)})
 	get := func() {
 		t.Helper()
 		if out, err := w.curl(t, "https://allowed.test/x"); err != nil || out != "hello from allowed /x\n" {
@@ -171,7 +174,7 @@ func TestAuditSyslogReceiverStoppedMidRun(t *testing.T) {
 		}
 	}
 	get()
-	waitMessages(t, rs, len(auditLines(t, w)))
+	waitMessages(t, rs, w, len(auditLines(t, w)))
 	rs.Stop(t)
 	for range 6 {
 		get()
@@ -182,7 +185,7 @@ func TestAuditSyslogReceiverStoppedMidRun(t *testing.T) {
 	get()
 	w.Stop(t)
 
-	s := sinkClosed(t, w.Logs(), "syslog tcp+tls://")
+	s := sinkClosed(t, w.Logs(), "syslog tcp://")
 	sent, dropped, retries := s["sent"], s["dropped_total"], s["retries"]
 	file := auditLines(t, w)
 	if out, code := e2e.VerifyAudit(t, pub, w.AuditFiles(t)...); code != 0 || !strings.Contains(out, fmt.Sprintf("OK %d records", len(file))) {
@@ -191,7 +194,7 @@ func TestAuditSyslogReceiverStoppedMidRun(t *testing.T) {
 	if dropped == 0 || retries == 0 || sent+dropped != len(file) {
 		t.Fatalf("sent %d + dropped %d != %d lines in the file (retries %d)", sent, dropped, len(file), retries)
 	}
-	got := waitMessages(t, rs, sent)
+	got := waitMessages(t, rs, w, sent)
 	if len(got) != sent {
 		t.Fatalf("rsyslog has %d records, the sidecar sent %d", len(got), sent)
 	}
