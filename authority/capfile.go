@@ -79,20 +79,8 @@ func ReadCapabilityFile(path string) (*CapabilityFile, error) {
 		return nil, err
 	}
 	var f CapabilityFile
-	dec := toml.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		var strict *toml.StrictMissingError
-		if errors.As(err, &strict) && len(strict.Errors) > 0 {
-			row, col := strict.Errors[0].Position()
-			return nil, fmt.Errorf("%s:%d:%d: unknown key %q", path, row, col, strict.Errors[0].Key())
-		}
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := decodeStrict(path, data, &f); err != nil {
+		return nil, err
 	}
 	if f.RawToken == "" {
 		return nil, fmt.Errorf("%s: raw_token is missing", path)
