@@ -221,8 +221,27 @@ func (c *Client) Bundle() (Bundle, bool) {
 func (c *Client) Revoked(tokenID string) bool { return c.revs.Revoked(tokenID) }
 
 // Stale reports whether the sidecar must deny everything with ErrStale: no bundle, or no signed
-// word from the authority on both feeds for longer than the bundle TTL.
-func (c *Client) Stale() bool { return c.Status().Stale }
+// word from the authority on both feeds for longer than the bundle TTL. It is on every decision's
+// path: it takes the lock briefly and allocates nothing.
+func (c *Client) Stale() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, deadline, ok := c.deadlineLocked()
+	return !ok || !c.now().Before(deadline)
+}
+
+// deadlineLocked is the moment the client's view is current as of and when it goes stale; ok is
+// false without a bundle.
+func (c *Client) deadlineLocked() (contact, deadline time.Time, ok bool) {
+	if c.bundle == nil {
+		return time.Time{}, time.Time{}, false
+	}
+	contact = c.bundleFresh
+	if c.revFresh.Before(contact) {
+		contact = c.revFresh
+	}
+	return contact, contact.Add(c.bundle.TTL), true
+}
 
 // PollFailure is one poll that went wrong.
 type PollFailure struct {
@@ -269,17 +288,14 @@ func (c *Client) Status() ClientStatus {
 		PollErrors:    maps.Clone(c.pollErrors),
 		Failovers:     c.failovers,
 	}
-	if c.bundle == nil {
+	contact, deadline, ok := c.deadlineLocked()
+	if !ok {
 		return st
 	}
 	st.Version, st.SignedAt, st.AdoptedAt = c.bundle.Version, c.bundleSigned, c.adoptedAt
-	st.LastContact = c.bundleFresh
-	if c.revFresh.Before(st.LastContact) {
-		st.LastContact = c.revFresh
-	}
-	st.Age = now.Sub(st.LastContact)
-	st.Deadline = st.LastContact.Add(c.bundle.TTL)
-	st.Stale = !now.Before(st.Deadline)
+	st.LastContact, st.Deadline = contact, deadline
+	st.Age = now.Sub(contact)
+	st.Stale = !now.Before(deadline)
 	return st
 }
 
@@ -497,20 +513,29 @@ func (c *Client) noteFailure(log zerolog.Logger, feed, base string, err error, f
 	ev.Err(err).Str(logfields.URL, base).Str(logfields.Reason, f.Reason).Uint64(logfields.Rejections, n).Msg(msg)
 }
 
-// watchStale logs each transition between fresh and stale.
+// watchStale logs each transition between fresh and stale. It wakes at the deadline, and at least
+// once a second to see contact renewed.
 func (c *Client) watchStale(ctx context.Context) {
-	t := time.NewTicker(250 * time.Millisecond)
+	was := c.Stale()
+	t := time.NewTimer(0)
 	defer t.Stop()
-	was := c.Status().Stale
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		st := c.Status()
-		if st.Stale != was {
-			if st.Stale {
+		c.mu.Lock()
+		_, deadline, ok := c.deadlineLocked()
+		c.mu.Unlock()
+		next := time.Second
+		if d := time.Until(deadline); ok && d > 0 && d < next {
+			next = d
+		}
+		t.Reset(next)
+		if stale := c.Stale(); stale != was {
+			st := c.Status()
+			if stale {
 				ev := c.log.Error().Str(logfields.Version, st.Version).Time(logfields.LastContact, st.LastContact)
 				if st.LastFailure != nil {
 					ev = ev.Str(logfields.Reason, st.LastFailure.Reason).Str(logfields.Error, st.LastFailure.Error)
@@ -519,7 +544,7 @@ func (c *Client) watchStale(ctx context.Context) {
 			} else {
 				c.log.Info().Str(logfields.Version, st.Version).Time(logfields.Deadline, st.Deadline).Msg("policy bundle fresh")
 			}
-			was = st.Stale
+			was = stale
 		}
 	}
 }
