@@ -290,17 +290,17 @@ func TestSignedCacheSharesOneSignature(t *testing.T) {
 	t0 := time.Now()
 	a, _ := sc.get("k", t0, sign)
 	b, _ := sc.get("k", t0.Add(signedReuse/2), sign)
-	if a != b || signs != 1 {
+	if string(a) != string(b) || signs != 1 {
 		t.Errorf("within the reuse window: %q %q, %d signatures", a, b, signs)
 	}
 	sc.get("other", t0, sign)
 	if signs != 2 {
 		t.Error("another key shared the signature")
 	}
-	if c, _ := sc.get("k", t0.Add(signedReuse), sign); c == a || signs != 3 {
+	if c, _ := sc.get("k", t0.Add(signedReuse), sign); string(c) == string(a) || signs != 3 {
 		t.Error("an old signature was reused")
 	}
-	if d, _ := sc.get("k", t0.Add(-time.Second), sign); signs != 4 || d == a {
+	if d, _ := sc.get("k", t0.Add(-time.Second), sign); signs != 4 || string(d) == string(a) {
 		t.Error("a signature dated ahead was handed out after the clock stepped back")
 	}
 	if len(sc.entries) > 2 {

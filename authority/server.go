@@ -530,7 +530,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusInternalServerError, err)
 			return
 		}
-		w.Header().Set(HeaderFreshness, fresh)
+		w.Header().Set(HeaderFreshness, string(fresh))
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
@@ -543,7 +543,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", contentTypeToken)
 	w.Header().Set("Content-Length", strconv.Itoa(len(tok)))
-	w.Write([]byte(tok))
+	w.Write(tok)
 }
 
 func (s *Server) handleRevocations(w http.ResponseWriter, r *http.Request) {
@@ -602,7 +602,7 @@ func (s *Server) writeRevocations(w http.ResponseWriter, from int, revs []Revoca
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", contentTypeToken)
 	w.Header().Set("Content-Length", strconv.Itoa(len(tok)))
-	w.Write([]byte(tok))
+	w.Write(tok)
 }
 
 // signedCache hands one signed answer to every request for the same thing within signedReuse.
@@ -612,7 +612,7 @@ type signedCache struct {
 }
 
 type signedEntry struct {
-	token string
+	token []byte // shared by every response: read only
 	at    time.Time
 }
 
@@ -620,16 +620,17 @@ type signedEntry struct {
 // future: a clock stepped back must not hand out tokens dated ahead), else signs a new one. Signing
 // happens under the lock, so that requests woken together wait for one signature instead of each
 // making their own.
-func (c *signedCache) get(key string, now time.Time, sign func(time.Time) (string, error)) (string, error) {
+func (c *signedCache) get(key string, now time.Time, sign func(time.Time) (string, error)) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[key]; ok && !now.Before(e.at) && now.Sub(e.at) < signedReuse {
 		return e.token, nil
 	}
-	tok, err := sign(now)
+	signed, err := sign(now)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
+	tok := []byte(signed)
 	if c.entries == nil {
 		c.entries = map[string]signedEntry{}
 	}

@@ -175,7 +175,9 @@ func serverTLS(cfg *Config, log zerolog.Logger) (*tls.Config, error) {
 // system's) verify the authority; client_cert_file, reread when it changes, authenticates the
 // sidecar.
 func clientTLS(cfg *ClientConfig, log zerolog.Logger) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	// Session resumption: reconnecting after a replica restarts, or opening the second feed's
+	// connection, skips the certificate exchange.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
 	if cfg.CAFile != "" {
 		pool, err := loadCertPool(cfg.CAFile)
 		if err != nil {
