@@ -305,3 +305,25 @@ func (c *ClientConfig) endpointList() []string {
 	}
 	return out
 }
+
+// HiddenPaths are the [sidecar.authority] files an agent must not read: the sidecar's credentials
+// for the authority and its cache. Empty entries are left out.
+func (c *ClientConfig) HiddenPaths() []string {
+	return nonEmpty(c.TokenFile, c.ClientKeyFile, c.CacheDir)
+}
+
+// ProtectedPaths are the [sidecar.authority] files an agent may read but must not change: what
+// the sidecar trusts. Empty entries are left out.
+func (c *ClientConfig) ProtectedPaths() []string {
+	return nonEmpty(c.PublicKeyPath, c.RevocationFile, c.CAFile, c.ClientCertFile)
+}
+
+func nonEmpty(paths ...string) []string {
+	var out []string
+	for _, p := range paths {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -617,3 +617,14 @@ func TestClockSkewIsADuration(t *testing.T) {
 		t.Errorf("the old key: %v", err)
 	}
 }
+
+func TestClientConfigPaths(t *testing.T) {
+	c := ClientConfig{URL: "https://a:1", PublicKeyPath: "k.pub", CacheDir: "cache", CAFile: "ca.crt",
+		ClientCertFile: "s.crt", ClientKeyFile: "s.key", TokenFile: "s.token"}
+	if got := c.HiddenPaths(); !slices.Equal(got, []string{"s.token", "s.key", "cache"}) {
+		t.Errorf("hidden %v", got)
+	}
+	if got := c.ProtectedPaths(); !slices.Equal(got, []string{"k.pub", "ca.crt", "s.crt"}) {
+		t.Errorf("protected %v", got)
+	}
+}
