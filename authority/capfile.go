@@ -18,15 +18,17 @@ import (
 // CapabilityFile is the TOML file `firma authority issue --output F` writes. Only RawToken is
 // trusted; the other fields mirror the token's claims for people reading the file. A mirror that is
 // present must agree with the token.
+//
+// Without the token, the same fields are one line of the issuance record (JSON; see RecordIssued).
 type CapabilityFile struct {
-	RawToken      string    `toml:"raw_token"`
-	TokenID       string    `toml:"token_id,omitempty"`
-	AgentID       string    `toml:"agent_id,omitempty"`
-	SessionID     string    `toml:"session_id,omitempty"`
-	Actions       []string  `toml:"actions,omitempty"`
-	ResourceScope string    `toml:"resource_scope,omitempty"`
-	IssuedAt      time.Time `toml:"issued_at,omitempty"`
-	ExpiresAt     time.Time `toml:"expires_at,omitempty"`
+	RawToken      string    `toml:"raw_token" json:"-"`
+	TokenID       string    `toml:"token_id,omitempty" json:"token_id"`
+	AgentID       string    `toml:"agent_id,omitempty" json:"agent_id"`
+	SessionID     string    `toml:"session_id,omitempty" json:"session_id"`
+	Actions       []string  `toml:"actions,omitempty" json:"actions"`
+	ResourceScope string    `toml:"resource_scope,omitempty" json:"resource_scope"`
+	IssuedAt      time.Time `toml:"issued_at,omitempty" json:"issued_at"`
+	ExpiresAt     time.Time `toml:"expires_at,omitempty" json:"expires_at"`
 }
 
 // NewCapabilityFile returns the file contents for a signed token and its claims.

@@ -7,34 +7,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"time"
 )
 
 // ErrNotIssued is returned by FindIssued for a token id the issuance record does not hold.
 var ErrNotIssued = errors.New("not issued by this authority")
 
-// IssuedRecord is one line of the issuance record (authority.issued_file, JSON lines): what was
-// issued, never the token itself. `firma authority revoke` looks ids up here, so that a mistyped
-// id is an error rather than a revocation that matches nothing while the real token stays valid.
-type IssuedRecord struct {
-	TokenID       string    `json:"token_id"`
-	AgentID       string    `json:"agent_id"`
-	SessionID     string    `json:"session_id"`
-	Actions       []string  `json:"actions"`
-	ResourceScope string    `json:"resource_scope"`
-	IssuedAt      time.Time `json:"issued_at"`
-	ExpiresAt     time.Time `json:"expires_at"`
-}
-
-// RecordIssued appends i to the issuance record at path (created 0600, its directory 0700 if
-// missing) and fsyncs it. One write of one line: concurrent issuers append whole lines.
+// RecordIssued appends i to the issuance record at path (authority.issued_file: JSON lines, one
+// per capability, its file's fields without the token) and fsyncs it. The record is created 0600,
+// its directory 0700 if missing. One write of one line: concurrent issuers append whole lines.
+// `firma authority revoke` looks ids up here, so that a mistyped id is an error rather than a
+// revocation that matches nothing while the real token stays valid.
 func RecordIssued(path string, i *Issued) error {
-	c := i.Claims
-	line, err := json.Marshal(IssuedRecord{
-		TokenID: c.TokenID, AgentID: c.AgentID, SessionID: c.SessionID, Actions: slices.Clone(c.ActionSet),
-		ResourceScope: c.ResourceScope, IssuedAt: c.IssuedAt.UTC(), ExpiresAt: c.Expires.UTC(),
-	})
+	line, err := json.Marshal(i.File())
 	if err != nil {
 		return err
 	}
@@ -59,7 +43,7 @@ func RecordIssued(path string, i *Issued) error {
 // is not there, an error wrapping os.ErrNotExist when there is no record at all. A line that does
 // not parse is skipped (and counted in the error only if the id is not found), so that one damaged
 // line cannot hide the others.
-func FindIssued(path, tokenID string) (*IssuedRecord, error) {
+func FindIssued(path, tokenID string) (*CapabilityFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("issuance record: %w", err)
@@ -69,7 +53,7 @@ func FindIssued(path, tokenID string) (*IssuedRecord, error) {
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	damaged := 0
 	for sc.Scan() {
-		var rec IssuedRecord
+		var rec CapabilityFile
 		if len(sc.Bytes()) == 0 {
 			continue
 		}

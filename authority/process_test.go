@@ -267,7 +267,10 @@ func TestProcessGuideStep3AndAuthority(t *testing.T) {
 	}
 }
 
-func TestProcessAuthorityRefusesBadStart(t *testing.T) {
+// guideWorkdir lays out a scratch directory as the guide's Step 3 leaves it: the authority key,
+// the issuance policy and an empty examples/policies, but no firma.toml yet.
+func guideWorkdir(t *testing.T) string {
+	t.Helper()
 	work := t.TempDir()
 	os.MkdirAll(filepath.Join(work, ".local/issuance"), 0o755)
 	os.MkdirAll(filepath.Join(work, "examples/policies"), 0o755)
@@ -275,6 +278,11 @@ func TestProcessAuthorityRefusesBadStart(t *testing.T) {
 		t.Fatal(r.stderr)
 	}
 	os.WriteFile(filepath.Join(work, ".local/issuance/issuance.cedar"), []byte(guideIssuance), 0o644)
+	return work
+}
+
+func TestProcessAuthorityRefusesBadStart(t *testing.T) {
+	work := guideWorkdir(t)
 	os.WriteFile(filepath.Join(work, "examples/policies/bad.cedar"), []byte("permit (\n  principal,\n  action == Firma::Action::\"nope\",\n  resource\n);\n"), 0o644)
 	os.WriteFile(filepath.Join(work, ".local/firma.toml"), []byte(fmt.Sprintf(guideAuthoritySection, "127.0.0.1:0", 60)), 0o644)
 
@@ -388,13 +396,7 @@ func (p *firmaProcess) terminate(t *testing.T) int {
 // overrides, and revoking twice adds nothing.
 func TestProcessRevokeRefusesUnknownIDs(t *testing.T) {
 	t.Parallel()
-	work := t.TempDir()
-	os.MkdirAll(filepath.Join(work, ".local/issuance"), 0o755)
-	os.MkdirAll(filepath.Join(work, "examples/policies"), 0o755)
-	if r := runFirma(t, work, "authority", "generate-key", "-o", ".local/firma-authority.key"); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
-	os.WriteFile(filepath.Join(work, ".local/issuance/issuance.cedar"), []byte(guideIssuance), 0o644)
+	work := guideWorkdir(t)
 	os.WriteFile(filepath.Join(work, ".local/firma.toml"), []byte(fmt.Sprintf(guideAuthoritySection, "127.0.0.1:0", 60)), 0o644)
 	r := runFirma(t, work, "authority", "-c", ".local/firma.toml", "issue", "--agent-id", "claude-code", "--session-id", "s-1",
 		"--action", "communication.external.send", "--resource-scope", "*.anthropic.com*", "--ttl-seconds", "600", "--output", ".local/cap.toml")
