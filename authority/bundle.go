@@ -207,11 +207,15 @@ func verifyFreshness(pub ed25519.PublicKey, raw string) (*freshnessClaims, error
 // revocationClaims is one signed page of the revocation list: entries [From, Next). Prefix is the
 // chain hash of the entries before From, Head that of all entries up to Next (revocationChain), so
 // a client can tell whether a page continues the list it holds whichever replica signed it.
+//
+// Epoch repeats Head for sidecars of earlier versions, which name their list by an epoch and
+// send it back; the server answers them with whole lists (see handleRevocations).
 type revocationClaims struct {
 	From     int          `json:"from"`
 	Next     int          `json:"next"`
 	Prefix   string       `json:"prefix"`
 	Head     string       `json:"head"`
+	Epoch    string       `json:"epoch"`
 	Entries  []Revocation `json:"entries"`
 	IssuedAt time.Time    `json:"iat"`
 	Issuer   string       `json:"iss"`

@@ -628,3 +628,43 @@ func TestClientConfigPaths(t *testing.T) {
 		t.Errorf("protected %v", got)
 	}
 }
+
+// A sidecar of an earlier version (it sends the epoch of its last page, and follows only pages
+// from 0 or pages of the same epoch) is answered with whole lists, which it can follow: it waits
+// while nothing changes and gets everything when something does.
+func TestRevocationsForEarlierSidecars(t *testing.T) {
+	t.Parallel()
+	cfg := authorityFiles(t, 60)
+	AppendRevocation(cfg.RevocationFile, Revocation{TokenID: "tok-1"})
+	a := startAuthority(t, cfg)
+	page := func(q url.Values) (*revocationClaims, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		resp, err := http.Get(a.url + PathRevocations + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		rc, err := verifyRevocations(a.pub, string(body))
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		return rc, time.Since(start)
+	}
+	first, _ := page(url.Values{}) // the earlier client's first poll: no parameters
+	if first.From != 0 || first.Next != 1 || first.Epoch == "" {
+		t.Fatalf("first page %+v", first)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		AppendRevocation(cfg.RevocationFile, Revocation{TokenID: "tok-2"})
+	}()
+	next, took := page(url.Values{"since": {"1"}, "epoch": {first.Epoch}, "wait": {"10"}})
+	if took < 250*time.Millisecond || next.From != 0 || next.Next != 2 || next.Epoch == first.Epoch {
+		t.Errorf("after waiting %s: %+v, want the whole list of 2 under a new epoch", took, next)
+	}
+	if stale, took := page(url.Values{"since": {"2"}, "epoch": {"unknown"}, "wait": {"10"}}); stale.From != 0 || took > 5*time.Second {
+		t.Errorf("unknown epoch: %+v after %s, want the whole list at once", stale, took)
+	}
+}

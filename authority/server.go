@@ -561,6 +561,12 @@ func (s *Server) handleRevocations(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	head := q.Get("head")
+	// A sidecar of an earlier version names its list by epoch (the Epoch of the last page it took,
+	// here the head it holds) and can only follow whole lists: it gets one whenever there is news.
+	legacy := head == "" && q.Has("epoch")
+	if legacy {
+		head = q.Get("epoch")
+	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -569,7 +575,7 @@ func (s *Server) handleRevocations(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		// The client continues this list only if the first since entries it holds are ours.
 		from := since
-		if since > len(revs) || chain[since] != head {
+		if since > len(revs) || chain[since] != head || legacy && since < len(revs) {
 			from = 0
 		}
 		if from != since || from < len(revs) || wait == 0 {
@@ -592,7 +598,7 @@ func (s *Server) writeRevocations(w http.ResponseWriter, from int, revs []Revoca
 	key := fmt.Sprintf("revocations %d %s", from, chain[next])
 	tok, err := s.signed.get(key, s.now(), func(now time.Time) (string, error) {
 		return signRevocations(s.key, revocationClaims{
-			From: from, Next: next, Prefix: chain[from], Head: chain[next], Entries: revs[from:], IssuedAt: now.UTC(),
+			From: from, Next: next, Prefix: chain[from], Head: chain[next], Epoch: chain[next], Entries: revs[from:], IssuedAt: now.UTC(),
 		})
 	})
 	if err != nil {
