@@ -5,13 +5,17 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -667,4 +671,62 @@ func TestRevocationsForEarlierSidecars(t *testing.T) {
 	if stale, took := page(url.Values{"since": {"2"}, "epoch": {"unknown"}, "wait": {"10"}}); stale.From != 0 || took > 5*time.Second {
 		t.Errorf("unknown epoch: %+v after %s, want the whole list at once", stale, took)
 	}
+}
+
+// Behind a load balancer that sends each request to the other replica, a sidecar never notices:
+// nothing is re-adopted, no revocation arrives twice, nothing is rejected.
+func TestClientBehindRoundRobinBalancer(t *testing.T) {
+	t.Parallel()
+	cfg := authorityFiles(t, 60)
+	a := startAuthority(t, cfg)
+	b := startAuthority(t, cfg)
+	var n atomic.Int64
+	backends := []*url.URL{mustURL(t, a.url), mustURL(t, b.url)}
+	lb := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(backends[n.Add(1)%2])
+	}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: lb}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	cc := DefaultClientConfig()
+	cc.URL, cc.PublicKeyPath, cc.CacheDir = "http://"+ln.Addr().String(), PublicKeyPath(cfg.KeyFile), t.TempDir()
+	log, logs := logBuffer(t)
+	c, adopted, _ := startClientConfig(t, cc, log)
+	<-c.Ready()
+	for i := range 3 {
+		id := fmt.Sprintf("tok-%d", i)
+		AppendRevocation(cfg.RevocationFile, Revocation{TokenID: id})
+		eventually(t, 3*time.Second, id, func() bool { return c.Revoked(id) })
+		text := fmt.Sprintf("// edit %d\n", i)
+		os.WriteFile(filepath.Join(cfg.PolicyDir, "edit.cedar"), []byte(text), 0o644)
+		eventually(t, 3*time.Second, "edit", func() bool {
+			got, _ := c.Bundle()
+			return string(got.Files["edit.cedar"]) == text
+		})
+	}
+	if got := len(*adopted); got != 4 {
+		t.Errorf("adopted %d bundles, want 4 (the first and three edits)", got)
+	}
+	for i := range 3 {
+		if k := strings.Count(logs.String(), fmt.Sprintf(`"token_id":"tok-%d"`, i)); k != 1 {
+			t.Errorf("tok-%d received %d times", i, k)
+		}
+	}
+	if st := c.Status(); len(st.Rejections) != 0 || len(st.PollErrors) != 0 || n.Load() < 8 {
+		t.Errorf("status %+v after %d requests through the balancer", st, n.Load())
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
