@@ -332,7 +332,7 @@ type endpoints struct {
 	movedAt time.Time
 }
 
-// current returns the url to use, going back to the first after failbackAfter elsewhere.
+// current returns the url to use, going back to the first once failback has passed elsewhere.
 func (e *endpoints) current(now time.Time) (i int, u string, back bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -730,3 +730,23 @@ func mustURL(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+// A first url that never answers costs one failed dial, not a backoff: the client is ready from
+// the second at once.
+func TestClientStartsOnTheNextURL(t *testing.T) {
+	t.Parallel()
+	cfg := authorityFiles(t, 60)
+	a := startAuthority(t, cfg)
+	dead := "http://127.0.0.1:" + fmt.Sprint(freePort(t))
+	cc := DefaultClientConfig()
+	cc.URLs, cc.PublicKeyPath, cc.CacheDir = []string{dead, a.url}, PublicKeyPath(cfg.KeyFile), t.TempDir()
+	c, _, _ := startClientConfig(t, cc, testLogger(t))
+	select {
+	case <-c.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("not ready from the second url: %+v", c.Status())
+	}
+	if st := c.Status(); st.URL != a.url || st.Failovers < 1 || st.PollErrors[PollUnreachable] < 1 {
+		t.Errorf("status %+v", st)
+	}
+}

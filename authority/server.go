@@ -85,7 +85,7 @@ type Server struct {
 	refusedLog  zerolog.Logger            // log, sampled: refusals can be a flood
 	authRefused atomic.Uint64             // requests refused for want of authentication
 	signed      signedCache               // answers shared by concurrent requests
-	issued      func(*Issued) error       // records an issued capability (IssuedLedger)
+	issued      func(*Issued) error       // records an issued capability (RecordIssued); nil without a record
 
 	reloadMu      sync.Mutex // serializes reloads of the bundle and the revocation list
 	lastBundleErr string     // the last rejected edit's error, so a resync does not repeat it
