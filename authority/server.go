@@ -277,11 +277,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // refusalWriter turns http.Server's error log (TLS handshake failures above all) into sampled
-// WARN lines.
+// WARN lines. A peer that connects and closes without a word (a load balancer's TCP check, a port
+// scan) is only DEBUG: it was refused nothing.
 type refusalWriter struct{ s *Server }
 
 func (w refusalWriter) Write(p []byte) (int, error) {
 	msg := strings.TrimSpace(string(p))
+	if strings.HasSuffix(msg, ": EOF") {
+		w.s.log.Debug().Str(logfields.Error, msg).Msg("connection closed before a TLS handshake")
+		return len(p), nil
+	}
 	if strings.Contains(msg, "TLS handshake error") {
 		w.s.authRefused.Add(1)
 	}
