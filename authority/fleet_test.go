@@ -560,11 +560,7 @@ func TestClientFailsOverAndBack(t *testing.T) {
 	AppendRevocation(cfg.RevocationFile, Revocation{TokenID: "tok-b", Reason: "r"})
 	eventually(t, 3*time.Second, "tok-b via B", func() bool { return c.Revoked("tok-b") })
 	edited := strings.Replace(guidePolicy, `"termbin.com"`, `"termbin.com" || resource.host == "ix.io"`, 1)
-	os.WriteFile(filepath.Join(cfg.PolicyDir, "claude-code.cedar"), []byte(edited), 0o644)
-	eventually(t, 3*time.Second, "the edit via B", func() bool {
-		got, _ := c.Bundle()
-		return string(got.Files["claude-code.cedar"]) == edited
-	})
+	editPolicy(t, c, cfg, "claude-code.cedar", edited)
 	if n := len(*adopted); n != 2 {
 		t.Errorf("adopted %d bundles, want 2 (the first and the edit): moving to B re-applied one", n)
 	}
@@ -685,16 +681,8 @@ func TestClientBehindRoundRobinBalancer(t *testing.T) {
 	lb := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		r.SetURL(backends[n.Add(1)%2])
 	}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: lb}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
 	cc := DefaultClientConfig()
-	cc.URL, cc.PublicKeyPath, cc.CacheDir = "http://"+ln.Addr().String(), PublicKeyPath(cfg.KeyFile), t.TempDir()
+	cc.URL, cc.PublicKeyPath, cc.CacheDir = serveLoopback(t, lb), PublicKeyPath(cfg.KeyFile), t.TempDir()
 	log, logs := logBuffer(t)
 	c, adopted, _ := startClientConfig(t, cc, log)
 	<-c.Ready()
@@ -702,12 +690,7 @@ func TestClientBehindRoundRobinBalancer(t *testing.T) {
 		id := fmt.Sprintf("tok-%d", i)
 		AppendRevocation(cfg.RevocationFile, Revocation{TokenID: id})
 		eventually(t, 3*time.Second, id, func() bool { return c.Revoked(id) })
-		text := fmt.Sprintf("// edit %d\n", i)
-		os.WriteFile(filepath.Join(cfg.PolicyDir, "edit.cedar"), []byte(text), 0o644)
-		eventually(t, 3*time.Second, "edit", func() bool {
-			got, _ := c.Bundle()
-			return string(got.Files["edit.cedar"]) == text
-		})
+		editPolicy(t, c, cfg, "edit.cedar", fmt.Sprintf("// edit %d\n", i))
 	}
 	if got := len(*adopted); got != 4 {
 		t.Errorf("adopted %d bundles, want 4 (the first and three edits)", got)
@@ -749,4 +732,27 @@ func TestClientStartsOnTheNextURL(t *testing.T) {
 	if st := c.Status(); st.URL != a.url || st.Failovers < 1 || st.PollErrors[PollUnreachable] < 1 {
 		t.Errorf("status %+v", st)
 	}
+}
+
+// editPolicy writes name in the policy dir and waits for c to hold it.
+func editPolicy(t *testing.T, c *Client, cfg Config, name, text string) {
+	t.Helper()
+	os.WriteFile(filepath.Join(cfg.PolicyDir, name), []byte(text), 0o644)
+	eventually(t, 3*time.Second, "the edit of "+name, func() bool {
+		got, _ := c.Bundle()
+		return string(got.Files[name]) == text
+	})
+}
+
+// serveLoopback serves h on a loopback port until the test ends and returns its http:// URL.
+func serveLoopback(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
 }

@@ -3,7 +3,6 @@ package authority
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,14 +27,7 @@ type scriptedAuthority struct {
 func newScriptedAuthority(t *testing.T, key Signer, script ...func(w http.ResponseWriter)) *scriptedAuthority {
 	t.Helper()
 	sa := &scriptedAuthority{key: key, script: script}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: sa}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	sa.url = "http://" + ln.Addr().String()
+	sa.url = serveLoopback(t, sa)
 	return sa
 }
 
