@@ -128,6 +128,10 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.agents.Close)
+	for _, a := range s.agents.Monitored() {
+		log.Warn().Str(logfields.Agent, a.ID).Str(logfields.Cgroup, a.Cgroup).
+			Msg("MONITOR MODE: this agent's policy denials are recorded, not enforced")
+	}
 	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.metrics.Recorder(s.audit), Stale: s.trust.stale, Log: component("judge")})
 
 	self := s.selfAddrs()
@@ -236,7 +240,7 @@ func (s *Sidecar) flowOf(o bpf.Origin) *judge.Flow {
 	a, cg, err := s.agents.Resolve(o.CgroupID)
 	f.Cgroup, f.Unknown = cg, err
 	if err == nil {
-		f.AgentID, f.SessionID, f.Capability = a.ID, a.SessionID, a.Capability
+		f.AgentID, f.SessionID, f.Capability, f.Monitor = a.ID, a.SessionID, a.Capability, a.Monitor
 	}
 	return f
 }

@@ -48,11 +48,30 @@
 // line on disk, and the first line after the outage is a "recovered" record that says since when
 // and how many records were refused. A failed fsync is reported by Healthy in the same way.
 //
+// # Forwarding
+//
+// Each [[sidecar.audit.sinks]] entry forwards every line, after it is in the file, to journald
+// (native protocol: MESSAGE is the line, FIRMA_* fields index it, MESSAGE_ID is
+// JournalMessageID) or to a syslog receiver (RFC 5424 over unix datagram or stream, UDP, TCP or
+// TCP+TLS, octet-counted on streams; MSG is the line). A sink has a bounded queue and a sender
+// goroutine: a sink that is down is retried with backoff, and when its queue is full records are
+// dropped for that sink alone, counted (Stats) and logged at most every 10s. Forwarding never
+// holds up Append and never loses a record from the file. VerifyWith checks the chain in what a
+// journal or syslog receiver exported, exactly as in the files.
+//
+// # Refusal records
+//
+// AppendLimited is Append behind a token bucket per agent and class (refusal_rate,
+// refusal_burst), for refusals an agent can repeat at will: what goes over the budget is counted,
+// and within refusal_window a "suppressed" log record says how many records of which class the
+// agent lost, and between which times.
+//
 // # Use
 //
 // The sidecar opens one Writer at start (Open fails when the log cannot be written then), checks
 // Healthy before accepting a connection, appends the decision record and waits for Append to
 // return before any byte goes upstream, appends a completion record (DecisionID = the decision's
-// ID) when the connection ends, calls Rotate on SIGHUP/SIGUSR1 and Close at exit. Verify and Tail
+// ID) when the connection ends, appends refusals that no decision stands behind with
+// AppendLimited, exports Stats as metrics, calls Rotate on SIGHUP/SIGUSR1 and Close at exit. Verify and Tail
 // back `firma audit verify` and `firma audit tail`; both work on files alone.
 package audit

@@ -77,6 +77,9 @@ type Decision struct {
 	Outcome         string   `json:"outcome"`
 	MatchedPolicies []string `json:"matched_policies"`
 	Reason          string   `json:"reason"`
+	// Enforced is false on every decision about an agent in monitor mode: Outcome is what enforce
+	// mode would have done, and the flow proceeded whatever it says. Absent (true) otherwise.
+	Enforced *bool `json:"enforced,omitempty"`
 }
 
 // Result is what happened after the decision: on a completion record, or on an ABORT decision.
@@ -103,12 +106,19 @@ type LogRecord struct {
 	// log is unsigned. Every open and resume record carries it.
 	KeyID string `json:"key_id,omitempty"`
 	// Recovered: when the log first failed, how many records were refused since, the first error.
+	// Suppressed: when the first suppressed record came.
 	Since   *time.Time `json:"since,omitempty"`
 	Refused int64      `json:"refused,omitempty"`
 	Error   string     `json:"error,omitempty"`
 	// Resume after a crash: the incomplete tail that was cut off the file, and where it was saved.
 	TornBytes   int64  `json:"torn_bytes,omitempty"`
 	TornSavedTo string `json:"torn_saved_to,omitempty"`
+	// Suppressed: how many records of Class by AgentID were kept out of the log by the refusal
+	// rate limit, the first at Since and the last at Until.
+	AgentID    string     `json:"agent_id,omitempty"`
+	Class      string     `json:"class,omitempty"`
+	Suppressed int64      `json:"suppressed,omitempty"`
+	Until      *time.Time `json:"until,omitempty"`
 }
 
 // LogEvent names a KindLog record.
@@ -119,4 +129,6 @@ const (
 	LogResume    LogEvent = "resume"    // a writer continued an existing file
 	LogRecovered LogEvent = "recovered" // writes succeed again after failures
 	LogClose     LogEvent = "close"     // the writer closed cleanly
+	// LogSuppressed counts records that the refusal rate limit kept out of the log.
+	LogSuppressed LogEvent = "suppressed"
 )

@@ -208,10 +208,18 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 			}
 		}
 	}
-	if f.AgentID != "" && (ev.Envelope == nil || ev.Envelope.Agent.AgentID != f.AgentID) {
+	if f.AgentID != "" && !ofAgent(&ev, f.AgentID) {
 		return nil, false
 	}
 	return &ev, true
+}
+
+// ofAgent reports whether ev is about agent: its envelope's, or a suppressed record's.
+func ofAgent(ev *Event, agent string) bool {
+	if ev.Envelope != nil && ev.Envelope.Agent.AgentID == agent {
+		return true
+	}
+	return ev.Log != nil && ev.Log.AgentID == agent
 }
 
 // follow reads the live file from pos on, until ctx ends. When the live file is rotated it finishes
@@ -367,6 +375,10 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 		}
 		if ev.Log.Refused > 0 {
 			fmt.Fprintf(&b, " (%d records refused since %s: %s)", ev.Log.Refused, ev.Log.Since.In(loc).Format("15:04:05"), ev.Log.Error)
+		}
+		if ev.Log.Event == LogSuppressed && ev.Log.Since != nil && ev.Log.Until != nil {
+			fmt.Fprintf(&b, " %d %s records of agent %s between %s and %s", ev.Log.Suppressed, ev.Log.Class,
+				orDash(ev.Log.AgentID), ev.Log.Since.In(loc).Format("15:04:05.000"), ev.Log.Until.In(loc).Format("15:04:05.000"))
 		}
 		if ev.Log.TornBytes > 0 {
 			fmt.Fprintf(&b, " (cut %d torn bytes, saved to %s)", ev.Log.TornBytes, ev.Log.TornSavedTo)

@@ -146,4 +146,16 @@ func TestFormatHuman(t *testing.T) {
 	if got := FormatHuman(done, time.UTC); !strings.Contains(got, "DONE") || !strings.Contains(got, "up=5B down=7B 9ms status=200") {
 		t.Errorf("completion: %q", got)
 	}
+	since, until := time.Date(2026, 11, 22, 4, 30, 0, 0, time.UTC), time.Date(2026, 11, 22, 4, 30, 9, 500e6, time.UTC)
+	sup := &Event{Kind: KindLog, Seq: 9, Time: until, Log: &LogRecord{Event: LogSuppressed, AgentID: "claude-code", Class: "kernel",
+		Suppressed: 41, Since: &since, Until: &until}}
+	if got := FormatHuman(sup, time.UTC); !strings.Contains(got, "audit suppressed 41 kernel records of agent claude-code between 04:30:00.000 and 04:30:09.500") {
+		t.Errorf("suppressed: %q", got)
+	}
+	var tl tailer
+	tl.opt.AgentID, tl.decisions = "claude-code", map[string]*Envelope{}
+	line, _ := encodeJSON(sup)
+	if _, ok := tl.match(line); !ok {
+		t.Error("tail --agent does not show the agent's suppressed record")
+	}
 }

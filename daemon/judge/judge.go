@@ -66,6 +66,9 @@ type Flow struct {
 	Capability policies.Capability // the agent's Stage 1 check; nil when capabilities are not enforced
 	// Unknown is why no agent covers the flow's cgroup; when set, every decision is a DENY.
 	Unknown error
+	// Monitor: the agent is in monitor mode. Its decisions are made and recorded as in enforce mode
+	// (with enforced: false), but a policy denial does not stop the flow.
+	Monitor bool
 
 	Cgroup string // relative to the cgroup2 mount
 	PID    uint32 // the process that connected (thread group id)
@@ -96,12 +99,15 @@ type Intent struct {
 // Verdict is a decision and the audit record that carries it.
 type Verdict struct {
 	policies.Decision
-	record *audit.Event
+	// Monitored: the decision denied, but the agent is in monitor mode and the flow proceeds.
+	// Front ends treat the flow as allowed, and inject no credentials into it.
+	Monitored bool
+	record    *audit.Event
 }
 
 // Allowed reports whether the flow may proceed.
 func (v Verdict) Allowed() bool {
-	return v.Outcome == policies.Allow || v.Outcome == policies.Passthrough
+	return v.Outcome == policies.Allow || v.Outcome == policies.Passthrough || v.Monitored
 }
 
 // RecordID is the id of the decision's audit record ("" when none was written).
@@ -183,13 +189,20 @@ func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 		d.Reason = joinReason(in.Note, d.Reason)
 	}
 	ev := decisionRecord(f, in, d)
+	// Monitor mode lets policy denials through; the sidecar's own refusals (a malformed hello,
+	// fronting, an unknown agent…) are about what can be carried at all, and stay.
+	monitored := f.Monitor && d.Outcome == policies.Deny && in.Refuse == "" && f.Unknown == nil
+	if f.Monitor {
+		ev.Decision.Enforced = new(bool)
+	}
 	if err := j.audit.Append(ev); err != nil {
 		j.log.Error().Err(err).Msg("audit append failed: denying")
 		d = policies.Decision{Outcome: policies.Deny, Reason: ReasonAuditFailed}
 		ev.Decision.Outcome, ev.Decision.Reason = string(d.Outcome), d.Reason
+		monitored = false
 	}
-	j.logDecision(f, in, d)
-	return Verdict{Decision: d, record: ev}
+	j.logDecision(f, in, d, monitored)
+	return Verdict{Decision: d, Monitored: monitored, record: ev}
 }
 
 // decide is the decision without its record: the sidecar's own refusals first, then the policy.
@@ -320,7 +333,7 @@ func (j *Judge) Complete(v Verdict, r Result) {
 		}
 		ev.Envelope = &env
 	}
-	if res.Error != "" && v.Outcome == policies.Allow {
+	if res.Error != "" && (v.Outcome == policies.Allow || v.Monitored) {
 		ev.Decision = &audit.Decision{Outcome: string(policies.Abort), MatchedPolicies: []string{}, Reason: res.Error}
 	}
 	if err := j.audit.Append(ev); err != nil {
@@ -340,7 +353,7 @@ func errorText(r Result) string {
 	return r.ErrClass + ": " + r.Err.Error()
 }
 
-func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision) {
+func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision, monitored bool) {
 	lvl := zerolog.InfoLevel
 	if d.Outcome == policies.Allow {
 		lvl = zerolog.DebugLevel
@@ -348,6 +361,12 @@ func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision) {
 	e := j.log.WithLevel(lvl)
 	if e == nil {
 		return
+	}
+	if f.Monitor {
+		e = e.Bool("enforced", false)
+	}
+	if monitored {
+		e = e.Bool("monitored", true)
 	}
 	e = e.Str(logfields.Outcome, string(d.Outcome)).
 		Str(logfields.Agent, f.AgentID).

@@ -250,3 +250,51 @@ func TestHostPort(t *testing.T) {
 		}
 	}
 }
+
+// TestMonitorMode: an agent in monitor mode gets every decision made and recorded as in enforce
+// mode, with enforced: false; a policy denial lets the flow proceed, the sidecar's own refusals and
+// an unwritable record do not.
+func TestMonitorMode(t *testing.T) {
+	deny := policies.Decision{Outcome: policies.Deny, Reason: "forbidden by policy", MatchedPolicies: []string{"forbid-x"}}
+	monitor := func() *Flow { f := testFlow(); f.Monitor = true; return f }
+	ctx := context.Background()
+
+	rec := &fakeRecorder{}
+	j := New(Options{Engine: &fakeEngine{d: deny}, Audit: rec, Log: zerolog.Nop()})
+	v := j.Decide(ctx, monitor(), connectIntent())
+	ev := rec.last()
+	if !v.Allowed() || !v.Monitored || v.Outcome != policies.Deny {
+		t.Fatalf("monitored denial: %+v", v)
+	}
+	if ev.Decision.Outcome != "DENY" || ev.Decision.Enforced == nil || *ev.Decision.Enforced || ev.Decision.MatchedPolicies[0] != "forbid-x" {
+		t.Fatalf("record %+v", ev.Decision)
+	}
+	j.Complete(v, Result{ErrClass: ErrorNetwork, Err: errors.New("reset")})
+	if c := rec.last(); c.Decision == nil || c.Decision.Outcome != "ABORT" {
+		t.Fatalf("a failed monitored flow is an ABORT: %+v", c.Decision)
+	}
+
+	// Enforce mode: the same denial stops the flow and says nothing of enforcement.
+	if v := j.Decide(ctx, testFlow(), connectIntent()); v.Allowed() || v.Monitored || rec.last().Decision.Enforced != nil {
+		t.Fatalf("enforce mode: %+v %+v", v, rec.last().Decision)
+	}
+
+	// The sidecar's own refusals stay refusals in monitor mode.
+	in := connectIntent()
+	in.Refuse = ReasonBadHello
+	if v := j.Decide(ctx, monitor(), in); v.Allowed() || v.Monitored {
+		t.Fatalf("a bad hello in monitor mode: %+v", v)
+	}
+
+	// An allowed decision in monitor mode is recorded as not enforced too.
+	allowJ := New(Options{Engine: &fakeEngine{d: allow}, Audit: rec, Log: zerolog.Nop()})
+	if v := allowJ.Decide(ctx, monitor(), connectIntent()); !v.Allowed() || v.Monitored || *rec.last().Decision.Enforced {
+		t.Fatalf("allowed in monitor mode: %+v", v)
+	}
+
+	// No record, no flow: monitor mode cannot outlive the audit log.
+	failing := New(Options{Engine: &fakeEngine{d: deny}, Audit: &fakeRecorder{fail: errors.New("disk full")}, Log: zerolog.Nop()})
+	if v := failing.Decide(ctx, monitor(), connectIntent()); v.Allowed() || v.Reason != ReasonAuditFailed {
+		t.Fatalf("monitored, audit failing: %+v", v)
+	}
+}

@@ -50,7 +50,7 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeDenied(w, v.Reason)
 		return
 	}
-	res, abort := c.forward(w, r, host, port)
+	res, abort := c.forward(w, r, host, port, !v.Monitored)
 	c.e.judge.Complete(v, res)
 	if abort != nil {
 		// net/http aborts the response (HTTP/1.1: closes the connection; HTTP/2: resets the stream).

@@ -102,6 +102,8 @@ type SidecarOptions struct {
 	NoAgent bool
 	// Env is added to the sidecar's environment.
 	Env []string
+	// Wrap is a command line the sidecar runs under (e.g. nsenter into a journald's namespace).
+	Wrap []string
 }
 
 // TestPolicy permits the agent to reach allowed.test and plain.test (except /secret paths) and
@@ -274,8 +276,9 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 // Start runs the sidecar and waits for "sidecar ready".
 func (s *Sidecar) Start(tb testing.TB) {
 	tb.Helper()
+	argv := append(append([]string{}, s.opts.Wrap...), s.Bin, "sidecar", "-c", s.ConfigPath)
 	p := StartProcess(tb, s.Dir, append(testutil.CleanEnv(), s.opts.Env...), "sidecar ready", 30*time.Second,
-		s.Bin, "sidecar", "-c", s.ConfigPath)
+		argv[0], argv[1:]...)
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()

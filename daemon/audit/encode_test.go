@@ -1,0 +1,83 @@
+package audit
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// FuzzEncodeMatchesEncodingJSON: the hand-written encoder writes, for any event, the bytes
+// encoding/json (HTML escaping off) writes for it.
+func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
+	f.Add("01J", "claude-code", "api.anthropic.com:443", "/v1/messages?a=<b>&c", "forbid_at_x.cedar_1", "reason \"quoted\" \n\t\x01", int64(1), uint16(0xffff), int64(1700000000123456789))
+	f.Add("", "", "", "", "", "", int64(0), uint16(0), int64(0))
+	f.Add("\xff\xfe", "ag\u2028ent", "h\u2029", "\x7f<>&", "é", "\\", int64(-5), uint16(0x5555), int64(-62135596800000000))
+	f.Fuzz(func(t *testing.T, id, agent, host, path, policy, text string, n int64, flags uint16, nanos int64) {
+		on := func(bit uint) bool { return flags&(1<<bit) != 0 }
+		at := time.Unix(0, nanos).UTC()
+		ev := &Event{ID: id, Time: at, Kind: Kind(text), DecisionID: policy}
+		if on(0) {
+			ev.Envelope = &Envelope{
+				Agent:     Agent{AgentID: agent, SessionID: text, Cgroup: path, PID: int(n), Exe: host, Comm: id, UID: int(n >> 3)},
+				Intent:    Intent{Resource: Resource{Host: host, Path: path, Method: text}, RawTransport: agent},
+				Transport: Transport{Mode: text, SNI: host, OrigDst: path, Dialed: policy},
+			}
+			if on(1) {
+				ev.Envelope.Intent.ActionClass = &policy
+			}
+			if on(2) {
+				ev.Envelope.Intent.Resource.Provider = &agent
+			}
+		}
+		if on(3) {
+			ev.Capability = &Capability{TokenID: id}
+		}
+		if on(4) {
+			ev.Decision = &Decision{Outcome: text, Reason: path}
+			if on(5) {
+				ev.Decision.MatchedPolicies = []string{}
+			}
+			if on(6) {
+				ev.Decision.MatchedPolicies = []string{policy, text, ""}
+			}
+		}
+		if on(7) {
+			ev.Result = &Result{BytesUp: n, BytesDown: -n, DurationMS: n / 7, UpstreamStatus: int(n % 600), Error: text}
+		}
+		if on(8) {
+			ev.Log = &LogRecord{Event: LogEvent(text), Reason: path, PreviousFile: host, KeyID: id, Refused: n, Error: policy,
+				TornBytes: n / 3, TornSavedTo: agent, AgentID: agent, Class: policy, Suppressed: n / 5}
+			if on(9) {
+				ev.Log.Since = &at
+			}
+			if on(10) {
+				u := at.Add(time.Duration(n))
+				ev.Log.Until = &u
+			}
+		}
+		p, perr := encodePending(ev)
+		ev.Seq, ev.PrevHash = uint64(n)&0xffffff, GenesisHash
+		want, jerr := encodeJSON(ev)
+		if (perr != nil) != (jerr != nil) {
+			t.Fatalf("errors differ: hand %v, encoding/json %v", perr, jerr)
+		}
+		if perr != nil {
+			return
+		}
+		if got := p.appendBody(nil, ev.Seq, GenesisHash); !bytes.Equal(got, want) {
+			t.Fatalf("hand-encoded:\n%s\nencoding/json:\n%s", got, want)
+		}
+	})
+}
+
+// BenchmarkEncode is what encoding one decision costs before it enters the chain.
+func BenchmarkEncode(b *testing.B) {
+	ev := decision(1, "api.anthropic.com", "ALLOW")
+	ev.ID, ev.Time = newID(time.Now()), time.Now().UTC()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := encodePending(ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
