@@ -109,6 +109,23 @@ func (o *jsonObject) strOmit(k, v string) {
 	}
 }
 
+// strs appends k with vs as an array, or null when vs is nil.
+func (o *jsonObject) strs(k string, vs []string) {
+	o.key(k)
+	if vs == nil {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	o.b = append(o.b, '[')
+	for i, v := range vs {
+		if i > 0 {
+			o.b = append(o.b, ',')
+		}
+		o.b = appendJSONString(o.b, v)
+	}
+	o.b = append(o.b, ']')
+}
+
 func (o *jsonObject) int(k string, v int64) {
 	o.key(k)
 	o.b = strconv.AppendInt(o.b, v, 10)
@@ -194,20 +211,12 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.key("decision")
 		o.open()
 		o.str("outcome", d.Outcome)
-		o.key("matched_policies")
-		if d.MatchedPolicies == nil {
-			o.b = append(o.b, "null"...)
-		} else {
-			o.b = append(o.b, '[')
-			for i, p := range d.MatchedPolicies {
-				if i > 0 {
-					o.b = append(o.b, ',')
-				}
-				o.b = appendJSONString(o.b, p)
-			}
-			o.b = append(o.b, ']')
-		}
+		o.strs("matched_policies", d.MatchedPolicies)
 		o.str("reason", d.Reason)
+		if d.Enforced != nil {
+			o.key("enforced")
+			o.b = strconv.AppendBool(o.b, *d.Enforced)
+		}
 		o.close()
 	}
 	if r := ev.Result; r != nil {
@@ -217,6 +226,9 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("bytes_down", r.BytesDown)
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
+		if len(r.Injected) > 0 {
+			o.strs("injected", r.Injected)
+		}
 		o.strOmit("error", r.Error)
 		o.close()
 	}
