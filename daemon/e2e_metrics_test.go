@@ -139,8 +139,9 @@ func fromLog(events []audit.Event) (decisions, completed, bytes, dns map[string]
 			if env.Intent.ActionClass != nil {
 				action = *env.Intent.ActionClass
 			}
-			decisions[fmt.Sprintf("outcome=%s,action_class=%s,agent=%s,mode=%s", ev.Decision.Outcome, action,
-				env.Agent.AgentID, env.Transport.Mode)]++
+			enforced := ev.Decision.Enforced == nil || *ev.Decision.Enforced
+			decisions[fmt.Sprintf("outcome=%s,action_class=%s,agent=%s,mode=%s,enforced=%v", ev.Decision.Outcome, action,
+				env.Agent.AgentID, env.Transport.Mode, enforced)]++
 			if env.Transport.Mode == "dns" {
 				dns[map[string]string{"ALLOW": "outcome=answered", "DENY": "outcome=denied"}[ev.Decision.Outcome]]++
 			}
@@ -227,7 +228,7 @@ except OSError:
 		fams = w.scrape(t)
 		decisions, completed, bytes, dns, records := fromLog(events)
 		problems = nil
-		problems = append(problems, diff(metrics.NameDecisions, series(fams, metrics.NameDecisions, "outcome", "action_class", "agent", "mode"), decisions)...)
+		problems = append(problems, diff(metrics.NameDecisions, series(fams, metrics.NameDecisions, "outcome", "action_class", "agent", "mode", "enforced"), decisions)...)
 		problems = append(problems, diff(metrics.NameFlowsCompleted, series(fams, metrics.NameFlowsCompleted, "mode", "agent", "result"), completed)...)
 		problems = append(problems, diff(metrics.NameFlowBytes, series(fams, metrics.NameFlowBytes, "direction", "mode", "agent"), bytes)...)
 		problems = append(problems, diff(metrics.NameDNSQueries, series(fams, metrics.NameDNSQueries, "outcome"), dns)...)
@@ -251,12 +252,12 @@ except OSError:
 	}
 	decisions, _, _, _, _ := fromLog(events)
 	for _, want := range []string{
-		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=connect",
-		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=connect",
-		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=http",
-		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=http",
-		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=dns",
-		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=dns",
+		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=connect,enforced=true",
+		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=connect,enforced=true",
+		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=http,enforced=true",
+		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=http,enforced=true",
+		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=dns,enforced=true",
+		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=dns,enforced=true",
 	} {
 		if decisions[want] == 0 {
 			t.Errorf("the traffic left no decision %s (so the comparison proves less than it should)", want)

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/logfields"
 )
@@ -188,9 +189,10 @@ func (s *Sidecar) checkBundle() (string, error) {
 // the sidecar's fields when called: the metrics exist before the rooms do.
 func (s *Sidecar) metricsSources() metrics.Sources {
 	src := metrics.Sources{
-		Backoff: func() int { return int(s.starved.Load()) },
-		Audit:   func() error { return s.audit.Healthy() },
-		Health:  s.Health,
+		Backoff:    func() int { return int(s.starved.Load()) },
+		Audit:      func() error { return s.audit.Healthy() },
+		AuditStats: func() audit.Stats { return s.audit.Stats() },
+		Health:     s.Health,
 	}
 	if s.cfg.Transparent.Enabled {
 		src.Kernel = func() (map[string]uint64, error) {

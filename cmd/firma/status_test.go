@@ -44,6 +44,8 @@ type appendNothing struct{}
 
 func (appendNothing) Append(*audit.Event) error { return nil }
 
+func (appendNothing) AppendLimited(string, *audit.Event) (bool, error) { return true, nil }
+
 func TestSidecarStatus(t *testing.T) {
 	ready := true
 	addr := fakeSidecar(t, &ready)

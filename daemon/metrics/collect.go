@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfirma/firma/daemon/audit"
 )
 
 // Sources are the values that live in other parts of the sidecar, read at every scrape. A nil field
@@ -20,6 +22,8 @@ type Sources struct {
 	Backoff func() int
 	// Audit is nil while the audit log can be written.
 	Audit func() error
+	// AuditStats reads the audit log's forwarding and refusal-limit counters (audit.Writer.Stats).
+	AuditStats func() audit.Stats
 	// Leaves reads the MITM leaf cache's counters.
 	Leaves func() LeafStats
 	// Bundle reads the authority client's view of the policy bundle; ok is false when there is none.
@@ -51,6 +55,12 @@ var (
 	descProtection  = prometheus.NewDesc(NameKernelProtection, "1 when an optional kernel protection (BPF LSM) is in force.", []string{"protection"}, nil)
 	descBackoff     = prometheus.NewDesc(NameAcceptBackoff, "Listeners backing off for want of file descriptors (they accept nothing meanwhile).", nil, nil)
 	descWritable    = prometheus.NewDesc(NameAuditWritable, "1 while the audit log can be written (else every new flow is denied).", nil, nil)
+	descSuppressed  = prometheus.NewDesc(NameAuditSuppressed, "Refusal records the audit log's per-agent rate limit kept out (each run is summarised by a suppressed record).", nil, nil)
+	descSinkSent    = prometheus.NewDesc(NameSinkSent, "Audit records a sink handed to its destination.", []string{"sink"}, nil)
+	descSinkDropped = prometheus.NewDesc(NameSinkDropped, "Audit records a sink never sent (queue full, too large, or still queued at exit); the file has them.", []string{"sink"}, nil)
+	descSinkRetries = prometheus.NewDesc(NameSinkRetries, "Failed delivery attempts of a sink, each followed by a reconnect.", []string{"sink"}, nil)
+	descSinkQueued  = prometheus.NewDesc(NameSinkQueued, "Audit records waiting in a sink's queue.", []string{"sink"}, nil)
+	descSinkUp      = prometheus.NewDesc(NameSinkUp, "1 unless a sink's last delivery attempt failed.", []string{"sink"}, nil)
 	descLeafMints   = prometheus.NewDesc(NameLeafMints, "MITM leaf certificates signed.", nil, nil)
 	descLeafHits    = prometheus.NewDesc(NameLeafHits, "MITM handshakes served a cached leaf.", nil, nil)
 	descLeaves      = prometheus.NewDesc(NameLeavesCached, "MITM leaves in the cache.", nil, nil)
@@ -100,6 +110,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.Audit != nil {
 		gauge(descWritable, bool01(s.Audit() == nil))
+	}
+	if s.AuditStats != nil {
+		st := s.AuditStats()
+		counter(descSuppressed, float64(st.Suppressed))
+		for _, k := range st.Sinks {
+			counter(descSinkSent, float64(k.Sent), k.Name)
+			counter(descSinkDropped, float64(k.Dropped), k.Name)
+			counter(descSinkRetries, float64(k.Retries), k.Name)
+			gauge(descSinkQueued, float64(k.Queued), k.Name)
+			gauge(descSinkUp, bool01(k.Up), k.Name)
+		}
 	}
 	if s.Leaves != nil {
 		l := s.Leaves()

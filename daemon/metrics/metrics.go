@@ -43,6 +43,12 @@ const (
 	NameAuditRecords     = "firma_audit_records_total"
 	NameAuditErrors      = "firma_audit_append_errors_total"
 	NameAuditWritable    = "firma_audit_writable"
+	NameAuditSuppressed  = "firma_audit_suppressed_total"
+	NameSinkSent         = "firma_audit_sink_sent_total"
+	NameSinkDropped      = "firma_audit_sink_dropped_total"
+	NameSinkRetries      = "firma_audit_sink_retries_total"
+	NameSinkQueued       = "firma_audit_sink_queued"
+	NameSinkUp           = "firma_audit_sink_up"
 	NameFsync            = "firma_audit_fsync_seconds"
 	NameFsyncErrors      = "firma_audit_fsync_errors_total"
 	NameKernel           = "firma_kernel_counter_total"
@@ -105,8 +111,8 @@ func New(src Sources) *Metrics {
 		agents:  newCapped(MaxAgents),
 		actions: newCapped(MaxActionClasses),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameDecisions,
-			Help: "Decisions recorded in the audit log, by outcome, action class, agent and transport mode; a decision whose record could not be written counts as the DENY it became."},
-			[]string{"outcome", "action_class", "agent", "mode"}),
+			Help: "Decisions recorded in the audit log, by outcome, action class, agent, transport mode and whether enforced (false: the agent is in monitor mode and a DENY was let through); a decision whose record could not be written counts as the DENY it became. Refusal records the audit log's rate limit kept out are in " + NameAuditSuppressed + "."},
+			[]string{"outcome", "action_class", "agent", "mode", "enforced"}),
 		completed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameFlowsCompleted,
 			Help: "Allowed flows and requests whose completion was recorded, by mode, agent and result (ok, or error: the upstream failed or the client went away)."},
 			[]string{"mode", "agent", "result"}),
@@ -167,10 +173,14 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Appender appends audit records: *audit.Writer, and what the judge records through.
 type Appender interface {
 	Append(ev *audit.Event) error
+	// AppendLimited appends a refusal record unless its agent's budget for class is used up
+	// (written false): audit.Writer.AppendLimited.
+	AppendLimited(class string, ev *audit.Event) (written bool, err error)
 }
 
 // Recorder returns an Appender that appends through next and counts each record once next has
-// answered: decisions by outcome, action class, agent and mode; completions and their bytes.
+// answered: decisions by outcome, action class, agent, mode and enforcement; completions and their
+// bytes. A record the rate limit kept out is not counted here (the writer counts it).
 func (m *Metrics) Recorder(next Appender) Appender { return recorder{m: m, next: next} }
 
 type recorder struct {
@@ -182,6 +192,14 @@ func (r recorder) Append(ev *audit.Event) error {
 	err := r.next.Append(ev)
 	r.m.observe(ev, err)
 	return err
+}
+
+func (r recorder) AppendLimited(class string, ev *audit.Event) (bool, error) {
+	written, err := r.next.AppendLimited(class, ev)
+	if written || err != nil {
+		r.m.observe(ev, err)
+	}
+	return written, err
 }
 
 // observe counts one record that next accepted (err nil) or refused.
@@ -201,9 +219,12 @@ func (m *Metrics) observe(ev *audit.Event, err error) {
 	agent, mode := m.agents.label(env.Agent.AgentID), env.Transport.Mode
 	switch ev.Kind {
 	case audit.KindDecision:
-		outcome := ""
+		outcome, enforced := "", "true"
 		if ev.Decision != nil {
 			outcome = ev.Decision.Outcome
+			if ev.Decision.Enforced != nil && !*ev.Decision.Enforced {
+				enforced = "false"
+			}
 		}
 		if err != nil {
 			// The judge denies whatever it decided when the decision's record cannot be written.
@@ -213,7 +234,7 @@ func (m *Metrics) observe(ev *audit.Event, err error) {
 		if env.Intent.ActionClass != nil {
 			action = m.actions.label(*env.Intent.ActionClass)
 		}
-		m.decisions.WithLabelValues(outcome, action, agent, mode).Inc()
+		m.decisions.WithLabelValues(outcome, action, agent, mode, enforced).Inc()
 	case audit.KindCompletion:
 		if ev.Result == nil {
 			return

@@ -75,10 +75,13 @@ func must(t *testing.T, fams map[string]*dto.MetricFamily, name string, want flo
 	}
 }
 
-// fakeLog is an audit writer that fails while broken.
+// fakeLog is an audit writer that fails while broken, and whose rate limit lets budget records
+// of each class through.
 type fakeLog struct {
 	broken bool
 	n      int
+	budget int
+	used   map[string]int
 }
 
 func (l *fakeLog) Append(*audit.Event) error {
@@ -87,6 +90,17 @@ func (l *fakeLog) Append(*audit.Event) error {
 	}
 	l.n++
 	return nil
+}
+
+func (l *fakeLog) AppendLimited(class string, ev *audit.Event) (bool, error) {
+	if l.used == nil {
+		l.used = map[string]int{}
+	}
+	if l.used[class] >= l.budget {
+		return false, nil
+	}
+	l.used[class]++
+	return true, l.Append(ev)
 }
 
 func decision(agent, mode, outcome string, action *string) *audit.Event {
@@ -123,6 +137,17 @@ func TestRecorder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Monitor mode: a DENY recorded as not enforced.
+	monitored := decision("claude", "connect", "DENY", &send)
+	monitored.Decision.Enforced = new(bool)
+	r.Append(monitored)
+	// Rate-limited refusal records: what the log kept out is not counted here.
+	log.budget = 2
+	for range 5 {
+		if _, err := r.AppendLimited("kernel", decision("claude", "kernel", "DENY", nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	log.broken = true
 	if err := r.Append(decision("claude", "connect", "ALLOW", &send)); !errors.Is(err, audit.ErrUnwritable) {
 		t.Fatalf("the recorder must pass the log's error on: %v", err)
@@ -132,18 +157,20 @@ func TestRecorder(t *testing.T) {
 	must(t, f, NameDecisions, 1, "outcome=DENY", "agent=claude", "mode=mitm", "action_class="+chat)
 	must(t, f, NameDecisions, 1, "outcome=DENY", "agent=", "mode=connect", "action_class=")
 	must(t, f, NameDecisions, 1, "outcome=ALLOW", "agent=claude", "mode=dns", "action_class=")
-	must(t, f, NameDecisions, 1, "outcome=DENY", "agent=claude", "mode=connect", "action_class="+send)
+	must(t, f, NameDecisions, 1, "outcome=DENY", "agent=claude", "mode=connect", "action_class="+send, "enforced=true")
+	must(t, f, NameDecisions, 1, "outcome=DENY", "agent=claude", "mode=connect", "action_class="+send, "enforced=false")
+	must(t, f, NameDecisions, 2, "outcome=DENY", "agent=claude", "mode=kernel")
 	must(t, f, NameFlowsCompleted, 1, "mode=connect", "agent=claude", "result=ok")
 	must(t, f, NameFlowsCompleted, 1, "mode=mitm", "agent=claude", "result=error")
 	must(t, f, NameFlowBytes, 100, "direction=up", "mode=connect")
 	must(t, f, NameFlowBytes, 2000, "direction=down", "mode=connect")
 	must(t, f, NameFlowBytes, 20, "direction=down", "mode=mitm")
 	must(t, f, NameFlowDuration, 1, "mode=connect")
-	must(t, f, NameAuditRecords, 5, "kind=decision")
+	must(t, f, NameAuditRecords, 8, "kind=decision")
 	must(t, f, NameAuditRecords, 2, "kind=completion")
 	must(t, f, NameAuditErrors, 1)
-	if log.n != 7 {
-		t.Errorf("the log got %d records, want 7", log.n)
+	if log.n != 10 {
+		t.Errorf("the log got %d records, want 10", log.n)
 	}
 	if h := f[NameFlowDuration].Metric[0].GetHistogram(); h.GetSampleSum() < 1.5 {
 		t.Errorf("duration sum %v", h.GetSampleSum())
@@ -220,8 +247,11 @@ func TestSources(t *testing.T) {
 		Protections: func() map[string]bool { return map[string]bool{"bpf_syscall": true, "tun_devices": false} },
 		Backoff:     func() int { return 0 },
 		Audit:       func() error { return auditErr },
-		Leaves:      func() LeafStats { return LeafStats{Mints: 2, Hits: 5, Cached: 2} },
-		Bundle:      func() (BundleStatus, bool) { return bundle, true },
+		AuditStats: func() audit.Stats {
+			return audit.Stats{Suppressed: 4, Sinks: []audit.SinkStats{{Name: "siem", Sent: 10, Dropped: 2, Retries: 3, Queued: 1, Up: false}}}
+		},
+		Leaves: func() LeafStats { return LeafStats{Mints: 2, Hits: 5, Cached: 2} },
+		Bundle: func() (BundleStatus, bool) { return bundle, true },
 		Health: func() Health {
 			return Health{Ready: progErr == nil, Checks: map[string]CheckResult{"programs": {OK: progErr == nil}, "audit": {OK: true}}}
 		},
@@ -233,6 +263,12 @@ func TestSources(t *testing.T) {
 	must(t, f, NameKernelProtection, 1, "protection=bpf_syscall")
 	must(t, f, NameKernelProtection, 0, "protection=tun_devices")
 	must(t, f, NameAuditWritable, 1)
+	must(t, f, NameAuditSuppressed, 4)
+	must(t, f, NameSinkSent, 10, "sink=siem")
+	must(t, f, NameSinkDropped, 2, "sink=siem")
+	must(t, f, NameSinkRetries, 3, "sink=siem")
+	must(t, f, NameSinkQueued, 1, "sink=siem")
+	must(t, f, NameSinkUp, 0, "sink=siem")
 	must(t, f, NameLeafMints, 2)
 	must(t, f, NameLeafHits, 5)
 	must(t, f, NameLeavesCached, 2)

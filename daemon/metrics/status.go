@@ -70,6 +70,18 @@ type AuditSummary struct {
 	Fsyncs       float64 `json:"fsyncs"`
 	FsyncErrors  float64 `json:"fsync_errors"`
 	FsyncMeanMS  float64 `json:"fsync_mean_ms"`
+	// Suppressed counts refusal records the per-agent rate limit kept out.
+	Suppressed float64 `json:"suppressed"`
+	// Sinks are the forwarding destinations, by name.
+	Sinks map[string]SinkSummary `json:"sinks,omitempty"`
+}
+
+// SinkSummary is one audit forwarding destination.
+type SinkSummary struct {
+	Sent    float64 `json:"sent"`
+	Dropped float64 `json:"dropped"`
+	Queued  float64 `json:"queued"`
+	Up      bool    `json:"up"`
 }
 
 // LeafSummary is the MITM leaf cache's side.
@@ -263,6 +275,21 @@ func Summarize(fams map[string]*dto.MetricFamily) Summary {
 	each(NameAuditRecords, func(_ map[string]string, m *dto.Metric) { s.Audit.Records += value(m) })
 	each(NameAuditErrors, func(_ map[string]string, m *dto.Metric) { s.Audit.AppendErrors = value(m) })
 	each(NameFsyncErrors, func(_ map[string]string, m *dto.Metric) { s.Audit.FsyncErrors = value(m) })
+	each(NameAuditSuppressed, func(_ map[string]string, m *dto.Metric) { s.Audit.Suppressed = value(m) })
+	sink := func(name string, set func(*SinkSummary, float64)) {
+		each(name, func(l map[string]string, m *dto.Metric) {
+			if s.Audit.Sinks == nil {
+				s.Audit.Sinks = map[string]SinkSummary{}
+			}
+			k := s.Audit.Sinks[l["sink"]]
+			set(&k, value(m))
+			s.Audit.Sinks[l["sink"]] = k
+		})
+	}
+	sink(NameSinkSent, func(k *SinkSummary, v float64) { k.Sent = v })
+	sink(NameSinkDropped, func(k *SinkSummary, v float64) { k.Dropped = v })
+	sink(NameSinkQueued, func(k *SinkSummary, v float64) { k.Queued = v })
+	sink(NameSinkUp, func(k *SinkSummary, v float64) { k.Up = v == 1 })
 	each(NameFsync, func(_ map[string]string, m *dto.Metric) {
 		if h := m.GetHistogram(); h != nil {
 			s.Audit.Fsyncs = float64(h.GetSampleCount())
@@ -374,8 +401,16 @@ func (st Status) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "bundle     confirmed %s ago (%s); %.0f revocations\n",
 			(time.Duration(s.Bundle.AgeSeconds) * time.Second).String(), fresh, s.Bundle.Revocations)
 	}
-	fmt.Fprintf(&b, "audit      %.0f records, %.0f refused; %.0f fsyncs (mean %.2f ms, %.0f failed)\n",
-		s.Audit.Records, s.Audit.AppendErrors, s.Audit.Fsyncs, s.Audit.FsyncMeanMS, s.Audit.FsyncErrors)
+	fmt.Fprintf(&b, "audit      %.0f records, %.0f refused, %.0f suppressed by the rate limit; %.0f fsyncs (mean %.2f ms, %.0f failed)\n",
+		s.Audit.Records, s.Audit.AppendErrors, s.Audit.Suppressed, s.Audit.Fsyncs, s.Audit.FsyncMeanMS, s.Audit.FsyncErrors)
+	for _, name := range slices.Sorted(maps.Keys(s.Audit.Sinks)) {
+		k := s.Audit.Sinks[name]
+		up := "up"
+		if !k.Up {
+			up = "DOWN"
+		}
+		fmt.Fprintf(&b, "  sink %-19s %s: %.0f sent, %.0f dropped, %.0f queued\n", name, up, k.Sent, k.Dropped, k.Queued)
+	}
 	if s.Leaves != nil {
 		fmt.Fprintf(&b, "mitm       %.0f leaves minted, %.0f cache hits, %.0f cached\n", s.Leaves.Mints, s.Leaves.Hits, s.Leaves.Cached)
 	}
