@@ -3,6 +3,7 @@
 package daemon_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,8 @@ type metricsWorld struct {
 	*world
 	addr     string
 	auditDir string
+	// monitored is a second agent's cgroup, in monitor mode: its policy denials are let through.
+	monitored *testutil.Cgroup
 }
 
 // selfPolicy adds to the test policy a host that resolves to the sidecar's own loopback address.
@@ -44,14 +47,22 @@ func newMetricsWorld(t *testing.T) *metricsWorld {
 	testutil.RequireRoot(t)
 	auditDir := e2e.MountTmpfs(t, 1<<20)
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePorts(t, 1)[0])
-	w := newWorld(t, e2e.SidecarOptions{
+	w := prepareWorld(t, e2e.SidecarOptions{
 		Policies:  map[string]string{"test.cedar": e2e.TestPolicy, "self.cedar": selfPolicy},
 		Resolve:   map[string]string{"self.test": "127.0.0.1"},
 		AuditPath: filepath.Join(auditDir, "audit.jsonl"),
 		AuditTOML: `fsync_interval = "20ms"`,
 		ExtraTOML: fmt.Sprintf("[sidecar.metrics]\nlisten_addr = %q\n", addr),
 	})
-	return &metricsWorld{world: w, addr: addr, auditDir: auditDir}
+	mw := &metricsWorld{world: w, addr: addr, auditDir: auditDir, monitored: testutil.NewCgroup(t, w.Parent)}
+	f, err := os.OpenFile(w.ConfigPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "\n[[sidecar.agents]]\ncgroup = %q\nagent_id = \"watched-agent\"\nmode = \"monitor\"\n", strings.TrimPrefix(mw.monitored.Rel, "/"))
+	f.Close()
+	w.Start(t)
+	return mw
 }
 
 // scrape reads /metrics the way Prometheus does and parses it with the Prometheus text parser.
@@ -143,7 +154,12 @@ func fromLog(events []audit.Event) (decisions, completed, bytes, dns map[string]
 			decisions[fmt.Sprintf("outcome=%s,action_class=%s,agent=%s,mode=%s,enforced=%v", ev.Decision.Outcome, action,
 				env.Agent.AgentID, env.Transport.Mode, enforced)]++
 			if env.Transport.Mode == "dns" {
-				dns[map[string]string{"ALLOW": "outcome=answered", "DENY": "outcome=denied"}[ev.Decision.Outcome]]++
+				// A query is answered unless its DENY was enforced (monitor mode lets it through).
+				if ev.Decision.Outcome == "DENY" && enforced {
+					dns["outcome=denied"]++
+				} else {
+					dns["outcome=answered"]++
+				}
 			}
 		case audit.KindCompletion:
 			result := "ok"
@@ -200,6 +216,13 @@ func TestMetricsMatchTheAuditLog(t *testing.T) {
 		{"http://plain.test/secret"}, // 403
 	} {
 		w.curl(t, args...)
+	}
+	// An agent in monitor mode: its denial is recorded, not enforced, and counted as such.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := w.monitored.Command(ctx, t, "curl", "-sS", "--max-time", "10", "--cacert", w.ca.CertFile,
+		"http://plain.test/page").CombinedOutput(); err != nil || !strings.Contains(string(out), "hello from plain /page") {
+		t.Fatalf("monitor mode: a policy denial was enforced: %v %s", err, out)
 	}
 	// An agent that reaches for the sidecar's own metrics is allowed by policy and still never gets
 	// there: the connector does not dial the sidecar's listeners.
@@ -258,6 +281,7 @@ except OSError:
 		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=http,enforced=true",
 		"outcome=DENY,action_class=communication.external.send,agent=test-agent,mode=dns,enforced=true",
 		"outcome=ALLOW,action_class=communication.external.send,agent=test-agent,mode=dns,enforced=true",
+		"outcome=DENY,action_class=communication.external.send,agent=watched-agent,mode=http,enforced=false",
 	} {
 		if decisions[want] == 0 {
 			t.Errorf("the traffic left no decision %s (so the comparison proves less than it should)", want)
