@@ -389,3 +389,47 @@ except OSError:
 		}
 	})
 }
+
+// TestHealthzFollowsTheBundle: with an authority, /healthz is ready while the bundle is fresh, goes
+// 503 naming the stale bundle once the authority has been gone longer than the bundle TTL (every
+// decision is a DENY then), and is ready again when it is back; /metrics counts the failed polls.
+func TestHealthzFollowsTheBundle(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePorts(t, 1)[0])
+	tw := newTrustWorld(t, 3, func(tw *trustWorld) string {
+		return e2e.AgentTOML(tw.Agent, e2e.AgentID, tw.capFile) + fmt.Sprintf("\n[sidecar.metrics]\nlisten_addr = %q\n", addr)
+	})
+	w := &metricsWorld{world: tw.world, addr: addr}
+	waitFor(t, "the sidecar to hold a fresh bundle", func() bool {
+		_, h := w.health(t)
+		return h.Ready
+	})
+	if _, h := w.health(t); !strings.Contains(h.Checks["bundle"].Detail, "confirmed") || !strings.Contains(h.Checks["bundle"].Detail, tw.auth.URL()) {
+		t.Errorf("bundle check: %+v", h.Checks["bundle"])
+	}
+	if got := series(w.scrape(t), metrics.NameBundlePresent); got[""] != 1 {
+		t.Errorf("%s = %v", metrics.NameBundlePresent, got)
+	}
+
+	tw.auth.Kill(t)
+	var stale metrics.Health
+	waitFor(t, "/healthz to report the stale bundle", func() bool {
+		_, stale = w.health(t)
+		return !stale.Checks["bundle"].OK
+	})
+	if stale.Ready || !strings.Contains(stale.Checks["bundle"].Detail, "every decision is a DENY") || !stale.Checks["programs"].OK {
+		t.Errorf("with the authority gone: %+v", stale)
+	}
+	fams := w.scrape(t)
+	if series(fams, metrics.NameBundleStale)[""] != 1 || series(fams, metrics.NamePollErrors, "reason")["reason=unreachable"] == 0 {
+		t.Errorf("stale %v, poll errors %v", series(fams, metrics.NameBundleStale), series(fams, metrics.NamePollErrors, "reason"))
+	}
+	if out, code := w.status(t); code != 1 || !strings.Contains(out, "STALE") || !strings.Contains(out, "FAIL  bundle") {
+		t.Errorf("firma sidecar status with a stale bundle: exit %d\n%s", code, out)
+	}
+
+	tw.auth.Start(t)
+	waitFor(t, "the sidecar to be ready again with the authority back", func() bool {
+		_, h := w.health(t)
+		return h.Ready
+	})
+}

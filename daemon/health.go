@@ -173,16 +173,21 @@ func (s *Sidecar) checkBundle() (string, error) {
 		return "no [sidecar.authority]: policy from [sidecar.policy]", nil
 	}
 	st := c.Status()
+	// The last answer the sidecar refused, in every detail: a wrong key or a replay is loud.
+	rejected := ""
+	if r := st.LastRejection; r != nil {
+		rejected = fmt.Sprintf("; last rejected %s ago from %s (%s): %s", time.Since(r.Time).Round(time.Second), r.URL, r.Reason, r.Error)
+	}
 	if st.Version == "" {
-		return "", fmt.Errorf("no policy bundle from %s yet: every decision is a DENY", s.cfg.Authority.URL)
+		return "", fmt.Errorf("no policy bundle from %s yet: every decision is a DENY%s", st.URL, rejected)
 	}
-	age := time.Since(st.LastContact).Round(time.Second)
+	age := st.Age.Round(time.Second)
 	if st.Stale {
-		return "", fmt.Errorf("bundle %.19s… last confirmed %s ago, stale since %s: every decision is a DENY",
-			st.Version, age, st.Deadline.UTC().Format(time.RFC3339))
+		return "", fmt.Errorf("bundle %.19s… last confirmed %s ago, stale since %s: every decision is a DENY%s",
+			st.Version, age, st.Deadline.UTC().Format(time.RFC3339), rejected)
 	}
-	return fmt.Sprintf("bundle %.19s… confirmed %s ago, stale in %s", st.Version, age,
-		time.Until(st.Deadline).Round(time.Second)), nil
+	return fmt.Sprintf("bundle %.19s… from %s confirmed %s ago, stale in %s%s", st.Version, st.URL, age,
+		time.Until(st.Deadline).Round(time.Second), rejected), nil
 }
 
 // metricsSources are what /metrics reads from the rest of the sidecar at each scrape. Each reads
@@ -221,10 +226,9 @@ func (s *Sidecar) metricsSources() metrics.Sources {
 	if s.cfg.Authority.Enabled() {
 		src.Bundle = func() (metrics.BundleStatus, bool) {
 			st := s.trust.client.Status()
-			if st.Version == "" {
-				return metrics.BundleStatus{}, false
-			}
-			return metrics.BundleStatus{Age: time.Since(st.LastContact), Stale: st.Stale, Revocations: st.Revocations}, true
+			b := metrics.BundleStatus{Age: st.Age, Stale: st.Stale, Revocations: st.Revocations,
+				Rejections: st.Rejections, PollErrors: st.PollErrors, Failovers: st.Failovers}
+			return b, st.Version != ""
 		}
 	}
 	return src

@@ -44,9 +44,12 @@ type BundleStatus struct {
 	Age         time.Duration
 	Stale       bool
 	Revocations int
-	// TODO(issue 13): rejected bundles, counted by the authority client once it counts them
-	// ("rejections are loud"): export firma_authority_bundle_rejections_total and the last one's
-	// reason in the bundle check.
+	// Rejections counts the authority's answers the client refused, by reason (a bounded set:
+	// wrong_key, bad_signature, expired, replayed…); PollErrors the polls that got no answer to
+	// judge, by reason; Failovers the moves from one authority URL to another.
+	Rejections map[string]uint64
+	PollErrors map[string]uint64
+	Failovers  uint64
 }
 
 var (
@@ -68,6 +71,9 @@ var (
 	descBundleAge   = prometheus.NewDesc(NameBundleAge, "Seconds since the authority last confirmed the policy bundle.", nil, nil)
 	descBundleStale = prometheus.NewDesc(NameBundleStale, "1 when the bundle is past its TTL: every decision is a DENY.", nil, nil)
 	descRevocations = prometheus.NewDesc(NameRevocations, "Capability revocations the sidecar knows of.", nil, nil)
+	descRejections  = prometheus.NewDesc(NameRejections, "Answers from the authority the sidecar refused (a bundle or revocation list that does not verify, is stale or replayed…), by reason.", []string{"reason"}, nil)
+	descPollErrors  = prometheus.NewDesc(NamePollErrors, "Polls of the authority that got no answer to judge, by reason.", []string{"reason"}, nil)
+	descFailovers   = prometheus.NewDesc(NameFailovers, "Moves from one authority URL to another.", nil, nil)
 	descReady       = prometheus.NewDesc(NameReady, "1 when every /healthz check passes.", nil, nil)
 	descCheck       = prometheus.NewDesc(NameHealthCheck, "1 when the /healthz check passes.", []string{"check"}, nil)
 )
@@ -136,6 +142,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descRevocations, float64(b.Revocations))
 		}
 		gauge(descBundleStale, bool01(!ok || b.Stale))
+		for reason, n := range b.Rejections {
+			counter(descRejections, float64(n), reason)
+		}
+		for reason, n := range b.PollErrors {
+			counter(descPollErrors, float64(n), reason)
+		}
+		counter(descFailovers, float64(b.Failovers))
 	}
 	if s.Health != nil {
 		h := s.Health()

@@ -240,7 +240,8 @@ func TestFlowsDNSFsyncKernelHooks(t *testing.T) {
 func TestSources(t *testing.T) {
 	kernel := map[string]uint64{"redirect_tcp": 7, "refuse_udp": 2, "drop_egress": 1}
 	var kernelErr, progErr, auditErr error
-	bundle := BundleStatus{Age: 90 * time.Second, Revocations: 3}
+	bundle := BundleStatus{Age: 90 * time.Second, Revocations: 3, Rejections: map[string]uint64{"bad_signature": 2},
+		PollErrors: map[string]uint64{"unauthorized": 1}, Failovers: 4}
 	m := New(Sources{
 		Kernel:      func() (map[string]uint64, error) { return kernel, kernelErr },
 		Programs:    func() error { return progErr },
@@ -276,6 +277,9 @@ func TestSources(t *testing.T) {
 	must(t, f, NameBundleAge, 90)
 	must(t, f, NameBundleStale, 0)
 	must(t, f, NameRevocations, 3)
+	must(t, f, NameRejections, 2, "reason=bad_signature")
+	must(t, f, NamePollErrors, 1, "reason=unauthorized")
+	must(t, f, NameFailovers, 4)
 	must(t, f, NameReady, 1)
 	must(t, f, NameHealthCheck, 1, "check=programs")
 	if f[NameKernel].GetType() != dto.MetricType_COUNTER {

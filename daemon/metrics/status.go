@@ -61,6 +61,9 @@ type BundleSummary struct {
 	AgeSeconds  float64 `json:"age_seconds"`
 	Stale       bool    `json:"stale"`
 	Revocations float64 `json:"revocations"`
+	// Rejections counts the authority's answers the sidecar refused, by reason.
+	Rejections map[string]float64 `json:"rejections,omitempty"`
+	PollErrors map[string]float64 `json:"poll_errors,omitempty"`
 }
 
 // AuditSummary is the audit log's side.
@@ -271,6 +274,20 @@ func Summarize(fams map[string]*dto.MetricFamily) Summary {
 		each(NameBundleAge, func(_ map[string]string, m *dto.Metric) { s.Bundle.AgeSeconds = value(m) })
 		each(NameBundleStale, func(_ map[string]string, m *dto.Metric) { s.Bundle.Stale = value(m) == 1 })
 		each(NameRevocations, func(_ map[string]string, m *dto.Metric) { s.Bundle.Revocations = value(m) })
+		byReason := func(name string) map[string]float64 {
+			var out map[string]float64
+			each(name, func(l map[string]string, m *dto.Metric) {
+				if v := value(m); v > 0 {
+					if out == nil {
+						out = map[string]float64{}
+					}
+					out[l["reason"]] = v
+				}
+			})
+			return out
+		}
+		s.Bundle.Rejections = byReason(NameRejections)
+		s.Bundle.PollErrors = byReason(NamePollErrors)
 	}
 	each(NameAuditRecords, func(_ map[string]string, m *dto.Metric) { s.Audit.Records += value(m) })
 	each(NameAuditErrors, func(_ map[string]string, m *dto.Metric) { s.Audit.AppendErrors = value(m) })
@@ -400,6 +417,12 @@ func (st Status) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "bundle     confirmed %s ago (%s); %.0f revocations\n",
 			(time.Duration(s.Bundle.AgeSeconds) * time.Second).String(), fresh, s.Bundle.Revocations)
+	}
+	if s.Bundle != nil && len(s.Bundle.Rejections) > 0 {
+		fmt.Fprintf(&b, "  REJECTED answers from the authority: %s\n", countsText(s.Bundle.Rejections, slices.Sorted(maps.Keys(s.Bundle.Rejections))))
+	}
+	if s.Bundle != nil && len(s.Bundle.PollErrors) > 0 {
+		fmt.Fprintf(&b, "  failed polls: %s\n", countsText(s.Bundle.PollErrors, slices.Sorted(maps.Keys(s.Bundle.PollErrors))))
 	}
 	fmt.Fprintf(&b, "audit      %.0f records, %.0f refused, %.0f suppressed by the rate limit; %.0f fsyncs (mean %.2f ms, %.0f failed)\n",
 		s.Audit.Records, s.Audit.AppendErrors, s.Audit.Suppressed, s.Audit.Fsyncs, s.Audit.FsyncMeanMS, s.Audit.FsyncErrors)

@@ -36,7 +36,10 @@ func TestFetchAndSummary(t *testing.T) {
 		},
 		Programs: func() error { return nil },
 		Leaves:   func() LeafStats { return LeafStats{Mints: 1, Hits: 3, Cached: 1} },
-		Bundle:   func() (BundleStatus, bool) { return BundleStatus{Age: 4 * time.Second, Revocations: 1}, true },
+		Bundle: func() (BundleStatus, bool) {
+			return BundleStatus{Age: 4 * time.Second, Revocations: 1, Rejections: map[string]uint64{"wrong_key": 2, "expired": 0},
+				PollErrors: map[string]uint64{"unreachable": 5}}, true
+		},
 		AuditStats: func() audit.Stats {
 			return audit.Stats{Suppressed: 3, Sinks: []audit.SinkStats{{Name: "journald", Sent: 6, Up: true}, {Name: "siem", Sent: 2, Dropped: 4, Queued: 1}}}
 		},
@@ -104,6 +107,8 @@ func TestFetchAndSummary(t *testing.T) {
 		"1 answered, 1 denied, 0 failed",
 		"kernel     programs in force; 3 refusals (drop_egress 1, refuse_udp 2)\n",
 		"bundle     confirmed 4s ago (fresh); 1 revocations\n",
+		"  REJECTED answers from the authority: 2 wrong_key\n",
+		"  failed polls: 5 unreachable\n",
 		"audit      6 records, 0 refused, 3 suppressed by the rate limit; 1 fsyncs (mean 2.00 ms, 0 failed)\n",
 		"  sink journald            up: 6 sent, 0 dropped, 0 queued\n",
 		"  sink siem                DOWN: 2 sent, 4 dropped, 1 queued\n",
