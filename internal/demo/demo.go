@@ -77,6 +77,7 @@ type demo struct {
 	key        string
 	ups        map[string]*fake.Upstream
 	sidecar    *sidecarProc
+	spawn      *spawner
 }
 
 // Run runs the demo, writing the story to out.
@@ -91,8 +92,8 @@ func Run(ctx context.Context, out io.Writer, opt Options) (err error) {
 	if opt.Firma == "" {
 		return errors.New("demo: no firma binary to run the sidecar with")
 	}
-	d := &demo{out: &stopWriter{w: out}, opt: opt, ups: map[string]*fake.Upstream{}}
-	var undo []func()
+	d := &demo{out: &stopWriter{w: out}, opt: opt, ups: map[string]*fake.Upstream{}, spawn: newSpawner()}
+	undo := []func(){d.spawn.close}
 	defer func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -418,7 +419,7 @@ func (d *demo) startSidecar(ctx context.Context) error {
 	// Its own process group (a terminal's ^C reaches the demo, which stops it), and killed with the
 	// demo should the demo die first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := d.spawn.do(cmd.Start); err != nil {
 		return fmt.Errorf("starting the sidecar: %w", err)
 	}
 	p := &sidecarProc{cmd: cmd, exited: make(chan struct{})}
@@ -442,6 +443,40 @@ func (d *demo) startSidecar(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// spawner starts processes from an OS thread of its own that lives as long as the demo. The
+// kernel sends a child its Pdeathsig when the thread that forked it ends, and Go ends a thread
+// whenever a goroutine exits locked to it (as runIn's do): a sidecar forked from any other thread
+// could be killed in the middle of the demo.
+type spawner struct {
+	reqs chan func()
+	done chan struct{}
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan func()), done: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		for f := range s.reqs {
+			f()
+		}
+		close(s.done)
+	}()
+	return s
+}
+
+// do runs start on the spawner's thread.
+func (s *spawner) do(start func() error) error {
+	errc := make(chan error, 1)
+	s.reqs <- func() { errc <- start() }
+	return <-errc
+}
+
+func (s *spawner) close() {
+	close(s.reqs)
+	<-s.done
 }
 
 // stopSidecar stops a running sidecar with SIGTERM (SIGKILL after 15s).
