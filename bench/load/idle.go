@@ -22,8 +22,9 @@ type HeldLine struct {
 }
 
 // openers is how many idle connections are being opened at once: enough to keep every process
-// busy, few enough not to overflow a listener's accept queue.
-const openers = 16
+// busy even where each connection waits on timers (Nagle, delayed ACKs), few enough not to
+// overflow a listener's accept queue.
+const openers = 32
 
 // runIdle opens Conns connections, verifies one small GET on each, hands them to Hold, then checks
 // that every one is still open before closing them all.
