@@ -221,7 +221,7 @@ func (r *Report) Markdown() string {
 const method = `
 ## How to read this
 
-- Every response was verified: status, exact body (the 1 GiB transfers byte for byte), and the key
+- Every response was verified: status, exact body (the transfers byte for byte), and the key
   the upstream saw: the credential on MITM (+key) systems, replacing the client's decoy; the decoy,
   untouched, on every tunnel. No response header carried the credential back to the client.
 - "× direct" is the median of per-round ratios to direct; "+p50" the median of per-round

@@ -142,10 +142,8 @@ func Run(ctx context.Context, s Spec) (Result, error) {
 		return s.runRequests(ctx, s.transport(false))
 	case KeepAliveH2:
 		return s.runRequests(ctx, s.transport(true))
-	case Download:
-		return s.runDownload(ctx)
-	case Upload:
-		return s.runUpload(ctx)
+	case Download, Upload:
+		return s.runTransfer(ctx)
 	default:
 		return s.runIdle(ctx)
 	}
@@ -320,14 +318,12 @@ func (s Spec) smallGET(ctx context.Context, c *http.Client, o *observer) error {
 // warm-up request each (connections, leaf certificates, caches), and stops at the first error.
 func (s Spec) runRequests(ctx context.Context, tr *http.Transport) (Result, error) {
 	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	obs := make([]*observer, s.Concurrency)
 	for i := range obs {
 		obs[i] = newObserver()
 	}
-	err := parallel(s.Concurrency, func(i int) error {
+	err := parallel(ctx, s.Concurrency, func(ctx context.Context, i int) error {
 		if err := s.smallGET(ctx, client, obs[i]); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
@@ -338,12 +334,11 @@ func (s Spec) runRequests(ctx context.Context, tr *http.Transport) (Result, erro
 	}
 	start := time.Now()
 	end := start.Add(s.Duration)
-	err = parallel(s.Concurrency, func(i int) error {
+	err = parallel(ctx, s.Concurrency, func(ctx context.Context, i int) error {
 		o := obs[i]
 		for time.Now().Before(end) {
 			t0 := time.Now()
 			if err := s.smallGET(ctx, client, o); err != nil {
-				cancel()
 				return fmt.Errorf("request %d of worker %d: %w", len(o.lat)+1, i, err)
 			}
 			o.lat = append(o.lat, time.Since(t0))
@@ -363,86 +358,86 @@ func (s Spec) runRequests(ctx context.Context, tr *http.Transport) (Result, erro
 	return r, nil
 }
 
-// parallel runs f(0…n-1) in n goroutines and returns the first error (by index) of those that
-// failed.
-func parallel(n int, f func(i int) error) error {
-	errs := make([]error, n)
+// parallel runs f(ctx, 0…n-1) in n goroutines and returns the first error. That error cancels
+// the ctx the others run with, so failures it causes cannot be mistaken for it.
+func parallel(ctx context.Context, n int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var once sync.Once
+	var first error
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = f(i) })
+		wg.Go(func() {
+			if err := f(ctx, i); err != nil {
+				once.Do(func() {
+					first = err
+					cancel()
+				})
+			}
+		})
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return err
+	return first
+}
+
+// runTransfer moves Bytes payload bytes in one request on one connection — the response body of
+// a download, verified here; the request body of an upload, verified by the upstream, which
+// reports the count — timed from the request to the last byte.
+func (s Spec) runTransfer(ctx context.Context) (Result, error) {
+	tr := s.transport(false)
+	defer tr.CloseIdleConnections()
+	method, path, body := http.MethodGet, PathDownload, io.Reader(nil)
+	if s.Workload == Upload {
+		method, path, body = http.MethodPost, PathUpload, Payload(s.Bytes)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.url(path+"?bytes="+strconv.FormatInt(s.Bytes, 10)), body)
+	if err != nil {
+		return Result{}, err
+	}
+	if body != nil {
+		req.ContentLength = s.Bytes
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	req.Header.Set(KeyHeader, DecoyKey)
+	o := newObserver()
+	start := time.Now()
+	moved, err := s.transfer(tr, req, o)
+	elapsed := time.Since(start)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", s.Workload, err)
+	}
+	r := Result{Workload: s.Workload, Requests: 1, Bytes: moved, Seconds: elapsed.Seconds()}
+	o.fill(&r)
+	return r, nil
+}
+
+// transfer sends req and returns how many payload bytes were verified: read here for a download,
+// as the upstream reports them for an upload.
+func (s Spec) transfer(tr *http.Transport, req *http.Request, o *observer) (int64, error) {
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := o.check(resp, s.WantKey); err != nil {
+		return 0, err
+	}
+	var moved int64
+	if s.Workload == Download {
+		var v Verifier
+		if _, err := io.CopyBuffer(&v, resp.Body, make([]byte, 256<<10)); err != nil {
+			return 0, fmt.Errorf("%w after %d of %d bytes", err, v.Count(), s.Bytes)
 		}
+		moved = v.Count()
+	} else {
+		var rep UploadReport
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&rep); err != nil {
+			return 0, fmt.Errorf("the upstream's report: %w", err)
+		}
+		moved = rep.Bytes
 	}
-	return errors.Join(errs...)
-}
-
-// runDownload fetches Bytes payload bytes in one response and verifies every byte.
-func (s Spec) runDownload(ctx context.Context) (Result, error) {
-	tr := s.transport(false)
-	defer tr.CloseIdleConnections()
-	o := newObserver()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url(PathDownload+"?bytes="+strconv.FormatInt(s.Bytes, 10)), nil)
-	if err != nil {
-		return Result{}, err
+	if moved != s.Bytes {
+		return 0, fmt.Errorf("%d bytes arrived, want %d", moved, s.Bytes)
 	}
-	req.Header.Set(KeyHeader, DecoyKey)
-	start := time.Now()
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return Result{}, fmt.Errorf("download: %w", err)
-	}
-	defer resp.Body.Close()
-	if err := o.check(resp, s.WantKey); err != nil {
-		return Result{}, fmt.Errorf("download: %w", err)
-	}
-	var v Verifier
-	if _, err := io.CopyBuffer(&v, resp.Body, make([]byte, 256<<10)); err != nil {
-		return Result{}, fmt.Errorf("download: %w after %d of %d bytes", err, v.Count(), s.Bytes)
-	}
-	elapsed := time.Since(start)
-	if v.Count() != s.Bytes {
-		return Result{}, fmt.Errorf("download: got %d bytes, want %d", v.Count(), s.Bytes)
-	}
-	r := Result{Workload: Download, Requests: 1, Bytes: v.Count(), Seconds: elapsed.Seconds()}
-	o.fill(&r)
-	return r, nil
-}
-
-// runUpload sends Bytes payload bytes in one request; the upstream verifies every byte and
-// reports the count.
-func (s Spec) runUpload(ctx context.Context) (Result, error) {
-	tr := s.transport(false)
-	defer tr.CloseIdleConnections()
-	o := newObserver()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url(PathUpload+"?bytes="+strconv.FormatInt(s.Bytes, 10)), Payload(s.Bytes))
-	if err != nil {
-		return Result{}, err
-	}
-	req.ContentLength = s.Bytes
-	req.Header.Set(KeyHeader, DecoyKey)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	start := time.Now()
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return Result{}, fmt.Errorf("upload: %w", err)
-	}
-	defer resp.Body.Close()
-	if err := o.check(resp, s.WantKey); err != nil {
-		return Result{}, fmt.Errorf("upload: %w", err)
-	}
-	var rep UploadReport
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&rep); err != nil {
-		return Result{}, fmt.Errorf("upload: the upstream's report: %w", err)
-	}
-	elapsed := time.Since(start)
-	if rep.Bytes != s.Bytes {
-		return Result{}, fmt.Errorf("upload: the upstream verified %d bytes, want %d", rep.Bytes, s.Bytes)
-	}
-	r := Result{Workload: Upload, Requests: 1, Bytes: rep.Bytes, Seconds: elapsed.Seconds()}
-	o.fill(&r)
-	return r, nil
+	return moved, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"maps"
 	"net"
@@ -279,13 +280,20 @@ func TestWrongAnswersFail(t *testing.T) {
 		{"long body", KeepAliveH2, bodyRewrite(func(b []byte) []byte { return append(b, 'x') }), "body longer"},
 		{"altered body", KeepAliveH1, bodyRewrite(func(b []byte) []byte { b[5] ^= 1; return b }), "body is not the payload"},
 		{"altered download", Download, bodyRewrite(func(b []byte) []byte { b[chunkSize+100] ^= 1; return b }), "payload corrupted at byte 65636"},
-		{"short download", Download, bodyRewrite(func(b []byte) []byte { return b[:len(b)-10] }), "got 196615 bytes, want 196625"},
+		{"short download", Download, bodyRewrite(func(b []byte) []byte { return b[:len(b)-10] }), "download: 196615 bytes arrived, want 196625"},
 		{"lost upload", Upload, func(h http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				r.URL.RawQuery = "bytes=10" // the upstream expects fewer bytes than were sent
 				h.ServeHTTP(w, r)
 			})
 		}, "status 422"},
+		{"miscounted upload", Upload, func(http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				w.Header().Set(KeySeenHeader, string(KeyAgent))
+				io.WriteString(w, `{"bytes":5}`)
+			})
+		}, "upload: 5 bytes arrived, want 196625"},
 		{"no key report", Idle, func(h http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Write(SmallBody)
@@ -400,5 +408,23 @@ func TestSpecValidate(t *testing.T) {
 	s.Hold = nil
 	if s.Validate() == nil {
 		t.Error("idle without Hold accepted")
+	}
+}
+
+// The error that happened first is the one reported, not the ones it caused in other workers.
+func TestParallelReturnsTheFirstError(t *testing.T) {
+	boom := errors.New("boom")
+	err := parallel(context.Background(), 8, func(ctx context.Context, i int) error {
+		if i == 5 {
+			return boom
+		}
+		<-ctx.Done()
+		return errors.New("EOF: a consequence of the cancellation")
+	})
+	if err != boom {
+		t.Fatalf("err = %v, want boom", err)
+	}
+	if err := parallel(context.Background(), 3, func(context.Context, int) error { return nil }); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -29,8 +29,6 @@ const openers = 32
 // runIdle opens Conns connections, verifies one small GET on each, hands them to Hold, then checks
 // that every one is still open before closing them all.
 func (s Spec) runIdle(ctx context.Context) (Result, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	conns := make([]*tls.Conn, s.Conns)
 	defer func() {
 		for _, c := range conns {
@@ -43,7 +41,7 @@ func (s Spec) runIdle(ctx context.Context) (Result, error) {
 	var next atomic.Int64
 	var held atomic.Int64
 	start := time.Now()
-	err := parallel(openers, func(w int) error {
+	err := parallel(ctx, openers, func(ctx context.Context, w int) error {
 		obs[w] = newObserver()
 		for {
 			i := int(next.Add(1) - 1)
@@ -52,7 +50,6 @@ func (s Spec) runIdle(ctx context.Context) (Result, error) {
 			}
 			c, err := s.openIdle(ctx, obs[w])
 			if err != nil {
-				cancel()
 				return err
 			}
 			conns[i] = c
