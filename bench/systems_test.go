@@ -52,8 +52,8 @@ type running struct {
 	caFile string           // the only CA the client trusts
 	proxy  string           // explicit proxy URL; "" for none
 	cgroup *testutil.Cgroup // where the client runs (firma transparent); nil: outside every cgroup
-	// pid is the system's main process (0 for direct); restart replaces its processes with fresh
-	// ones (nil for direct).
+	// pid is the system's main process, restart replaces its processes with fresh ones; both are
+	// nil for direct.
 	pid     func() int
 	restart func()
 	// debugAddr is the sidecar's pprof listener when profiles are captured.

@@ -27,7 +27,9 @@ type HeldLine struct {
 const openers = 32
 
 // runIdle opens Conns connections, verifies one small GET on each, hands them to Hold, then checks
-// that every one is still open before closing them all.
+// that every one is still open before closing them all. The first connection is opened alone, as
+// the request workloads warm up, so that a cold system (leaf certificates, pools) is not also met
+// with a burst.
 func (s Spec) runIdle(ctx context.Context) (Result, error) {
 	conns := make([]*tls.Conn, s.Conns)
 	defer func() {
@@ -38,11 +40,19 @@ func (s Spec) runIdle(ctx context.Context) (Result, error) {
 		}
 	}()
 	obs := make([]*observer, openers)
-	var next atomic.Int64
-	var held atomic.Int64
+	for i := range obs {
+		obs[i] = newObserver()
+	}
+	var next, held atomic.Int64
 	start := time.Now()
-	err := parallel(ctx, openers, func(ctx context.Context, w int) error {
-		obs[w] = newObserver()
+	c, err := s.openIdle(ctx, obs[0])
+	if err != nil {
+		return Result{Workload: Idle}, fmt.Errorf("idle: the first connection: %w", err)
+	}
+	conns[0] = c
+	next.Store(1)
+	held.Store(1)
+	err = parallel(ctx, openers, func(ctx context.Context, w int) error {
 		for {
 			i := int(next.Add(1) - 1)
 			if i >= s.Conns {
