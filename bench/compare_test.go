@@ -269,6 +269,9 @@ func (h *harness) measure(sys *running, w load.Workload, round int) Sample {
 		err = h.check(sys, w, &s)
 	}
 	if err != nil {
+		if why := h.up.Refusals(); len(why) > 0 {
+			err = fmt.Errorf("%w (the upstream refused: %s)", err, strings.Join(why, "; "))
+		}
 		s.Err = err.Error()
 		if sys.logs != nil {
 			logs := sys.logs()

@@ -158,19 +158,19 @@ value_from_env = "FIRMA_BENCH_KEY"
 
 // peer is a proxy process the harness runs (tinyproxy, squid), restartable, stopped at the end.
 type peer struct {
-	tb      testing.TB
-	name    string
-	dir     string
-	port    uint16
-	argv    []string
-	logFile string // the log it writes itself, besides its output
+	tb       testing.TB
+	name     string
+	dir      string
+	port     uint16
+	argv     []string
+	logFiles []string // the logs it writes itself, besides its output
 
 	mu   sync.Mutex
 	proc *e2e.Process
 }
 
-func newPeer(tb testing.TB, name, dir string, port uint16, logFile string, argv ...string) *peer {
-	p := &peer{tb: tb, name: name, dir: dir, port: port, logFile: logFile, argv: argv}
+func newPeer(tb testing.TB, name, dir string, port uint16, logFiles []string, argv ...string) *peer {
+	p := &peer{tb: tb, name: name, dir: dir, port: port, logFiles: logFiles, argv: argv}
 	tb.Cleanup(p.stop)
 	p.start()
 	return p
@@ -218,13 +218,17 @@ func (p *peer) pid() int {
 	return p.proc.PID()
 }
 
-// logs is the process's output followed by its log file.
+// logs is the process's output followed by its log files.
 func (p *peer) logs() string {
 	p.mu.Lock()
-	out := p.proc.Logs()
+	var b strings.Builder
+	b.WriteString(p.proc.Logs())
 	p.mu.Unlock()
-	b, _ := os.ReadFile(p.logFile)
-	return out + string(b)
+	for _, f := range p.logFiles {
+		text, _ := os.ReadFile(f)
+		fmt.Fprintf(&b, "==> %s <==\n%s", f, text)
+	}
+	return b.String()
 }
 
 func (p *peer) running(sys System, caFile string) *running {
@@ -275,7 +279,7 @@ func (h *harness) startTinyproxy() *running {
 	logFile := filepath.Join(dir, "tinyproxy.log")
 	conf := filepath.Join(dir, "tinyproxy.conf")
 	writeFile(tb, conf, TinyproxyConfig{Port: port, MaxClients: h.plan.IdleConns + load.FileMargin, LogFile: logFile}.Render(), 0o644)
-	p := newPeer(tb, "tinyproxy", dir, port, logFile, "unshare", "-m", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`,
+	p := newPeer(tb, "tinyproxy", dir, port, []string{logFile}, "unshare", "-m", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`,
 		hosts, h.tools.tinyproxy, "-d", "-c", conf)
 	return p.running(Tinyproxy, h.upCA.CertFile)
 }
@@ -326,7 +330,7 @@ func (h *harness) startSquid(bump bool) *running {
 	}
 	writeFile(tb, filepath.Join(dir, "squid.conf"), text, 0o600)
 	chownTree(tb, dir, proxyUser)
-	p := newPeer(tb, name, dir, port, filepath.Join(dir, "cache.log"), h.tools.squid, "-N", "-f", filepath.Join(dir, "squid.conf"))
+	p := newPeer(tb, name, dir, port, []string{filepath.Join(dir, "cache.log"), filepath.Join(dir, "access.log")}, h.tools.squid, "-N", "-f", filepath.Join(dir, "squid.conf"))
 	sys := Squid
 	if bump {
 		sys = SquidSSLBump

@@ -2,6 +2,7 @@ package load
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -426,5 +427,26 @@ func TestParallelReturnsTheFirstError(t *testing.T) {
 	}
 	if err := parallel(context.Background(), 3, func(context.Context, int) error { return nil }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The upstream keeps why it refused a request, for the harness to quote when a run fails.
+func TestUpstreamKeepsRefusals(t *testing.T) {
+	up := NewUpstream(testKey)
+	rec := httptest.NewRecorder()
+	up.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, PathUpload+"?bytes=10", bytes.NewReader(SmallBody[:20])))
+	if rec.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("status %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	up.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, PathUpload+"?bytes=20", bytes.NewReader([]byte("not the payload, 20b"))))
+	got := up.Refusals()
+	want := []string{"POST /upload: upload: got 20 bytes, want 10", "POST /upload: upload: payload corrupted at byte 0 after 0 of 20 bytes"}
+	if !slices.Equal(got, want) {
+		t.Errorf("refusals %q, want %q", got, want)
+	}
+	up.Reset()
+	if len(up.Refusals()) != 0 {
+		t.Error("Reset kept the refusals")
 	}
 }

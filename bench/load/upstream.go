@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 )
 
@@ -44,7 +46,13 @@ type UploadReport struct {
 type Upstream struct {
 	key    string
 	counts map[KeySeen]*atomic.Int64 // one per KeySeen, fixed at construction
+
+	mu      sync.Mutex
+	refused []string // why requests were refused since the last Reset, the first few
 }
+
+// maxRefusals bounds how many refusal reasons the upstream keeps.
+const maxRefusals = 8
 
 // NewUpstream returns an upstream for which key is the real credential.
 func NewUpstream(key string) *Upstream {
@@ -79,11 +87,32 @@ func (u *Upstream) Counts() map[KeySeen]int64 {
 	return m
 }
 
-// Reset zeroes the counts.
+// Refusals are the reasons the upstream refused requests (a corrupted upload, a bad size) since
+// the last Reset: what a failed run's client saw only as a reset connection.
+func (u *Upstream) Refusals() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.refused)
+}
+
+// Reset zeroes the counts and forgets the refusals.
 func (u *Upstream) Reset() {
 	for _, c := range u.counts {
 		c.Store(0)
 	}
+	u.mu.Lock()
+	u.refused = nil
+	u.mu.Unlock()
+}
+
+// refuse answers status with msg and remembers why.
+func (u *Upstream) refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	u.mu.Lock()
+	if len(u.refused) < maxRefusals {
+		u.refused = append(u.refused, fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, msg))
+	}
+	u.mu.Unlock()
+	http.Error(w, msg, status)
 }
 
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -98,7 +127,7 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && r.URL.Path == PathDownload:
 		n, err := sizeParam(r)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			u.refuse(w, r, http.StatusBadRequest, err.Error())
 			return
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
@@ -106,16 +135,16 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == PathUpload:
 		n, err := sizeParam(r)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			u.refuse(w, r, http.StatusBadRequest, err.Error())
 			return
 		}
 		var v Verifier
 		if _, err := io.CopyBuffer(&v, r.Body, make([]byte, 256<<10)); err != nil {
-			http.Error(w, fmt.Sprintf("upload: %v after %d bytes", err, v.Count()), http.StatusUnprocessableEntity)
+			u.refuse(w, r, http.StatusUnprocessableEntity, fmt.Sprintf("upload: %v after %d of %d bytes", err, v.Count(), n))
 			return
 		}
 		if v.Count() != n {
-			http.Error(w, fmt.Sprintf("upload: got %d bytes, want %d", v.Count(), n), http.StatusUnprocessableEntity)
+			u.refuse(w, r, http.StatusUnprocessableEntity, fmt.Sprintf("upload: got %d bytes, want %d", v.Count(), n))
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
