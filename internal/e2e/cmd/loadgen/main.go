@@ -7,9 +7,9 @@
 //	loadgen -workload download -bytes 1073741824 -proxy http://127.0.0.1:3128 …
 //	loadgen -workload idle -conns 8000 …
 //
-// The idle workload prints a load.HeldLine ({"held":N}) once its connections are open and verified, and holds them
-// until a line (or EOF) arrives on stdin. Any error — a wrong status, byte or key — is printed on
-// stderr and the exit status is 1.
+// The idle workload prints a load.HeldLine ({"held":N}) once its connections are open and
+// verified, and holds them until a line (or EOF) arrives on stdin. Any error — a wrong status,
+// byte or key — is printed on stderr and the exit status is 1.
 package main
 
 import (
