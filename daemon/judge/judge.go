@@ -254,8 +254,11 @@ func joinReason(a, b string) string {
 // decisionRecord builds the canonical decision record.
 func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 	resource := audit.Resource{Host: in.Host}
-	switch in.Mode {
-	case ModeMITM, ModeHTTP:
+	switch {
+	case in.Method == policies.MethodConnect && in.Port != 0:
+		// A connection-level intent, on any transport: name:port, as the guides read it.
+		resource.Host = HostPort(in.Host, in.Port)
+	case in.Mode == ModeMITM || in.Mode == ModeHTTP:
 		resource.Method = in.Method
 		resource.Path = in.Path
 		if d.Path != "" {
@@ -265,14 +268,12 @@ func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 			p := d.Provider
 			resource.Provider = &p
 		}
-	case ModeDNS:
+	case in.Mode == ModeDNS:
 		// A lookup is of a name, not a connection to its port 53: the record carries the name and
 		// the query type as the method.
 		resource.Method = in.QType
-	default:
-		if in.Port != 0 {
-			resource.Host = HostPort(in.Host, in.Port)
-		}
+	case in.Port != 0:
+		resource.Host = HostPort(in.Host, in.Port)
 	}
 	var action *string
 	if d.ActionClass != "" {

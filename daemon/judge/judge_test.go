@@ -197,6 +197,10 @@ func TestRecordShapes(t *testing.T) {
 	if r := rec.last().Envelope.Intent.Resource; r.Host != "[2001:db8::1]:22" {
 		t.Fatalf("tcp resource %+v", r)
 	}
+	j.Decide(ctx, testFlow(), Intent{Method: policies.MethodConnect, Host: "api.anthropic.com", Port: 443, Transport: "tls", Mode: ModeMITM, SNI: "api.anthropic.com"})
+	if r := rec.last().Envelope.Intent.Resource; r.Host != "api.anthropic.com:443" || r.Method != "" || r.Path != "" {
+		t.Fatalf("an intercepted connection's own record is connection-level: %+v", r)
+	}
 	outside := testFlow()
 	outside.OrigDst = netip.AddrPort{}
 	j.Decide(ctx, outside, connectIntent())
