@@ -68,17 +68,22 @@ action_class = "communication.external.read"
 // contentMaxBody is [sidecar.policy] max_body_bytes in these tests.
 const contentMaxBody = 4096
 
-// memRecorder keeps the judge's audit records in memory.
+// memRecorder keeps the judge's audit records in memory (or, with discard, none of them).
 type memRecorder struct {
-	mu     sync.Mutex
-	events []*audit.Event
+	mu      sync.Mutex
+	events  []*audit.Event
+	discard bool
+	n       int
 }
 
 func (r *memRecorder) Append(ev *audit.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ev.ID = fmt.Sprintf("ev%d", len(r.events)+1)
-	r.events = append(r.events, ev)
+	r.n++
+	ev.ID = fmt.Sprintf("ev%d", r.n)
+	if !r.discard {
+		r.events = append(r.events, ev)
+	}
 	return nil
 }
 
@@ -127,11 +132,12 @@ type policyEnvOptions struct {
 	cfg     func(*Config)
 	creds   Injector
 	monitor bool
+	discard bool // keep no audit records (benchmarks)
 }
 
 // newPolicyEnv runs the engine with a real judge deciding contentPolicy under contentRules, and an
 // upstream for apiHost.
-func newPolicyEnv(t *testing.T, o policyEnvOptions) *policyEnv {
+func newPolicyEnv(t testing.TB, o policyEnvOptions) *policyEnv {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "content.cedar"), []byte(contentPolicy), 0o644); err != nil {
@@ -146,7 +152,7 @@ func newPolicyEnv(t *testing.T, o policyEnvOptions) *policyEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &memRecorder{}
+	rec := &memRecorder{discard: o.discard}
 	j := judge.New(judge.Options{Engine: eng, Audit: rec, Log: zerolog.Nop()})
 	e := newEnv(t, envOptions{decider: j, cfg: o.cfg, creds: o.creds, monitor: o.monitor})
 	return &policyEnv{env: e, rec: rec, up: e.upstream(apiHost)}
@@ -160,7 +166,7 @@ type reply struct {
 
 // send sends body (nil: none) with a Content-Length, or chunked (HTTP/1.1) / without a length
 // (HTTP/2).
-func send(t *testing.T, c *http.Client, method, url string, body []byte, chunked bool, hdr http.Header) reply {
+func send(t testing.TB, c *http.Client, method, url string, body []byte, chunked bool, hdr http.Header) reply {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
