@@ -139,6 +139,14 @@ type policyEnvOptions struct {
 // upstream for apiHost.
 func newPolicyEnv(t testing.TB, o policyEnvOptions) *policyEnv {
 	t.Helper()
+	j, rec := newPolicyJudge(t, o.discard)
+	e := newEnv(t, envOptions{decider: j, cfg: o.cfg, creds: o.creds, monitor: o.monitor})
+	return &policyEnv{env: e, rec: rec, up: e.upstream(apiHost)}
+}
+
+// newPolicyJudge is the real judge deciding contentPolicy under contentRules.
+func newPolicyJudge(t testing.TB, discard bool) (*judge.Judge, *memRecorder) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "content.cedar"), []byte(contentPolicy), 0o644); err != nil {
 		t.Fatal(err)
@@ -152,10 +160,8 @@ func newPolicyEnv(t testing.TB, o policyEnvOptions) *policyEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &memRecorder{discard: o.discard}
-	j := judge.New(judge.Options{Engine: eng, Audit: rec, Log: zerolog.Nop()})
-	e := newEnv(t, envOptions{decider: j, cfg: o.cfg, creds: o.creds, monitor: o.monitor})
-	return &policyEnv{env: e, rec: rec, up: e.upstream(apiHost)}
+	rec := &memRecorder{discard: discard}
+	return judge.New(judge.Options{Engine: eng, Audit: rec, Log: zerolog.Nop()}), rec
 }
 
 type reply struct {
@@ -536,5 +542,37 @@ func TestRecordQueryRedacted(t *testing.T) {
 	res := pe.rec.decision(t, "/q").Envelope.Intent.Resource
 	if res.Query != "api_key=REDACTED&page=2&access_token=REDACTED" {
 		t.Fatalf("query %q", res.Query)
+	}
+}
+
+// TestPlainHTTPContent: plain HTTP is judged on its content the same way: a chunked body over the
+// size limit is buffered and refused, the JSON model policy applies, and neither refused body
+// reaches the upstream.
+func TestPlainHTTPContent(t *testing.T) {
+	j, rec := newPolicyJudge(t, false)
+	p := newPlainEnvWith(t, envOptions{decider: j}, false)
+	up := p.plainUpstream("plain.example.test")
+	chunk := strings.Repeat("c", 1500)
+	resp := p.roundTrip(t, fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: plain.example.test\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(chunk), chunk))
+	if b := body(t, resp); resp.StatusCode != 403 || !strings.Contains(b, "forbidden by policy") {
+		t.Fatalf("chunked upload: %d %q", resp.StatusCode, b)
+	}
+	if c := rec.decision(t, "/upload").Envelope.Intent.Content; c.BodySize != 1500 || !c.BodyBuffered {
+		t.Fatalf("content %+v", c)
+	}
+	for model, want := range map[string]int{"claude-opus-4": 403, "claude-haiku-4-5": 200} {
+		js := `{"model":"` + model + `"}`
+		resp = p.roundTrip(t, fmt.Sprintf("POST /v1/messages HTTP/1.1\r\nHost: plain.example.test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(js), js))
+		if b := body(t, resp); resp.StatusCode != want {
+			t.Fatalf("%s: %d %q", model, resp.StatusCode, b)
+		}
+	}
+	for _, r := range up.Requests() {
+		if r.Path == "/upload" || strings.Contains(string(r.Body), "opus") {
+			t.Errorf("a refused request reached the upstream: %s %q", r.Path, r.Body)
+		}
+	}
+	if n := len(up.Requests()); n != 1 {
+		t.Errorf("the upstream got %d requests, want the allowed one", n)
 	}
 }
