@@ -576,3 +576,31 @@ func TestPlainHTTPContent(t *testing.T) {
 		t.Errorf("the upstream got %d requests, want the allowed one", n)
 	}
 }
+
+// TestRequestTrailersDropped: a header sent as a trailer, after the body, never reaches the
+// upstream — no policy saw it, and it would undo a @modify.
+func TestRequestTrailersDropped(t *testing.T) {
+	pe := newPolicyEnv(t, policyEnvOptions{})
+	var seen http.Header
+	var mu sync.Mutex
+	pe.up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		mu.Lock()
+		seen = r.Trailer.Clone()
+		mu.Unlock()
+	})
+	for _, h2 := range []bool{false, true} {
+		req, _ := http.NewRequest("POST", pe.url(apiHost, "/modify"), io.MultiReader(strings.NewReader("body")))
+		req.Trailer = http.Header{"X-Debug": {"smuggled"}}
+		resp, err := pe.client(h2).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		mu.Lock()
+		if resp.StatusCode != 200 || len(seen) != 0 {
+			t.Fatalf("h2=%v: %d, the upstream saw trailers %v", h2, resp.StatusCode, seen)
+		}
+		mu.Unlock()
+	}
+}

@@ -66,6 +66,9 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, h := range v.Redact() {
 		r.Header.Del(h)
 	}
+	// Request trailers are headers that arrive after the body: no policy saw them, and a header
+	// that @modify removes could come back as one. They are not forwarded.
+	r.Trailer = nil
 	res, abort := c.forward(w, r, host, port, !v.Monitored)
 	if bodyLimitHit(r.Context()) {
 		res.ErrClass, res.Err = judge.ErrorBodyLimit, fmt.Errorf("%s (limit %d)", judge.ReasonBodyLimit, c.e.cfg.MaxRequestBodyBytes)
