@@ -101,7 +101,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	}
 
 	// Policy first: a bad policy must stop start-up before anything is created on disk.
-	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, component("policy")); err != nil {
+	if s.engine, err = policies.New(cfg.PolicyConfig(), cfg.Mapping, component("policy")); err != nil {
 		return nil, err
 	}
 	if s.audit, err = audit.Open(cfg.Audit, component("audit")); err != nil {
@@ -291,6 +291,11 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.log.Error().Err(err).Msg("policy watch stopped")
 		}
 	}()
+	if cfg.Debug.ListenAddr != "" {
+		if err := s.serveDebug(ctx); err != nil {
+			return err
+		}
+	}
 	go s.trust.run(ctx, s.log)
 	if s.progs != nil {
 		go s.kernelRefusals(ctx, s.progs)

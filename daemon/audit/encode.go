@@ -109,23 +109,6 @@ func (o *jsonObject) strOmit(k, v string) {
 	}
 }
 
-// strs appends k with vs as an array, or null when vs is nil.
-func (o *jsonObject) strs(k string, vs []string) {
-	o.key(k)
-	if vs == nil {
-		o.b = append(o.b, "null"...)
-		return
-	}
-	o.b = append(o.b, '[')
-	for i, v := range vs {
-		if i > 0 {
-			o.b = append(o.b, ',')
-		}
-		o.b = appendJSONString(o.b, v)
-	}
-	o.b = append(o.b, ']')
-}
-
 func (o *jsonObject) int(k string, v int64) {
 	o.key(k)
 	o.b = strconv.AppendInt(o.b, v, 10)
@@ -135,6 +118,69 @@ func (o *jsonObject) intOmit(k string, v int64) {
 	if v != 0 {
 		o.int(k, v)
 	}
+}
+
+func (o *jsonObject) boolOmit(k string, v bool) {
+	if v {
+		o.key(k)
+		o.b = append(o.b, "true"...)
+	}
+}
+
+// strs appends a string array (null when nil), as encoding/json writes a []string.
+func (o *jsonObject) strs(v []string) {
+	if v == nil {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	o.b = append(o.b, '[')
+	for i, s := range v {
+		if i > 0 {
+			o.b = append(o.b, ',')
+		}
+		o.b = appendJSONString(o.b, s)
+	}
+	o.b = append(o.b, ']')
+}
+
+// strsOmit is a []string member with omitempty: left out when empty.
+func (o *jsonObject) strsOmit(k string, v []string) {
+	if len(v) > 0 {
+		o.key(k)
+		o.strs(v)
+	}
+}
+
+// git appends the intent's git member.
+func (o *jsonObject) git(g *Git) {
+	o.key("git")
+	o.open()
+	o.str("service", g.Service)
+	o.str("owner", g.Owner)
+	o.str("repo", g.Repo)
+	if len(g.Updates) > 0 {
+		o.key("updates")
+		o.b = append(o.b, '[')
+		for i := range g.Updates {
+			if i > 0 {
+				o.b = append(o.b, ',')
+			}
+			u := &g.Updates[i]
+			o.open()
+			o.str("ref", u.Ref)
+			o.str("old", u.Old)
+			o.str("new", u.New)
+			o.boolOmit("create", u.Create)
+			o.boolOmit("delete", u.Delete)
+			o.boolOmit("force", u.Force)
+			o.boolOmit("protected", u.Protected)
+			o.close()
+		}
+		o.b = append(o.b, ']')
+	}
+	o.intOmit("updates_total", int64(g.UpdatesTotal))
+	o.strOmit("pack_problem", g.PackProblem)
+	o.close()
 }
 
 func (o *jsonObject) timeOmit(k string, t *time.Time) {
@@ -151,7 +197,7 @@ func (o *jsonObject) timeOmit(k string, t *time.Time) {
 }
 
 // appendTail appends eventTail's object: kind, decision_id, envelope, capability, decision,
-// result, log.
+// result, log. Every member of Event and the types under it is written here, in struct order.
 func appendTail(dst []byte, ev *Event) ([]byte, error) {
 	o := jsonObject{b: dst}
 	o.open()
@@ -184,12 +230,25 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		r := &e.Intent.Resource
 		o.str("host", r.Host)
 		o.strOmit("path", r.Path)
+		o.strOmit("query", r.Query)
 		if r.Provider != nil {
 			o.str("provider", *r.Provider)
 		}
 		o.strOmit("method", r.Method)
 		o.close()
 		o.str("raw_transport", e.Intent.RawTransport)
+		if c := e.Intent.Content; c != nil {
+			o.key("content")
+			o.open()
+			o.strOmit("content_type", c.ContentType)
+			o.int("body_size", c.BodySize)
+			o.boolOmit("body_buffered", c.BodyBuffered)
+			o.boolOmit("body_truncated", c.BodyTruncated)
+			o.close()
+		}
+		if g := e.Intent.Git; g != nil {
+			o.git(g)
+		}
 		o.close()
 		o.key("transport")
 		o.open()
@@ -211,11 +270,22 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.key("decision")
 		o.open()
 		o.str("outcome", d.Outcome)
-		o.strs("matched_policies", d.MatchedPolicies)
+		o.key("matched_policies")
+		o.strs(d.MatchedPolicies)
 		o.str("reason", d.Reason)
 		if d.Enforced != nil {
 			o.key("enforced")
 			o.b = strconv.AppendBool(o.b, *d.Enforced)
+		}
+		o.strsOmit("fields", d.Fields)
+		if m := d.Remediation; m != nil {
+			o.key("remediation")
+			o.open()
+			o.str("kind", m.Kind)
+			o.strsOmit("redact_headers", m.RedactHeaders)
+			o.intOmit("retry_after_ms", m.RetryAfterMS)
+			o.strOmit("challenge", m.Challenge)
+			o.close()
 		}
 		o.close()
 	}
@@ -226,9 +296,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("bytes_down", r.BytesDown)
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
-		if len(r.Injected) > 0 {
-			o.strs("injected", r.Injected)
-		}
+		o.strsOmit("injected", r.Injected)
 		o.strOmit("error", r.Error)
 		o.close()
 	}
