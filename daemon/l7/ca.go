@@ -246,10 +246,11 @@ func parseCACert(path string, data []byte, now time.Time) (*x509.Certificate, er
 // goes in first, so an interrupted bootstrap leaves a refused partial CA rather than a certificate
 // whose key is lost.
 //
-// A missing dir is created 0755 (whatever the umask; missing parents 0755 under the umask) with the key 0600 and the certificate 0644 in
-// it: the key stays root's, and agents that run as other users can read the certificate they must
-// trust without being given a copy (as mkcert lays out its CAROOT). The mode of an existing dir is
-// never changed; one that others could write to is refused by LoadCA.
+// A missing dir is created 0755 whatever the umask (missing parents 0755 under the umask), with
+// the key 0600 and the certificate 0644 in it: the key stays root's, and agents that run as other
+// users can read the certificate they must trust without being given a copy (as mkcert lays out
+// its CAROOT). The mode of an existing dir is never changed; one that others could write to is
+// refused by LoadCA.
 func createCA(dir string, now time.Time) error {
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
