@@ -424,8 +424,12 @@ func (st Status) WriteText(w io.Writer) error {
 	if s.Bundle != nil && len(s.Bundle.PollErrors) > 0 {
 		fmt.Fprintf(&b, "  failed polls: %s\n", countsText(s.Bundle.PollErrors, slices.Sorted(maps.Keys(s.Bundle.PollErrors))))
 	}
-	fmt.Fprintf(&b, "audit      %.0f records, %.0f refused, %.0f suppressed by the rate limit; %.0f fsyncs (mean %.2f ms, %.0f failed)\n",
-		s.Audit.Records, s.Audit.AppendErrors, s.Audit.Suppressed, s.Audit.Fsyncs, s.Audit.FsyncMeanMS, s.Audit.FsyncErrors)
+	fsyncs := "no fsync yet"
+	if s.Audit.Fsyncs > 0 || s.Audit.FsyncErrors > 0 {
+		fsyncs = fmt.Sprintf("%.0f fsync(s), mean %.2f ms, %.0f failed", s.Audit.Fsyncs, s.Audit.FsyncMeanMS, s.Audit.FsyncErrors)
+	}
+	fmt.Fprintf(&b, "audit      %.0f records, %.0f refused, %.0f suppressed by the rate limit; %s\n",
+		s.Audit.Records, s.Audit.AppendErrors, s.Audit.Suppressed, fsyncs)
 	for _, name := range slices.Sorted(maps.Keys(s.Audit.Sinks)) {
 		k := s.Audit.Sinks[name]
 		up := "up"

@@ -109,7 +109,7 @@ func TestFetchAndSummary(t *testing.T) {
 		"bundle     confirmed 4s ago (fresh); 1 revocations\n",
 		"  REJECTED answers from the authority: 2 wrong_key\n",
 		"  failed polls: 5 unreachable\n",
-		"audit      6 records, 0 refused, 3 suppressed by the rate limit; 1 fsyncs (mean 2.00 ms, 0 failed)\n",
+		"audit      6 records, 0 refused, 3 suppressed by the rate limit; 1 fsync(s), mean 2.00 ms, 0 failed\n",
 		"  sink journald            up: 6 sent, 0 dropped, 0 queued\n",
 		"  sink siem                DOWN: 2 sent, 4 dropped, 1 queued\n",
 		"mitm       1 leaves minted, 3 cache hits, 1 cached\n",
@@ -182,15 +182,16 @@ func TestListenUnix(t *testing.T) {
 	}
 }
 
-// The summary of a sidecar that runs neither the kernel path nor an authority nor a CA says so,
-// rather than printing zeros for them.
+// The summary of a sidecar that runs neither the kernel path nor an authority nor a CA, and has
+// not fsynced its audit log yet, says so, rather than printing zeros for them.
 func TestSummaryOfAMinimalSidecar(t *testing.T) {
 	m := New(Sources{})
 	st := Status{Endpoint: "127.0.0.1:9090", Health: Health{Ready: true}, Summary: Summarize(scrape(t, m))}
 	var text strings.Builder
 	st.WriteText(&text)
 	if strings.Contains(text.String(), "kernel ") || strings.Contains(text.String(), "mitm ") ||
-		!strings.Contains(text.String(), "bundle     no authority: local policy") || !strings.Contains(text.String(), ": READY") {
+		!strings.Contains(text.String(), "bundle     no authority: local policy") || !strings.Contains(text.String(), ": READY") ||
+		!strings.Contains(text.String(), "; no fsync yet\n") {
 		t.Errorf("status:\n%s", text.String())
 	}
 }
