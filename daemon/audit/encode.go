@@ -171,6 +171,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 			o.str("provider", *r.Provider)
 		}
 		o.strOmit("method", r.Method)
+		o.intOmit("port", int64(r.Port))
 		o.close()
 		o.str("raw_transport", e.Intent.RawTransport)
 		o.close()
@@ -208,6 +209,14 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 			o.b = append(o.b, ']')
 		}
 		o.str("reason", d.Reason)
+		if d.Enforced != nil {
+			o.key("enforced")
+			o.b = strconv.AppendBool(o.b, *d.Enforced)
+		}
+		if d.SidecarRefusal {
+			o.key("sidecar_refusal")
+			o.b = append(o.b, "true"...)
+		}
 		o.close()
 	}
 	if r := ev.Result; r != nil {
@@ -217,6 +226,17 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("bytes_down", r.BytesDown)
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
+		if len(r.Injected) > 0 {
+			o.key("injected")
+			o.b = append(o.b, '[')
+			for i, h := range r.Injected {
+				if i > 0 {
+					o.b = append(o.b, ',')
+				}
+				o.b = appendJSONString(o.b, h)
+			}
+			o.b = append(o.b, ']')
+		}
 		o.strOmit("error", r.Error)
 		o.close()
 	}

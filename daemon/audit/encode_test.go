@@ -11,6 +11,7 @@ import (
 func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 	f.Add("01J", "claude-code", "api.anthropic.com:443", "/v1/messages?a=<b>&c", "forbid_at_x.cedar_1", "reason \"quoted\" \n\t\x01", int64(1), uint16(0xffff), int64(1700000000123456789))
 	f.Add("", "", "", "", "", "", int64(0), uint16(0), int64(0))
+	f.Add("01K", "monitored", "a.example.com", "/v1/x", "permit_at_a.cedar_3", "no policy permits", int64(443), uint16(0x0891), int64(1700000000123456789))
 	f.Add("\xff\xfe", "ag\u2028ent", "h\u2029", "\x7f<>&", "é", "\\", int64(-5), uint16(0x5555), int64(-62135596800000000))
 	f.Fuzz(func(t *testing.T, id, agent, host, path, policy, text string, n int64, flags uint16, nanos int64) {
 		on := func(bit uint) bool { return flags&(1<<bit) != 0 }
@@ -19,7 +20,7 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 		if on(0) {
 			ev.Envelope = &Envelope{
 				Agent:     Agent{AgentID: agent, SessionID: text, Cgroup: path, PID: int(n), Exe: host, Comm: id, UID: int(n >> 3)},
-				Intent:    Intent{Resource: Resource{Host: host, Path: path, Method: text}, RawTransport: agent},
+				Intent:    Intent{Resource: Resource{Host: host, Path: path, Method: text, Port: int(n % 70000)}, RawTransport: agent},
 				Transport: Transport{Mode: text, SNI: host, OrigDst: path, Dialed: policy},
 			}
 			if on(1) {
@@ -40,9 +41,17 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 			if on(6) {
 				ev.Decision.MatchedPolicies = []string{policy, text, ""}
 			}
+			if on(11) {
+				enforced := on(12)
+				ev.Decision.Enforced = &enforced
+			}
+			ev.Decision.SidecarRefusal = on(13)
 		}
 		if on(7) {
 			ev.Result = &Result{BytesUp: n, BytesDown: -n, DurationMS: n / 7, UpstreamStatus: int(n % 600), Error: text}
+			if on(14) {
+				ev.Result.Injected = []string{policy, text}
+			}
 		}
 		if on(8) {
 			ev.Log = &LogRecord{Event: LogEvent(text), Reason: path, PreviousFile: host, KeyID: id, Refused: n, Error: policy,

@@ -54,12 +54,15 @@ type Intent struct {
 }
 
 // Resource: for a CONNECT-level record Host is "name:port" and the rest are empty; a MITM or plain
-// HTTP record carries method, path and provider.
+// HTTP record carries method, path and provider; a DNS record the name and the query type as the
+// method. Port is the intent's port in every mode (a MITM or plain HTTP record's host has none), so
+// that `firma policy replay` can judge the intent again as it was.
 type Resource struct {
 	Host     string  `json:"host"`
 	Path     string  `json:"path,omitempty"`
 	Provider *string `json:"provider,omitempty"`
 	Method   string  `json:"method,omitempty"`
+	Port     int     `json:"port,omitempty"`
 }
 
 type Transport struct {
@@ -80,6 +83,10 @@ type Decision struct {
 	// Enforced is false on every decision about an agent in monitor mode: Outcome is what enforce
 	// mode would have done, and the flow proceeded whatever it says. Absent (true) otherwise.
 	Enforced *bool `json:"enforced,omitempty"`
+	// SidecarRefusal: the sidecar refused by itself (an unknown agent, a malformed request, a stale
+	// policy bundle, a kernel refusal…) without asking the policy. Such a decision says nothing about
+	// the policy, so `firma policy replay` and `suggest` leave it out.
+	SidecarRefusal bool `json:"sidecar_refusal,omitempty"`
 }
 
 // Result is what happened after the decision: on a completion record, or on an ABORT decision.
