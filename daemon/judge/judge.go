@@ -184,11 +184,12 @@ func New(o Options) *Judge {
 // Decide judges one intent and appends its audit record before returning. An audit failure turns any
 // decision into a DENY.
 func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
-	d := j.decide(ctx, f, in)
+	d, own := j.decide(ctx, f, in)
 	if in.Note != "" && d.Outcome != policies.Deny {
 		d.Reason = joinReason(in.Note, d.Reason)
 	}
 	ev := decisionRecord(f, in, d)
+	ev.Decision.SidecarRefusal = own
 	// Monitor mode lets policy denials through; the sidecar's own refusals (a malformed hello,
 	// fronting, an unknown agent…) are about what can be carried at all, and stay.
 	monitored := f.Monitor && d.Outcome == policies.Deny && in.Refuse == "" && f.Unknown == nil
@@ -205,10 +206,11 @@ func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 	return Verdict{Decision: d, Monitored: monitored, record: ev}
 }
 
-// decide is the decision without its record: the sidecar's own refusals first, then the policy.
-func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decision {
-	deny := func(reason string) policies.Decision {
-		return policies.Decision{Outcome: policies.Deny, Reason: reason}
+// decide is the decision without its record: the sidecar's own refusals first (own is true), then
+// the policy.
+func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) (d policies.Decision, own bool) {
+	deny := func(reason string) (policies.Decision, bool) {
+		return policies.Decision{Outcome: policies.Deny, Reason: reason}, true
 	}
 	switch {
 	case errors.Is(f.Unknown, ErrNoIdentity):
@@ -241,7 +243,7 @@ func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decisio
 	if err != nil {
 		return deny(err.Error())
 	}
-	return d
+	return d, false
 }
 
 func joinReason(a, b string) string {
@@ -253,7 +255,7 @@ func joinReason(a, b string) string {
 
 // decisionRecord builds the canonical decision record.
 func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
-	resource := audit.Resource{Host: in.Host}
+	resource := audit.Resource{Host: in.Host, Port: in.Port}
 	switch in.Mode {
 	case ModeMITM, ModeHTTP:
 		resource.Method = in.Method
