@@ -360,8 +360,9 @@ func firstTime(path string) time.Time {
 	return ev.Time
 }
 
-// FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome, action,
-// host/path, policy ids and reason. Completion records show bytes, duration and upstream status.
+// FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome (marked when
+// monitor mode did not enforce it), action, host/path, policy ids and reason. Completion records
+// show bytes, duration and upstream status.
 func FormatHuman(ev *Event, loc *time.Location) string {
 	var b strings.Builder
 	b.WriteString(ev.Time.In(loc).Format("2006-01-02 15:04:05.000"))
@@ -399,6 +400,9 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 		b.WriteString("  DONE")
 	case ev.Decision != nil:
 		fmt.Fprintf(&b, "  %s", ev.Decision.Outcome)
+		if e := ev.Decision.Enforced; e != nil && !*e {
+			b.WriteString(" (monitor: not enforced)")
+		}
 	default:
 		fmt.Fprintf(&b, "  %s", ev.Kind)
 	}

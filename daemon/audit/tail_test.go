@@ -137,6 +137,14 @@ func TestFormatHuman(t *testing.T) {
 			t.Errorf("%q lacks %q", got, want)
 		}
 	}
+	if strings.Contains(got, "monitor") {
+		t.Errorf("an enforced decision is marked as monitored: %q", got)
+	}
+	monitored := new(bool)
+	ev.Decision.Enforced = monitored
+	if got := FormatHuman(ev, time.UTC); !strings.Contains(got, "  DENY (monitor: not enforced)  ") {
+		t.Errorf("monitor mode: %q", got)
+	}
 	mitm := decision(4, "api.openai.com", "ALLOW")
 	mitm.Envelope.Intent.Resource = Resource{Host: "api.openai.com", Path: "/v1/models", Method: "GET"}
 	if got := FormatHuman(mitm, time.UTC); !strings.Contains(got, "GET api.openai.com/v1/models") {
