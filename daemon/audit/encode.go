@@ -120,6 +120,37 @@ func (o *jsonObject) intOmit(k string, v int64) {
 	}
 }
 
+func (o *jsonObject) boolOmit(k string, v bool) {
+	if v {
+		o.key(k)
+		o.b = append(o.b, "true"...)
+	}
+}
+
+// strs appends a string array (null when nil), as encoding/json writes a []string.
+func (o *jsonObject) strs(v []string) {
+	if v == nil {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	o.b = append(o.b, '[')
+	for i, s := range v {
+		if i > 0 {
+			o.b = append(o.b, ',')
+		}
+		o.b = appendJSONString(o.b, s)
+	}
+	o.b = append(o.b, ']')
+}
+
+// strsOmit is a []string member with omitempty: left out when empty.
+func (o *jsonObject) strsOmit(k string, v []string) {
+	if len(v) > 0 {
+		o.key(k)
+		o.strs(v)
+	}
+}
+
 func (o *jsonObject) timeOmit(k string, t *time.Time) {
 	if t == nil {
 		return
@@ -196,27 +227,13 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.open()
 		o.str("outcome", d.Outcome)
 		o.key("matched_policies")
-		if d.MatchedPolicies == nil {
-			o.b = append(o.b, "null"...)
-		} else {
-			o.b = append(o.b, '[')
-			for i, p := range d.MatchedPolicies {
-				if i > 0 {
-					o.b = append(o.b, ',')
-				}
-				o.b = appendJSONString(o.b, p)
-			}
-			o.b = append(o.b, ']')
-		}
+		o.strs(d.MatchedPolicies)
 		o.str("reason", d.Reason)
 		if d.Enforced != nil {
 			o.key("enforced")
 			o.b = strconv.AppendBool(o.b, *d.Enforced)
 		}
-		if d.SidecarRefusal {
-			o.key("sidecar_refusal")
-			o.b = append(o.b, "true"...)
-		}
+		o.boolOmit("sidecar_refusal", d.SidecarRefusal)
 		o.close()
 	}
 	if r := ev.Result; r != nil {
@@ -226,17 +243,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("bytes_down", r.BytesDown)
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
-		if len(r.Injected) > 0 {
-			o.key("injected")
-			o.b = append(o.b, '[')
-			for i, h := range r.Injected {
-				if i > 0 {
-					o.b = append(o.b, ',')
-				}
-				o.b = appendJSONString(o.b, h)
-			}
-			o.b = append(o.b, ']')
-		}
+		o.strsOmit("injected", r.Injected)
 		o.strOmit("error", r.Error)
 		o.close()
 	}

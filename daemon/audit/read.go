@@ -40,19 +40,9 @@ func Read(opt VerifyOptions, files []string, fn func(Record) error) error {
 	if len(chain) == 0 {
 		return errors.New("reading audit log: no files")
 	}
-	format := opt.Format
-	switch format {
-	case "":
-		format = FormatFile
-	case FormatAuto:
-		f, err := detectFormat(chain[0])
-		if err != nil {
-			return fmt.Errorf("reading audit log: %w", err)
-		}
-		format = f
-	case FormatFile, FormatJournal, FormatSyslog:
-	default:
-		return fmt.Errorf("reading audit log: unknown format %q", format)
+	format, err := resolveFormat(opt.Format, chain[0])
+	if err != nil {
+		return fmt.Errorf("reading audit log: %w", err)
 	}
 	v := &verifier{report: &Report{Format: format}, format: format, opt: opt, sources: map[string]int{}}
 	ordered, err := v.order(chain)
