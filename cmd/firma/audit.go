@@ -63,19 +63,12 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	// "-" reads an export from stdin (journalctl … | firma audit verify -): it is spooled to a
 	// temporary file, which verify rereads to tell a reordered line from a removed one.
-	stdinFile := ""
-	for i, f := range files {
-		if f != "-" {
-			continue
-		}
-		if stdinFile != "" {
-			return fmt.Errorf("%w: - given twice", errUsage)
-		}
-		if stdinFile, err = spoolStdin(); err != nil {
-			return err
-		}
+	stdinFile, err := spoolDash(files)
+	if err != nil {
+		return err
+	}
+	if stdinFile != "" {
 		defer os.Remove(stdinFile)
-		files[i] = stdinFile
 	}
 	if len(files) == 0 {
 		live, err := auditLivePath(configPath(*cfgPath))
@@ -153,6 +146,27 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 var auditStdin io.Reader = os.Stdin
 
 // spoolStdin copies stdin to a private temporary file and returns its path.
+// spoolDash replaces a "-" among files with a spooled copy of stdin, whose name it returns (""
+// when there was none): the caller removes it. "-" twice is a usage error.
+func spoolDash(files []string) (string, error) {
+	spooled := ""
+	for i, f := range files {
+		if f != "-" {
+			continue
+		}
+		if spooled != "" {
+			os.Remove(spooled)
+			return "", fmt.Errorf("%w: - given twice", errUsage)
+		}
+		var err error
+		if spooled, err = spoolStdin(); err != nil {
+			return "", err
+		}
+		files[i] = spooled
+	}
+	return spooled, nil
+}
+
 func spoolStdin() (string, error) {
 	f, err := os.CreateTemp("", "firma-audit-verify-stdin-")
 	if err != nil {

@@ -28,10 +28,9 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 // auditSource is how the learn commands read audit records: the files given (any order, rotated
 // ones too; "-" is stdin), else the log of -c; in any format `firma audit verify` reads.
 type auditSource struct {
-	cfg            *string
-	format         *string
-	host, app      *string
-	files, cleanup []string
+	cfg       *string
+	format    *string
+	host, app *string
 }
 
 func addAuditSource(fs *flag.FlagSet) *auditSource {
@@ -62,23 +61,13 @@ func (s *auditSource) read(args []string, fn func(audit.Record) error) error {
 			return fmt.Errorf("no audit files at %s", live)
 		}
 	}
-	for i, f := range files {
-		if f != "-" {
-			continue
-		}
-		if len(s.cleanup) > 0 {
-			return fmt.Errorf("%w: - given twice", errUsage)
-		}
-		if files[i], err = spoolStdin(); err != nil {
-			return err
-		}
-		s.cleanup = append(s.cleanup, files[i])
+	spooled, err := spoolDash(files)
+	if err != nil {
+		return err
 	}
-	defer func() {
-		for _, f := range s.cleanup {
-			os.Remove(f)
-		}
-	}()
+	if spooled != "" {
+		defer os.Remove(spooled)
+	}
 	return audit.Read(audit.VerifyOptions{Format: format, Host: *s.host, App: *s.app}, files, fn)
 }
 

@@ -88,6 +88,22 @@ func TestPolicySuggestAndReplay(t *testing.T) {
 		t.Errorf("a second run wrote other bytes:\n%s", again)
 	}
 
+	// The same log on stdin ("-"), as a journal export would come: the same suggestion.
+	var joined []byte
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		joined = append(joined, b...)
+	}
+	auditStdin = strings.NewReader(string(joined))
+	defer func() { auditStdin = os.Stdin }()
+	fromStdin := filepath.Join(t.TempDir(), "stdin")
+	if code, _, stderr := runPolicy(t, "suggest", "--agent", "scripted", "--exclude", "tracker.test", "--out", fromStdin, "-"); code != 0 {
+		t.Fatalf("suggest -: %s", stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(fromStdin, "scripted.cedar")); string(got) != string(first) {
+		t.Errorf("from stdin, another suggestion:\n%s", got)
+	}
+
 	// Under the suggestion, nothing the agent did is newly denied; what monitor mode let through
 	// is newly allowed. The sidecar's own refusal is not replayed.
 	code, stdout, stderr = runPolicy(t, append([]string{"replay", "--policy", out, "--rules", rules, "--agent", "scripted", "--json"}, files...)...)
