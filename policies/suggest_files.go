@@ -306,15 +306,26 @@ func oneOf(attr string, values []string, lit func(string) string) string {
 	if len(values) == 1 {
 		return attr + " == " + lit(values[0])
 	}
-	quoted := make([]string, len(values))
+	lits := make([]string, len(values))
 	for i, v := range values {
-		quoted[i] = lit(v)
+		lits[i] = lit(v)
 	}
-	return "[" + strings.Join(quoted, ", ") + "].contains(" + attr + ")"
+	return "[" + strings.Join(lits, ", ") + "].contains(" + attr + ")"
 }
 
 // cedarString is a Cedar string literal.
 func cedarString(s string) string {
+	return quoted(s, func(r rune) string { return fmt.Sprintf(`\u{%x}`, r) })
+}
+
+// tomlString is a TOML basic string.
+func tomlString(s string) string {
+	return quoted(s, func(r rune) string { return fmt.Sprintf(`\u%04x`, r) })
+}
+
+// quoted is s in double quotes with '"' and '\' escaped by a backslash and control characters by
+// escape.
+func quoted(s string, escape func(rune) string) string {
 	var b strings.Builder
 	b.WriteByte('"')
 	for _, r := range s {
@@ -323,7 +334,7 @@ func cedarString(s string) string {
 			b.WriteByte('\\')
 			b.WriteRune(r)
 		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\u{%x}`, r)
+			b.WriteString(escape(r))
 		default:
 			b.WriteRune(r)
 		}
@@ -337,23 +348,4 @@ func cedarString(s string) string {
 func cedarLike(pre, lit, post string) string {
 	q := cedarString(lit)
 	return `"` + pre + strings.ReplaceAll(q[1:len(q)-1], "*", `\*`) + post + `"`
-}
-
-// tomlString is a TOML basic string.
-func tomlString(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
 }

@@ -399,6 +399,20 @@ func TestSuggestExcludeWildcard(t *testing.T) {
 	}
 }
 
+// An agent id that needs escaping in Cedar, TOML and comments still gives files that load and
+// permit that agent.
+func TestSuggestOddAgentID(t *testing.T) {
+	agent := "we\"ird\\agent\x01\n// permit (principal, action, resource);"
+	_, dir := suggestFiles(t, SuggestOptions{AgentID: agent, Exclude: []string{"bad.test"}}, obs(agent, "GET https://x.test/a", Deny, ""))
+	e := engineFor(t, dir)
+	if ok, d := allowed(t, e, agent, "GET https://x.test/a"); !ok {
+		t.Errorf("%s %s", d.Outcome, d.Reason)
+	}
+	if ok, _ := allowed(t, e, "someone", "GET https://x.test/a"); ok {
+		t.Error("the comment in the agent id became a policy")
+	}
+}
+
 func TestPolicyFileName(t *testing.T) {
 	for in, want := range map[string]string{"claude-code": "claude-code.cedar", "../x/y": "_x_y.cedar", "": "agent.cedar", "a b": "a_b.cedar"} {
 		if got := PolicyFileName(in); got != want {
