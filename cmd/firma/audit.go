@@ -71,15 +71,8 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 		defer os.Remove(stdinFile)
 	}
 	if len(files) == 0 {
-		live, err := auditLivePath(configPath(*cfgPath))
-		if err != nil {
+		if files, err = configuredAuditFiles(*cfgPath); err != nil {
 			return err
-		}
-		if files, err = audit.Files(live); err != nil {
-			return err
-		}
-		if len(files) == 0 {
-			return fmt.Errorf("no audit files at %s", live)
 		}
 	}
 	var chain []string
@@ -255,6 +248,20 @@ func auditParseSince(s string, now time.Time) (time.Time, error) {
 }
 
 // auditLivePath is [sidecar.audit] file_path of the config at path.
+// configuredAuditFiles are the files of the audit log firma.toml names (-c, else the default
+// config): its rotations, oldest first, then the live file.
+func configuredAuditFiles(cfgFlag string) ([]string, error) {
+	live, err := auditLivePath(configPath(cfgFlag))
+	if err != nil {
+		return nil, err
+	}
+	files, err := audit.Files(live)
+	if err == nil && len(files) == 0 {
+		err = fmt.Errorf("no audit files at %s", live)
+	}
+	return files, err
+}
+
 func auditLivePath(path string) (string, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {

@@ -50,15 +50,8 @@ func (s *auditSource) read(args []string, fn func(audit.Record) error) error {
 	}
 	files := append([]string(nil), args...)
 	if len(files) == 0 {
-		live, err := auditLivePath(configPath(*s.cfg))
-		if err != nil {
+		if files, err = configuredAuditFiles(*s.cfg); err != nil {
 			return err
-		}
-		if files, err = audit.Files(live); err != nil {
-			return err
-		}
-		if len(files) == 0 {
-			return fmt.Errorf("no audit files at %s", live)
 		}
 	}
 	spooled, err := spoolDash(files)
