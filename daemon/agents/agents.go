@@ -103,6 +103,12 @@ func New(o Options) (_ *Registry, err error) {
 	}()
 	for _, a := range o.Static {
 		c, release, err := r.openCapability(a.CapabilityFile)
+		if errors.Is(err, authority.ErrCapabilityRevoked) {
+			// One revoked agent must not take the sidecar — and every other agent — down with it:
+			// this agent's every decision is denied with the reason.
+			r.log.Error().Err(err).Str(logfields.Agent, a.AgentID).Msg("capability revoked: every connection of this agent is denied")
+			c, release, err = refusedCapability{err}, func() error { return nil }, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("sidecar.agents %q: capability_file %s: %w", a.AgentID, a.CapabilityFile, err)
 		}
@@ -138,6 +144,14 @@ func (r *Registry) openCapability(file string) (policies.Capability, func() erro
 		return nil, nil, err
 	}
 	return c, c.Close, nil
+}
+
+// refusedCapability is the Stage 1 check of a static agent whose capability was refused when the
+// sidecar started (revoked): every decision is denied with why.
+type refusedCapability struct{ err error }
+
+func (c refusedCapability) Authorize(string, string, string, time.Time) (string, error) {
+	return "", c.err
 }
 
 // tokenAgent is the agent id a verified capability names, or "".

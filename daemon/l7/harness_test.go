@@ -397,3 +397,29 @@ func (e *env) meta(n int) TLSConn {
 func (e *env) flow() *judge.Flow {
 	return &judge.Flow{AgentID: e.agent, OrigDst: netip.MustParseAddrPort("127.0.9.7:443"), Start: time.Now()}
 }
+
+// upperEchoWebSocket is an upstream that accepts a WebSocket upgrade and then echoes every line it
+// reads, uppercased, until the client closes.
+func upperEchoWebSocket() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString(strings.ToUpper(line))
+			brw.Flush()
+		}
+	})
+}
