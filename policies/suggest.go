@@ -54,7 +54,7 @@ type Suggester struct {
 
 	tuples   map[tupleKey]*tuple
 	excluded map[string]*tuple // by exclude pattern: what was seen of it (count, example)
-	exTuples []tupleKey        // every excluded intent, for the self-check
+	exTuples map[tupleKey]bool // the distinct excluded intents (up to maxChecked), for the self-check
 
 	records    int // decisions of the agent
 	left       int // refused in enforce mode, not covered
@@ -109,7 +109,8 @@ func NewSuggester(opt SuggestOptions) (*Suggester, error) {
 	if opt.AgentID == "" {
 		return nil, errors.New("suggest: no agent id")
 	}
-	s := &Suggester{opt: opt, schema: schemaFor(opt.Schema), tuples: map[tupleKey]*tuple{}, excluded: map[string]*tuple{}}
+	s := &Suggester{opt: opt, schema: schemaFor(opt.Schema), tuples: map[tupleKey]*tuple{}, excluded: map[string]*tuple{},
+		exTuples: map[tupleKey]bool{}}
 	for _, x := range opt.Exclude {
 		p, err := ParseHostPattern(x)
 		if err != nil {
@@ -124,6 +125,10 @@ func NewSuggester(opt SuggestOptions) (*Suggester, error) {
 	}
 	return s, nil
 }
+
+// maxChecked bounds the distinct excluded intents Suggest proves denied: excluded hosts are
+// forbidden whole, so a sample proves as much as all of them.
+const maxChecked = 10000
 
 // methodName is the HTTP methods a suggested rule may name: a "*" or a lowercase method means
 // something else to a rule (any intent), so intents with such methods are not covered.
@@ -166,8 +171,8 @@ func (s *Suggester) Add(o Observed) {
 			}
 			x.count++
 			x.exes[o.Request.Exe]++
-			if !slices.Contains(s.exTuples, key) && len(s.exTuples) < 10000 {
-				s.exTuples = append(s.exTuples, key)
+			if len(s.exTuples) < maxChecked {
+				s.exTuples[key] = true
 			}
 			if describeKey(key) < describeKey(x.key) {
 				x.key = key
@@ -704,7 +709,7 @@ func (s *Suggester) check(set *Set, rules *Rules) error {
 			return fmt.Errorf("suggest: internal error: the suggestion does not allow %s (%s: %s)", describeKey(t.key), d.Outcome, d.Reason)
 		}
 	}
-	for _, k := range s.exTuples {
+	for k := range s.exTuples {
 		d, err := e.Decide(ctx, k.request(s.opt.AgentID))
 		if err != nil {
 			return err

@@ -123,3 +123,32 @@ func TestReadExports(t *testing.T) {
 		t.Error("unknown format accepted")
 	}
 }
+
+// BenchmarkRead: reading and decoding one record of a log file.
+func BenchmarkRead(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "audit.jsonl")
+	log, _ := testLogger(b)
+	w, err := Open(Config{FilePath: path}, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 20_000
+	for i := range n {
+		ev := decision(i, "api.example.com", "ALLOW")
+		ev.Envelope.Intent.Resource.Path = fmt.Sprintf("/v1/items/%d", i)
+		if err := w.Append(ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	records := 0
+	for b.Loop() {
+		if err := Read(VerifyOptions{}, []string{path}, func(Record) error { records++; return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(records), "ns/record")
+}
