@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -316,11 +317,16 @@ const RulesFileName = "mapping-rules.toml"
 // suggestedMark is in the first line of every file Suggest writes.
 const suggestedMark = ": suggested by `firma policy suggest` for agent "
 
-// IsSuggested reports whether a file's content is one Suggest wrote (and so one a new suggestion
-// may replace).
-func IsSuggested(data []byte) bool {
+// SuggestedFor reports whether a file's content is one Suggest wrote (and so one a new suggestion
+// for the same agent may replace), and for which agent.
+func SuggestedFor(data []byte) (agent string, ok bool) {
 	first, _, _ := bytes.Cut(data, []byte("\n"))
-	return bytes.Contains(first, []byte(suggestedMark))
+	_, quoted, ok := bytes.Cut(first, []byte(suggestedMark))
+	if !ok {
+		return "", false
+	}
+	agent, err := strconv.Unquote(string(quoted))
+	return agent, err == nil
 }
 
 // PolicyFileName is the Cedar file Suggest writes for agent: "<agent>.cedar", with characters

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -209,7 +210,7 @@ func provider(ts []*tuple) string {
 
 // header is the first comment lines of both files.
 func (s *Suggester) header(file string) []string {
-	lines := []string{fmt.Sprintf("%s%s%q", file, suggestedMark, s.opt.AgentID)}
+	lines := []string{file + suggestedMark + strconv.QuoteToASCII(s.opt.AgentID)}
 	if s.records == 0 {
 		return append(lines, "from no decision records.")
 	}

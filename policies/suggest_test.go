@@ -408,6 +408,15 @@ func TestSuggestOddAgentID(t *testing.T) {
 	if ok, d := allowed(t, e, agent, "GET https://x.test/a"); !ok {
 		t.Errorf("%s %s", d.Outcome, d.Reason)
 	}
+	for _, name := range []string{RulesFileName, PolicyFileName(agent)} {
+		data, _ := os.ReadFile(filepath.Join(dir, name))
+		if by, ok := SuggestedFor(data); !ok || by != agent {
+			t.Errorf("%s: suggested for %q, %v", name, by, ok)
+		}
+	}
+	if _, ok := SuggestedFor([]byte("# mapping-rules.toml: mine\n")); ok {
+		t.Error("an operator's file taken for a suggestion")
+	}
 	if ok, _ := allowed(t, e, "someone", "GET https://x.test/a"); ok {
 		t.Error("the comment in the agent id became a policy")
 	}

@@ -124,8 +124,15 @@ func policySuggestCmd(args []string, stdout, stderr io.Writer) error {
 	written := map[string][]byte{policies.RulesFileName: sug.Rules, sug.PolicyFile: sug.Policy}
 	for _, name := range []string{policies.RulesFileName, sug.PolicyFile} {
 		path := filepath.Join(*out, name)
-		if old, err := os.ReadFile(path); err == nil && !policies.IsSuggested(old) {
+		old, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		switch by, ok := policies.SuggestedFor(old); {
+		case !ok:
 			return fmt.Errorf("%s exists and was not written by firma policy suggest: not replacing it (choose another --out)", path)
+		case by != *agent:
+			return fmt.Errorf("%s was suggested for agent %q: not replacing it with agent %q's (choose another --out)", path, by, *agent)
 		}
 	}
 	for _, name := range []string{policies.RulesFileName, sug.PolicyFile} {

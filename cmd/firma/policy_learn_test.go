@@ -171,6 +171,15 @@ func TestPolicyLearnErrors(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(out, "mapping-rules.toml")); string(b) != "# mine\n" {
 		t.Error("the operator's file was replaced")
 	}
+	// Another agent's suggestion is not replaced either.
+	other := t.TempDir()
+	if code, _, stderr := runPolicy(t, "suggest", "--agent", "scripted", "--out", other, live); code != 0 {
+		t.Fatal(stderr)
+	}
+	code, _, stderr = runPolicy(t, "suggest", "--agent", "other", "--out", other, live)
+	if code != 1 || !strings.Contains(stderr, `was suggested for agent "scripted": not replacing it with agent "other"'s`) {
+		t.Errorf("replacing another agent's suggestion: %d %s", code, stderr)
+	}
 }
 
 // With -c and no AUDIT, suggest reads the configured log, rotations included.
