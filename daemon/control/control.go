@@ -40,6 +40,17 @@ type Info struct {
 	// schemas, revocation lists, capability files. Applied after the workspace is bound read-write,
 	// so they stay read-only inside it.
 	Protect []string `json:"protect,omitempty"`
+	// Monitored lists the agents in monitor mode, static and registered (`firma doctor` shows
+	// them): their policy denials are recorded, not enforced.
+	Monitored []MonitoredAgent `json:"monitored,omitempty"`
+}
+
+// MonitoredAgent is an agent in monitor mode.
+type MonitoredAgent struct {
+	AgentID string `json:"agent_id"`
+	Cgroup  string `json:"cgroup"` // relative to the cgroup2 mount
+	// Registered: by `firma run --monitor`, not [[sidecar.agents]].
+	Registered bool `json:"registered,omitempty"`
 }
 
 // Registration says that a cgroup (and its descendants) is an agent.

@@ -231,14 +231,15 @@ func New(o Options) *Judge {
 // Decide judges one intent and appends its audit record before returning, then counts the
 // recorded decision in its session. An audit failure turns any decision into a DENY.
 func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
-	d := j.decide(ctx, f, in)
+	d, own := j.decide(ctx, f, in)
 	if in.Note != "" && d.Outcome != policies.Deny {
 		d.Reason = joinReason(in.Note, d.Reason)
 	}
 	ev := decisionRecord(f, in, d)
+	ev.Decision.SidecarRefusal = own
 	// Monitor mode lets policy refusals through; the sidecar's own refusals (a malformed hello,
 	// fronting, an unknown agent…) are about what can be carried at all, and stay.
-	monitored := f.Monitor && !d.Outcome.Allowed() && in.Refuse == "" && f.Unknown == nil
+	monitored := f.Monitor && !d.Outcome.Allowed() && !own
 	if f.Monitor {
 		ev.Decision.Enforced = new(bool)
 	}
@@ -254,22 +255,22 @@ func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 	return Verdict{Decision: d, Monitored: monitored, monitor: f.Monitor, record: ev}
 }
 
-// decide is the decision without its record: the sidecar's own refusals first, then the policy.
-// Every decision names the flow's agent and session, so that the sidecar's refusals count in the
-// session too.
-func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decision {
+// decide is the decision without its record: the sidecar's own refusals first (own is true), then
+// the policy. Every decision names the flow's agent and session, so that the sidecar's refusals
+// count in the session too.
+func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) (d policies.Decision, own bool) {
 	deny := func(reason string) policies.Decision {
 		return policies.Decision{Outcome: policies.Deny, Reason: reason, AgentID: f.AgentID, SessionID: f.SessionID,
 			Host: in.Host}
 	}
 	if reason := j.refusal(f, in); reason != "" {
-		return deny(reason)
+		return deny(reason), true
 	}
 	d, err := j.engine.Decide(ctx, request(f, in))
 	if err != nil {
-		return deny(err.Error())
+		return deny(err.Error()), false
 	}
-	return d
+	return d, false
 }
 
 // refusal is why the sidecar refuses an intent by itself, before the policy: "" when it does not.
@@ -334,7 +335,7 @@ func joinReason(a, b string) string {
 
 // decisionRecord builds the canonical decision record.
 func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
-	resource := audit.Resource{Host: in.Host}
+	resource := audit.Resource{Host: in.Host, Port: in.Port}
 	switch {
 	case in.Method == policies.MethodConnect && in.Port != 0:
 		// A connection-level intent, on any transport: name:port, as the guides read it.
