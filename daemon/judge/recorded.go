@@ -40,21 +40,22 @@ func Observed(rec audit.Record) (o policies.Observed, skip string, decision bool
 		Exe:       env.Agent.Exe,
 		Cgroup:    env.Agent.Cgroup,
 	}
-	switch Mode(env.Transport.Mode) {
-	case ModeMITM, ModeHTTP:
+	mode := Mode(env.Transport.Mode)
+	switch {
+	case mode == ModeMITM && res.Method == "":
+		// The connection to an intercepted host, judged as a whole before its requests: a
+		// connection-level record (name:port, no method), like a tunnel's.
+		r.Method, r.Host, r.Port = connectionLevel(res.Host)
+	case mode == ModeMITM || mode == ModeHTTP:
 		if res.Method == "" {
 			return o, "an HTTP record without a method", true
 		}
 		r.Method, r.Host, r.Port, r.Path = res.Method, res.Host, res.Port, res.Path
-	case ModeDNS:
+	case mode == ModeDNS:
 		// The record's method is the query type; the intent's is DNS.
 		r.Method, r.Host, r.Port = policies.MethodDNS, res.Host, res.Port
-	case ModeConnect, ModeTCP:
-		host, port, err := hostname.Parse(res.Host)
-		if err != nil {
-			host = res.Host // judged again as it was: malformed
-		}
-		r.Method, r.Host, r.Port = policies.MethodConnect, host, port
+	case mode == ModeConnect || mode == ModeTCP:
+		r.Method, r.Host, r.Port = connectionLevel(res.Host)
 	default:
 		return o, "transport mode " + env.Transport.Mode + ": unknown to this firma", true
 	}
@@ -74,4 +75,14 @@ func Observed(rec audit.Record) (o policies.Observed, skip string, decision bool
 		o.Provider = *p
 	}
 	return o, "", true
+}
+
+// connectionLevel reads a connection-level record's name:port back as a CONNECT intent; a
+// malformed one is judged again as it was.
+func connectionLevel(hostPort string) (method, host string, port int) {
+	host, port, err := hostname.Parse(hostPort)
+	if err != nil {
+		host = hostPort
+	}
+	return policies.MethodConnect, host, port
 }
