@@ -121,7 +121,7 @@ func TestSealInbound(t *testing.T) {
 				return
 			}
 			// The server's replies (SYN-ACKs, ACKs, FINs) are all that may have left.
-			l.capture.Sync(t, l.Inside, netip.AddrPortFrom(l.Outside4, labMarkerPort))
+			l.sentry.Sync(t)
 			replies := 0
 			for _, f := range l.capture.Frames() {
 				if tcpSourcePort(f) != labInboundPort {
