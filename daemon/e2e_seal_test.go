@@ -55,19 +55,21 @@ func newSealLab(t *testing.T, opts e2e.SidecarOptions) *sealLab {
 	return l
 }
 
-// escape runs the attacker in the agent cgroup as uid with the given extra arguments.
-func (l *sealLab) escape(t *testing.T, uid int, extra ...string) (map[string]e2e.Attempt, int) {
-	t.Helper()
-	args := append([]string{
-		"-uid", fmt.Sprint(uid),
+// escapeArgs are the attacker's arguments in this lab, -more included: as uid unless it is negative.
+func (l *sealLab) escapeArgs(uid int, extra ...string) []string {
+	args := []string{
+		"-more",
 		"-target4", l.Outside4.String(), "-target6", l.Outside6.String(),
 		"-src4", l.Inside4.String(), "-src6", l.Inside6.String(),
 		"-port", fmt.Sprint(sealOutsidePort), "-ifname", l.InsideIf,
 		"-sidecar-port", fmt.Sprint(l.Port), "-dns-port", fmt.Sprint(l.DNSPort),
 		"-proxy-port", fmt.Sprint(l.ProxyPort), "-sidecar-pid", fmt.Sprint(l.PID()), "-control", l.ControlSocket,
 		fmt.Sprintf("-raw-frames=%v", l.lsm), // without BPF LSM a root agent's frame would leave
-	}, extra...)
-	return e2e.RunEscape(t, l.Command(t.Context(), t, l.Agent, e2e.EscapeBinary(t), args...))
+	}
+	if uid >= 0 {
+		args = append(args, "-uid", fmt.Sprint(uid))
+	}
+	return append(args, extra...)
 }
 
 // evidence is one audit record a technique must leave: a kernel refusal whose reason starts with
@@ -105,6 +107,9 @@ func (e evidence) match(ev audit.Event) bool {
 // sealWant is what one technique must come to in the audit log.
 type sealWant struct {
 	records []evidence
+	// refused: the attacker must see an error, whether or not a record says why (the sandbox's
+	// seccomp filter, its PID namespace and mounts refuse without one).
+	refused bool
 	// kernelDecides: the kernel refuses or allows it on its own (a protocol it lacks, a link-local
 	// scope); nothing is asserted but the seal.
 	kernelDecides bool
@@ -233,11 +238,34 @@ func sealExpectations(l *sealLab, root bool) map[string]sealWant {
 
 // plainPlacementRootHoles are the techniques a root agent in plain placement is known to get
 // through: it shares the sidecar's PID namespace and can write cgroup.procs. The test does not run
-// them as root; `firma run` closes them (see the README's "plain placement").
+// them as root in plain placement; `firma run` closes them.
 var plainPlacementRootHoles = []string{"signal_sidecar", "pidfd_getfd_sidecar", "cgroup_leave"}
 
-// TestSealRealSidecar runs the attacker against the real sidecar in plain placement (the test puts
-// the process in the agent cgroup), as root and as uid 65534.
+// firmaRunExpectations are an unprivileged agent's (firma run drops every capability, root's
+// included), with what the sandbox refuses before the kernel's hooks could: its seccomp filter
+// (io_uring, other socket families, bpf(), the i386 entry), its private /dev, its PID namespace and
+// its mounts (the sidecar's process, the control socket and cgroupfs are out of sight or
+// read-only). Those refusals leave no audit record; the attacker must see each.
+func firmaRunExpectations(l *sealLab) map[string]sealWant {
+	w := sealExpectations(l, false)
+	sandbox := sealWant{refused: true}
+	for name := range w {
+		if strings.HasPrefix(name, "io_uring_") || strings.HasPrefix(name, "compat_") || strings.HasPrefix(name, "af_") {
+			w[name] = sandbox
+		}
+	}
+	for _, name := range []string{"bpf_syscall", "tun", "control_socket", "raw_ip", "ip_retopts_cmsg", "ipv6_dstopts_cmsg"} {
+		w[name] = sandbox
+	}
+	for _, name := range plainPlacementRootHoles {
+		w[name] = sandbox
+	}
+	return w
+}
+
+// TestSealRealSidecar runs the attacker against the real sidecar, as root and as uid 65534: in
+// plain placement (the test puts the process in the agent cgroup) and under `firma run` (its own
+// cgroup, registered by firma run, inside the sandbox).
 func TestSealRealSidecar(t *testing.T) {
 	l := newSealLab(t, e2e.SidecarOptions{})
 	t.Logf("BPF LSM protections in force: %v", l.lsm)
@@ -245,20 +273,31 @@ func TestSealRealSidecar(t *testing.T) {
 		name string
 		uid  int
 	}{{"root", 0}, {"nobody", 65534}} {
-		t.Run(user.name, func(t *testing.T) {
+		t.Run("plain/"+user.name, func(t *testing.T) {
 			var skip []string
 			if user.uid == 0 {
 				skip = plainPlacementRootHoles
 			}
-			got, pid := l.escape(t, user.uid, "-more", "-skip", strings.Join(skip, ","))
-			l.checkSeal(t, got, pid, user.uid, sealExpectations(l, user.uid == 0))
+			cmd := l.Command(t.Context(), t, l.Agent, e2e.EscapeBinary(t), l.escapeArgs(user.uid, "-skip", strings.Join(skip, ","))...)
+			got, pid := e2e.RunEscape(t, cmd)
+			l.checkSeal(t, got, pid, pid, user.uid, sealExpectations(l, user.uid == 0))
+		})
+		t.Run("firma-run/"+user.name, func(t *testing.T) {
+			var flags []string
+			if user.uid != 0 {
+				flags = []string{"--user", fmt.Sprint(user.uid)}
+			}
+			cmd := l.FirmaRun(t.Context(), t, flags, e2e.EscapeBinary(t), l.escapeArgs(-1, "-hold")...)
+			got, nsPID, pid := e2e.RunEscapeHeld(t, cmd, func() error { return l.StartCommand(cmd) }, l.Parent.Rel)
+			l.checkSeal(t, got, nsPID, pid, user.uid, firmaRunExpectations(l))
 		})
 	}
 }
 
 // checkSeal compares the attacker's lines with the expectations, waits for every record they call
 // for, and checks that nothing reached the outside.
-func (l *sealLab) checkSeal(t *testing.T, got map[string]e2e.Attempt, pid, uid int, want map[string]sealWant) {
+// linePID is the attacker's pid as it sees it, pid as the kernel (and the audit log) knows it.
+func (l *sealLab) checkSeal(t *testing.T, got map[string]e2e.Attempt, linePID, pid, uid int, want map[string]sealWant) {
 	t.Helper()
 	for _, name := range slices.Sorted(maps.Keys(got)) {
 		a := got[name]
@@ -266,10 +305,10 @@ func (l *sealLab) checkSeal(t *testing.T, got map[string]e2e.Attempt, pid, uid i
 		switch {
 		case !ok:
 			t.Errorf("technique %s has no expectation: %s", name, a)
-		case a.PID != pid || a.UID != uid:
-			t.Errorf("%s: ran as pid %d uid %d, want %d %d", name, a.PID, a.UID, pid, uid)
-		case len(w.records) > 0 && w.records[0].mode == "kernel" && a.Failed == "":
-			t.Errorf("%s: refused in the kernel, but the attacker saw no error: %s", name, a)
+		case a.PID != linePID || a.UID != uid:
+			t.Errorf("%s: ran as pid %d uid %d, want %d %d", name, a.PID, a.UID, linePID, uid)
+		case (w.refused || len(w.records) > 0 && w.records[0].mode == "kernel") && a.Failed == "":
+			t.Errorf("%s: must be refused, but the attacker saw no error: %s", name, a)
 		}
 		t.Logf("%s", a)
 	}

@@ -363,6 +363,27 @@ func (s *Sidecar) Command(ctx context.Context, tb testing.TB, cg *testutil.Cgrou
 	return cg.Command(ctx, tb, name, args...)
 }
 
+// StartCommand starts cmd in the sidecar's network namespace, when it has one, keeping the test's
+// mounts (NetNS.Command's `ip netns exec` gives a process a fresh /sys): for `firma run`, which
+// needs the host's cgroup2 mount.
+func (s *Sidecar) StartCommand(cmd *exec.Cmd) error {
+	if s.opts.NetNS != nil {
+		return s.opts.NetNS.Do(cmd.Start)
+	}
+	return cmd.Start()
+}
+
+// FirmaRun prepares `firma run` against this sidecar as agent AgentID with flags (--user, …) and
+// the command after "--"; start it with StartCommand.
+func (s *Sidecar) FirmaRun(ctx context.Context, tb testing.TB, flags []string, name string, args ...string) *exec.Cmd {
+	tb.Helper()
+	argv := append([]string{"run", "--sidecar", s.ControlSocket, "--agent-id", AgentID, "--profile", "generic"}, flags...)
+	cmd := exec.CommandContext(ctx, s.Bin, append(append(argv, "--", name), args...)...)
+	cmd.Env = testutil.CleanEnv()
+	cmd.Dir = tb.TempDir()
+	return cmd
+}
+
 // Events reads the audit log.
 func (s *Sidecar) Events(tb testing.TB) []audit.Event {
 	tb.Helper()

@@ -13,11 +13,13 @@
 //	escape -target4 A -target6 A -port N -ifname IF -src4 A -src6 A -sidecar-port N -dns-port N
 //	       [-uid N] [-only a,b] [-skip a,b] [-raw-frames]
 //	       [-more -proxy-port N -sidecar-pid N -control PATH]   (also the techniques aimed at a real sidecar)
+//	       [-hold]   (print {"hold":PID}, wait for a line on stdin, then go)
 //	escape -listen N      listen on [::]:N until stdin closes, then print how many were accepted
 //	escape -list          print the technique names
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -110,6 +112,7 @@ func main() {
 		list                         = flag.Bool("list", false, "print the technique names")
 		more                         = flag.Bool("more", false, "also run the techniques aimed at a real sidecar (more_linux.go)")
 		skip                         = flag.String("skip", "", "comma-separated techniques not to run")
+		hold                         = flag.Bool("hold", false, `print {"hold":PID} and wait for a line on stdin before trying anything`)
 	)
 	flag.StringVar(&target4, "target4", "", "an outside IPv4 address")
 	flag.StringVar(&target6, "target6", "", "an outside IPv6 address")
@@ -140,6 +143,14 @@ func main() {
 	if *listen > 0 {
 		emit(listenUntilEOF(*listen))
 		return
+	}
+	if *hold {
+		// In a PID namespace (firma run) the pid this process sees is not the one the kernel
+		// reports: the test finds that one while this waits.
+		fmt.Printf("{\"hold\":%d}\n", os.Getpid())
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fail(fmt.Errorf("waiting on stdin: %w", err))
+		}
 	}
 	var err error
 	for _, p := range []struct {
