@@ -3,8 +3,13 @@
 package daemon_test
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
+	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -292,6 +297,82 @@ func TestSealRealSidecar(t *testing.T) {
 			l.checkSeal(t, got, nsPID, pid, user.uid, firmaRunExpectations(l))
 		})
 	}
+
+	// A server the agent runs is out of the outside's reach: its SYNs are dropped on the way in,
+	// each drop recorded under the server's pid.
+	t.Run("plain/inbound", func(t *testing.T) {
+		cmd := l.Command(t.Context(), t, l.Agent, e2e.EscapeBinary(t), "-uid", "65534", "-listen", fmt.Sprint(sealInboundPort))
+		l.checkInbound(t, cmd, cmd.Start, func(pid int) int { return pid })
+	})
+	t.Run("firma-run/inbound", func(t *testing.T) {
+		cmd := l.FirmaRun(t.Context(), t, []string{"--user", "65534"}, e2e.EscapeBinary(t), "-listen", fmt.Sprint(sealInboundPort))
+		l.checkInbound(t, cmd, func() error { return l.StartCommand(cmd) }, func(nsPID int) int {
+			return e2e.HostPID(t, "escape", nsPID, l.Parent.Rel)
+		})
+	})
+}
+
+// sealInboundPort is where the agent's server listens in the inbound tests.
+const sealInboundPort = 8080
+
+// checkInbound starts the attacker's server (cmd, with -listen), dials it from the outside over
+// IPv4 and IPv6, and checks that neither dial got through, that the server accepted nothing, that
+// the kernel's drops are in the audit log under the server's pid (hostPID maps the pid it prints
+// to the kernel's), and that nothing left.
+func (l *sealLab) checkInbound(t *testing.T, cmd *exec.Cmd, start func() error, hostPID func(int) int) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	var ready struct {
+		Ready bool
+		PID   int
+	}
+	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &ready) != nil || !ready.Ready {
+		t.Fatalf("server did not start: %q", lines.Text())
+	}
+	pid := hostPID(ready.PID)
+	for _, to := range []netip.Addr{l.Inside4, l.Inside6} {
+		if err := l.Outside.Do(func() error {
+			c, err := net.DialTimeout("tcp", netip.AddrPortFrom(to, sealInboundPort).String(), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}); err == nil {
+			t.Errorf("the outside reached the agent's server on %s", to)
+		}
+	}
+	stdin.Close()
+	var res e2e.Attempt
+	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &res) != nil {
+		t.Fatalf("server result: %q", lines.Text())
+	}
+	cmd.Wait()
+	if res.Accepted != 0 || res.Failed != "" {
+		t.Errorf("server: %s, accepted %d", res, res.Accepted)
+	}
+	for _, from := range []netip.Addr{l.Outside4, l.Outside6} {
+		l.WaitEvent(t, fmt.Sprintf("the ingress drop from %s under pid %d", from, pid), func(ev audit.Event) bool {
+			if !kernel("ingress drop", "").match(ev) {
+				return false
+			}
+			host := ev.Envelope.Intent.Resource.Host
+			return ev.Envelope.Agent.PID == pid &&
+				strings.Contains(ev.Decision.Reason, fmt.Sprintf("to port %d from ", sealInboundPort)) &&
+				(strings.HasPrefix(host, from.String()+":") || strings.HasPrefix(host, "["+from.String()+"]:"))
+		})
+	}
+	l.sentry.AssertSealed(t)
 }
 
 // checkSeal compares the attacker's lines with the expectations, waits for every record they call

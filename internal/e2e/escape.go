@@ -105,7 +105,7 @@ func RunEscapeHeld(tb testing.TB, cmd *exec.Cmd, start func() error, under strin
 		cmd.Wait()
 		tb.Fatalf("escape did not hold: %q %s\n%s", lines.Text(), rest, stderr.String())
 	}
-	hostPID = findNSPid(tb, "escape", held.Hold, under)
+	hostPID = HostPID(tb, "escape", held.Hold, under)
 	if _, err := io.WriteString(stdin, "go\n"); err != nil {
 		tb.Fatal(err)
 	}
@@ -124,9 +124,9 @@ func RunEscapeHeld(tb testing.TB, cmd *exec.Cmd, start func() error, under strin
 	return got, held.Hold, hostPID
 }
 
-// findNSPid returns the pid, as this process sees it, of the process named comm below the cgroup
+// HostPID returns the pid, as this process sees it, of the process named comm below the cgroup
 // under whose pid in its own PID namespace is nsPID.
-func findNSPid(tb testing.TB, comm string, nsPID int, under string) int {
+func HostPID(tb testing.TB, comm string, nsPID int, under string) int {
 	tb.Helper()
 	dirs, _ := filepath.Glob("/proc/[0-9]*/status")
 	for _, status := range dirs {

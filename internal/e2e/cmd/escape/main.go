@@ -14,7 +14,8 @@
 //	       [-uid N] [-only a,b] [-skip a,b] [-raw-frames]
 //	       [-more -proxy-port N -sidecar-pid N -control PATH]   (also the techniques aimed at a real sidecar)
 //	       [-hold]   (print {"hold":PID}, wait for a line on stdin, then go)
-//	escape -listen N      listen on [::]:N until stdin closes, then print how many were accepted
+//	escape -listen N      listen on [::]:N, print {"ready":true,"pid":PID}; when stdin closes, print
+//	                      how many connections were accepted
 //	escape -list          print the technique names
 package main
 
@@ -784,7 +785,7 @@ func listenUntilEOF(port int) *attempt {
 		!a.step("listen", unix.Listen(fd, 16)) {
 		return a
 	}
-	fmt.Println(`{"ready":true}`)
+	fmt.Printf("{\"ready\":true,\"pid\":%d}\n", os.Getpid())
 	eof := make(chan struct{})
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
