@@ -110,7 +110,8 @@ func (v Verdict) Allowed() bool {
 	return v.Outcome == policies.Allow || v.Outcome == policies.Passthrough || v.Monitored
 }
 
-// RecordID is the id of the decision's audit record ("" when none was written).
+// RecordID is the id of the decision's audit record ("" when none was written: a refusal whose
+// record the rate limit suppressed).
 func (v Verdict) RecordID() string {
 	if v.record == nil {
 		return ""
@@ -150,6 +151,34 @@ type Engine interface {
 // Recorder appends audit records; *audit.Writer implements it.
 type Recorder interface {
 	Append(ev *audit.Event) error
+	// AppendLimited appends a refusal unless its agent has used up its budget of records of class;
+	// written is false when it was counted instead, for a "suppressed" record to report.
+	AppendLimited(class string, ev *audit.Event) (written bool, err error)
+}
+
+// Classes of refusal records, each an agent's own budget in the audit log's rate limit.
+const (
+	ClassKernel  = "kernel"        // refused in the kernel
+	ClassDNS     = "dns"           // a DNS query refused, malformed or denied
+	ClassUnknown = "unknown_agent" // a flow no agent covers
+	ClassRefused = "refused"       // the sidecar's own refusals: unparsable hellos and requests, fronting…
+	ClassPolicy  = "policy"        // denied by policy
+	ClassLimit   = "limit"         // over the agent's flow limits (one record a second already)
+)
+
+// refusalClass is the class of a refusal's record.
+func refusalClass(f *Flow, in Intent) string {
+	switch {
+	case in.Mode == ModeKernel:
+		return ClassKernel
+	case in.Mode == ModeDNS:
+		return ClassDNS
+	case f.Unknown != nil:
+		return ClassUnknown
+	case in.Refuse != "":
+		return ClassRefused
+	}
+	return ClassPolicy
 }
 
 // Options configure a Judge.
@@ -183,7 +212,18 @@ func New(o Options) *Judge {
 
 // Decide judges one intent and appends its audit record before returning. An audit failure turns any
 // decision into a DENY.
+//
+// A refusal is a record an agent can repeat at will, so that its records are rate-limited per agent
+// and class (the audit log's refusal_rate and refusal_burst): over the budget, the record is
+// counted instead of written, and a "suppressed" record says how many. Nothing that lets a flow
+// proceed is ever limited — an ALLOW, a monitored denial — so every flow that reaches an upstream
+// has its record.
 func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
+	return j.decideAs(ctx, f, in, "")
+}
+
+// decideAs is Decide with the class a refusal's record is limited as ("" = by what it is).
+func (j *Judge) decideAs(ctx context.Context, f *Flow, in Intent, class string) Verdict {
 	d := j.decide(ctx, f, in)
 	if in.Note != "" && d.Outcome != policies.Deny {
 		d.Reason = joinReason(in.Note, d.Reason)
@@ -195,13 +235,31 @@ func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 	if f.Monitor {
 		ev.Decision.Enforced = new(bool)
 	}
-	if err := j.audit.Append(ev); err != nil {
+	written, err := true, error(nil)
+	if d.Outcome == policies.Deny && !monitored {
+		if class == "" {
+			class = refusalClass(f, in)
+		}
+		written, err = j.audit.AppendLimited(class, ev)
+	} else {
+		err = j.audit.Append(ev)
+	}
+	if err != nil {
 		j.log.Error().Err(err).Msg("audit append failed: denying")
 		d = policies.Decision{Outcome: policies.Deny, Reason: ReasonAuditFailed}
 		ev.Decision.Outcome, ev.Decision.Reason = string(d.Outcome), d.Reason
 		monitored = false
 	}
-	j.logDecision(f, in, d, monitored)
+	if !written {
+		// Counted for the "suppressed" record; the log is spared the flood as well.
+		ev = nil
+		if e := j.log.Debug(); e != nil {
+			e.Str(logfields.Agent, f.AgentID).Uint32(logfields.PID, f.PID).Str(logfields.Reason, d.Reason).Str("class", class).
+				Msg("refusal record suppressed by the rate limit")
+		}
+	} else {
+		j.logDecision(f, in, d, monitored)
+	}
 	return Verdict{Decision: d, Monitored: monitored, record: ev}
 }
 
