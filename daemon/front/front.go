@@ -38,9 +38,6 @@ const (
 	ReasonSilentIntercept = "no ClientHello or request for an intercepted host"
 )
 
-// firstSpeakerWait bounds how long a fresh tunnel waits for either side to say anything.
-const firstSpeakerWait = 2 * time.Minute
-
 // Origins finds the kernel's record of a redirected TCP flow; *bpf.Programs implements it.
 type Origins interface {
 	Lookup(peer netip.AddrPort) (bpf.Origin, error)
@@ -52,6 +49,12 @@ type L7 interface {
 	Intercepted(host string) bool
 	ServeTLS(ctx context.Context, conn net.Conn, f *judge.Flow, tc l7.TLSConn) error
 	ServePlain(ctx context.Context, conn net.Conn, f *judge.Flow, pc l7.PlainConn)
+}
+
+// Limits admits a flow against its agent's flow limits; *judge.Limiter implements it. A refusal is
+// the limiter's to record.
+type Limits interface {
+	Admit(f *judge.Flow) (release func(), ok bool)
 }
 
 // DialFunc dials the upstream for an allowed tunnel: the connector's Dial, which resolves the name,
@@ -66,8 +69,10 @@ type Options struct {
 	// Names returns the name a cgroup's DNS lookups last resolved to an address, if any.
 	Names func(cgroupID uint64, a netip.Addr) (string, bool)
 	Judge judge.Decider
-	Dial  DialFunc
-	L7    L7
+	// Limits caps each agent's flows; nil = no caps.
+	Limits Limits
+	Dial   DialFunc
+	L7     L7
 	// ProxyAddr is the explicit proxy's listen address: a redirected flow to it speaks the proxy
 	// protocol, with the kernel's identity.
 	ProxyAddr netip.AddrPort
@@ -81,6 +86,9 @@ type Options struct {
 	ServerFirstPorts map[int]bool
 	FirstByteWait    time.Duration
 	SniffTimeout     time.Duration
+	// FirstSpeakerWait bounds how long an allowed tunnel whose client has not spoken waits for
+	// either side to say anything.
+	FirstSpeakerWait time.Duration
 	Log              zerolog.Logger
 }
 
@@ -124,6 +132,11 @@ func (s *Server) ServeTransparent(ctx context.Context, conn net.Conn) {
 		return
 	}
 	f := &flow{Flow: s.o.Flow(origin), port: int(origin.Dst.Port())}
+	release, ok := s.admit(conn, f.Flow)
+	if !ok {
+		return
+	}
+	defer release()
 	if s.o.Names != nil {
 		if name, ok := s.o.Names(origin.CgroupID, origin.Dst.Addr()); ok {
 			f.name = name
@@ -145,7 +158,27 @@ func (s *Server) ServeProxy(ctx context.Context, conn net.Conn) {
 	if s.o.ProxyAgent == "" {
 		f.Unknown = judge.ErrNoIdentity
 	}
+	release, ok := s.admit(conn, f)
+	if !ok {
+		return
+	}
+	defer release()
 	s.o.L7.ServePlain(ctx, conn, f, l7.PlainConn{Proxy: true, Port: 80})
+}
+
+// admit takes a flow slot for f's agent. Over its limits, the connection is reset (the limiter
+// records the refusal): the agent's client sees ECONNRESET at once rather than a silent close.
+func (s *Server) admit(conn net.Conn, f *judge.Flow) (release func(), ok bool) {
+	if s.o.Limits == nil {
+		return func() {}, true
+	}
+	release, ok = s.o.Limits.Admit(f)
+	if !ok {
+		if tc, isTCP := conn.(*net.TCPConn); isTCP {
+			tc.SetLinger(0)
+		}
+	}
+	return release, ok
 }
 
 // Tunnel serves a tunnel opened by CONNECT host:port on a plain-HTTP or explicit-proxy connection
@@ -257,7 +290,7 @@ func (s *Server) tunnel(ctx context.Context, conn net.Conn, f *flow, in judge.In
 	defer up.Close()
 	var greeting int64
 	if silent {
-		late, first, n, err := firstSpeaker(conn, up, firstSpeakerWait)
+		late, first, n, err := firstSpeaker(conn, up, s.o.FirstSpeakerWait)
 		greeting = n
 		if err != nil {
 			s.o.Judge.Complete(v, judge.Result{BytesDown: greeting, Dialed: dialed, Duration: time.Since(start)})
