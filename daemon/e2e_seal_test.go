@@ -51,8 +51,9 @@ func newSealLab(t *testing.T, opts e2e.SidecarOptions) *sealLab {
 	lab.Inside.Sysctl(t, "net.ipv4.ping_group_range", "0 2147483647")
 	lab.Inside.Sysctl(t, "net.ipv4.ip_local_port_range", "10000 60999")
 	opts.NetNS = lab.Inside
-	// Every kernel refusal reported: the rate limits have tests of their own.
+	// Every refusal reported and recorded: the rate limits have tests of their own.
 	opts.TransparentTOML += "refusal_rate = 100000\nrefusal_burst = 100000\n"
+	opts.AuditTOML += "\nrefusal_rate = 100000.0\nrefusal_burst = 100000\n"
 	l := &sealLab{NetLab: lab}
 	l.Sidecar = e2e.NewSidecar(t, opts)
 	l.sentry = lab.Watch(t, []uint16{sealOutsidePort}, []uint16{sealOutsidePort, 53}, sealMarkerPort)
