@@ -9,7 +9,9 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -447,4 +449,66 @@ func (l *sealLab) checkSeal(t *testing.T, got map[string]e2e.Attempt, linePID, p
 		time.Sleep(50 * time.Millisecond)
 	}
 	l.sentry.AssertSealed(t)
+}
+
+// TestFirmaRunRefusesAnImpostorSidecar: while no sidecar runs, another user binds the control
+// socket's path in a sticky directory; firma run must refuse it without a word to it, and launch
+// nothing.
+func TestFirmaRunRefusesAnImpostorSidecar(t *testing.T) {
+	testutil.RequireRoot(t)
+	// A directory every user can reach (t.TempDir's parent is root's alone).
+	dir, err := os.MkdirTemp("", "firma-impostor-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sticky := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(sticky, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sticky, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sticky, "control.sock")
+	imp := exec.Command(e2e.EscapeBinary(t), "-uid", "65534", "-impostor", sock)
+	var stderr strings.Builder
+	imp.Stderr = &stderr
+	out, err := imp.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { imp.Process.Kill(); imp.Wait() })
+	heard := make(chan string, 16)
+	go func() {
+		lines := bufio.NewScanner(out)
+		for lines.Scan() {
+			heard <- lines.Text()
+		}
+		close(heard)
+	}()
+	if l := <-heard; l != "listening" {
+		t.Fatalf("impostor: %q %s", l, stderr.String())
+	}
+
+	marker := filepath.Join(dir, "ran")
+	run := exec.Command(e2e.Binary(t, "firma"), "run", "--sidecar", sock, "--", "touch", marker)
+	run.Env = testutil.CleanEnv()
+	got, err := run.CombinedOutput()
+	if exitCode(err) == 0 || !strings.Contains(string(got), "not firma's sidecar") || !strings.Contains(string(got), "uid 65534") {
+		t.Fatalf("firma run against an impostor: exit %d: %s", exitCode(err), got)
+	}
+	t.Logf("firma run: %s", got)
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("firma run launched the agent (%v)", err)
+	}
+	imp.Process.Kill()
+	for l := range heard {
+		t.Errorf("the impostor was spoken to: %s", l)
+	}
 }

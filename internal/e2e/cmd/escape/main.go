@@ -14,6 +14,7 @@
 //	       [-uid N] [-only a,b] [-skip a,b] [-raw-frames]
 //	       [-more -proxy-port N -sidecar-pid N -control PATH]   (also the techniques aimed at a real sidecar)
 //	       [-hold]   (print {"hold":PID}, wait for a line on stdin, then go)
+//	escape -impostor PATH [-uid N]   pose as the sidecar on a control socket path (more_linux.go)
 //	escape -listen N      listen on [::]:N, print {"ready":true,"pid":PID}; when stdin closes, print
 //	                      how many connections were accepted
 //	escape -list          print the technique names
@@ -114,6 +115,7 @@ func main() {
 		more                         = flag.Bool("more", false, "also run the techniques aimed at a real sidecar (more_linux.go)")
 		skip                         = flag.String("skip", "", "comma-separated techniques not to run")
 		hold                         = flag.Bool("hold", false, `print {"hold":PID} and wait for a line on stdin before trying anything`)
+		impostor                     = flag.String("impostor", "", "pose as the sidecar on this control socket path")
 	)
 	flag.StringVar(&target4, "target4", "", "an outside IPv4 address")
 	flag.StringVar(&target6, "target6", "", "an outside IPv6 address")
@@ -143,6 +145,10 @@ func main() {
 	}
 	if *listen > 0 {
 		emit(listenUntilEOF(*listen))
+		return
+	}
+	if *impostor != "" {
+		poseAsSidecar(*impostor)
 		return
 	}
 	if *hold {

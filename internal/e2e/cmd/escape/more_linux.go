@@ -330,3 +330,26 @@ func sendmmsg4(fd int, to []*unix.SockaddrInet4, payloads [][]byte) (int, error)
 	}
 	return int(n), nil
 }
+
+// poseAsSidecar listens on a control socket path, says "listening", and answers every request
+// with an Info whose enforced cgroup is the root — where `firma run` would place its agent if it
+// believed it — saying "answered" each time.
+func poseAsSidecar(path string) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err == nil && line != "" {
+			c.Write([]byte(`{"ok":true,"info":{"version":"impostor","cgroup":"/"}}` + "\n"))
+			fmt.Println("answered")
+		}
+		c.Close()
+	}
+}
