@@ -185,6 +185,15 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	in.Host = hostname.Normalize(q.Name)
 	in.QType = dns.TypeToString[q.Qtype]
+	if name, port, err := hostname.Parse(q.Name); err != nil || port != 0 || name != in.Host {
+		// A name that is not a hostname — a label holding a '.' or a '\', say — would be judged as
+		// one name ("a\.b.example" matches *.b.example) and resolved as another (label "a.b" in
+		// example): refused, like any malformed query.
+		in.Refuse = ReasonMalformed
+		s.o.Judge.Decide(ctx, f, in)
+		reply(w, req, dns.RcodeFormatError)
+		return
+	}
 	if v := s.o.Judge.Decide(ctx, f, in); !v.Allowed() {
 		reply(w, req, dns.RcodeRefused)
 		return

@@ -185,6 +185,34 @@ func TestMalformedIsRecorded(t *testing.T) {
 	}
 }
 
+// TestNonHostnameRefused: a name whose label holds a '.' ("a\.b.example": label "a.b" in example)
+// would match *.b.example as text while resolving in example; it is refused as malformed, and
+// nothing is forwarded.
+func TestNonHostnameRefused(t *testing.T) {
+	up, forwarded := fakeUpstream(t)
+	j := &fakeJudge{}
+	_, addr := start(t, Options{Origins: fakeOrigins{}, Judge: j, Forward: []netip.AddrPort{up}})
+	for _, name := range []string{`a\.b.example.`, `a\000b.example.`, `sp\ ace.example.`} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeFormatError {
+			t.Errorf("%s: rcode %d, want FORMERR", name, r.Rcode)
+		}
+	}
+	for _, in := range j.asked() {
+		if in.Refuse != ReasonMalformed {
+			t.Errorf("decision %+v, want a malformed refusal", in)
+		}
+	}
+	if n := len(j.asked()); n != 3 || forwarded.Load() != 0 {
+		t.Fatalf("%d decisions, %d forwarded", n, forwarded.Load())
+	}
+}
+
 // TestNoOrigin: a query from a socket the kernel did not redirect is refused without a decision.
 func TestNoOrigin(t *testing.T) {
 	j := &fakeJudge{}
