@@ -6,6 +6,9 @@
 //
 // The sidecar's own refusals (an unknown agent, an unparsable ClientHello, a stale policy bundle, a
 // refused upstream address, domain fronting…) are decisions too, with their reasons listed here.
+// A refusal's record is rate-limited per agent and class, the rest counted by the audit log; nothing
+// that lets a flow proceed is. The Limiter ([sidecar.limits]) caps what one agent can make the
+// sidecar hold: concurrent flows and new flows a second.
 //
 // The judge does no I/O but through the policy engine and the audit recorder it is given.
 package judge
