@@ -177,6 +177,9 @@ func sealExpectations(l *sealLab, root bool) map[string]sealWant {
 		"connect6_linklocal": {kernelDecides: true},
 		// Refused by the control socket's peer check or by plain permissions: logged, not audited.
 		"control_socket": {},
+		// A namespace of its own has no sidecar and no link: refused (EPERM without privilege, else
+		// ENETUNREACH), nothing to record.
+		"netns_unshare_connect": {refused: true},
 	}
 	for name, opt := range map[string]string{
 		"so_bindtodevice_connect": "SO_BINDTODEVICE", "so_bindtodevice_tfo": "SO_BINDTODEVICE",

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -210,6 +211,26 @@ var moreTechniques = []technique{
 			n, err := r.Read(make([]byte, 64))
 			a.step(fmt.Sprintf("read tunnel (%d bytes)", n), err)
 		}
+	}},
+
+	// A network namespace of its own: the redirect then points at a loopback where no sidecar
+	// listens, and the namespace has no link anywhere. (On a thread of its own, which dies with it:
+	// the rest of the program keeps its namespace.)
+	{"netns_unshare_connect", func(c *config, a *attempt) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			if !a.step("unshare CLONE_NEWNET", unix.Unshare(unix.CLONE_NEWNET)) {
+				return
+			}
+			fd, ok := a.socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+			if ok {
+				defer unix.Close(fd)
+				connectWait(a, fd, sa4(c.target4, c.port))
+			}
+		}()
+		<-done
 	}},
 
 	// The sidecar's own process and control socket. In plain placement a root agent can reach the
