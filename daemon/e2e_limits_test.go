@@ -3,10 +3,8 @@
 package daemon_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,6 +15,7 @@ import (
 	"github.com/openfirma/firma/daemon/dns"
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/internal/e2e"
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 // holdFlows opens n connections to allowed.test:443 at once, then, on each in turn, a TLS request
@@ -68,23 +67,9 @@ func TestFlowLimits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	greedy := w.Command(ctx, t, w.Agent, "python3", "-c", holdFlows, "10", w.ca.CertFile)
-	var stderr strings.Builder
-	greedy.Stderr = &stderr
-	stdin, err := greedy.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := greedy.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := greedy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if got := strings.TrimSpace(line); got != "4 6" {
-		t.Fatalf("the greedy agent's 10 flows: %q answered/cut, want \"4 6\"\n%s\n%s", got, stderr.String(), w.Logs())
+	greedy := testutil.StartPiped(t, w.Command(ctx, t, w.Agent, "python3", "-c", holdFlows, "10", w.ca.CertFile), nil)
+	if got := greedy.Line(); got != "4 6" {
+		t.Fatalf("the greedy agent's 10 flows: %q answered/cut, want \"4 6\"\n%s\n%s", got, greedy.Stderr.String(), w.Logs())
 	}
 
 	// Meanwhile another agent opens 10 at once, all answered.
@@ -94,13 +79,12 @@ func TestFlowLimits(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "10 0" {
 		t.Fatalf("the other agent, while the greedy one is at its limit: %v: %q", err, out)
 	}
-	stdin.Close()
-	io.Copy(io.Discard, stdout)
-	greedy.Wait()
+	greedy.Stdin.Close()
+	greedy.Cmd.Wait()
 
 	// Every cut flow is counted, in records that each say how many they stand for, under the greedy
 	// agent's pid.
-	pid := greedy.Process.Pid
+	pid := greedy.Cmd.Process.Pid
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		counted, records := 0, 0

@@ -3,7 +3,6 @@
 package daemon_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -327,24 +326,13 @@ const sealInboundPort = 8080
 // to the kernel's), and that nothing left.
 func (l *sealLab) checkInbound(t *testing.T, cmd *exec.Cmd, start func() error, hostPID func(int) int) {
 	t.Helper()
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(stdout)
+	srv := testutil.StartPiped(t, cmd, start)
 	var ready struct {
 		Ready bool
 		PID   int
 	}
-	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &ready) != nil || !ready.Ready {
-		t.Fatalf("server did not start: %q", lines.Text())
+	if line := srv.Line(); json.Unmarshal([]byte(line), &ready) != nil || !ready.Ready {
+		t.Fatalf("server did not start: %q %s", line, srv.Stderr.String())
 	}
 	pid := hostPID(ready.PID)
 	for _, to := range []netip.Addr{l.Inside4, l.Inside6} {
@@ -358,10 +346,10 @@ func (l *sealLab) checkInbound(t *testing.T, cmd *exec.Cmd, start func() error, 
 			t.Errorf("the outside reached the agent's server on %s", to)
 		}
 	}
-	stdin.Close()
+	srv.Stdin.Close()
 	var res e2e.Attempt
-	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &res) != nil {
-		t.Fatalf("server result: %q", lines.Text())
+	if line := srv.Line(); json.Unmarshal([]byte(line), &res) != nil {
+		t.Fatalf("server result: %q", line)
 	}
 	cmd.Wait()
 	if res.Accepted != 0 || res.Failed != "" {
@@ -459,44 +447,11 @@ func (l *sealLab) checkSeal(t *testing.T, got map[string]e2e.Attempt, linePID, p
 // nothing.
 func TestFirmaRunRefusesAnImpostorSidecar(t *testing.T) {
 	testutil.RequireRoot(t)
-	// A directory every user can reach (t.TempDir's parent is root's alone).
-	dir, err := os.MkdirTemp("", "firma-impostor-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sticky := filepath.Join(dir, "tmp")
-	if err := os.Mkdir(sticky, 0o1777); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(sticky, 0o1777); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(sticky, "control.sock")
-	imp := exec.Command(e2e.EscapeBinary(t), "-uid", "65534", "-impostor", sock)
-	var stderr strings.Builder
-	imp.Stderr = &stderr
-	out, err := imp.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := imp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { imp.Process.Kill(); imp.Wait() })
-	heard := make(chan string, 16)
-	go func() {
-		lines := bufio.NewScanner(out)
-		for lines.Scan() {
-			heard <- lines.Text()
-		}
-		close(heard)
-	}()
-	if l := <-heard; l != "listening" {
-		t.Fatalf("impostor: %q %s", l, stderr.String())
+	dir := testutil.StickyDir(t)
+	sock := filepath.Join(dir, "control.sock")
+	imp := testutil.StartPiped(t, exec.Command(e2e.EscapeBinary(t), "-uid", "65534", "-impostor", sock), nil)
+	if l := imp.Line(); l != "listening" {
+		t.Fatalf("impostor: %q %s", l, imp.Stderr.String())
 	}
 
 	marker := filepath.Join(dir, "ran")
@@ -510,8 +465,8 @@ func TestFirmaRunRefusesAnImpostorSidecar(t *testing.T) {
 	if _, err := os.Stat(marker); !os.IsNotExist(err) {
 		t.Fatalf("firma run launched the agent (%v)", err)
 	}
-	imp.Process.Kill()
-	for l := range heard {
+	imp.Cmd.Process.Kill()
+	for l := imp.Line(); l != ""; l = imp.Line() {
 		t.Errorf("the impostor was spoken to: %s", l)
 	}
 }

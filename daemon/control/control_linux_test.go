@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -89,28 +88,13 @@ func copyExecutable(t *testing.T) string {
 func TestDialRefusesAnotherUsersSocket(t *testing.T) {
 	testutil.RequireRoot(t)
 	exe := copyExecutable(t)
-	sticky := filepath.Join(filepath.Dir(exe), "tmp")
-	if err := os.Mkdir(sticky, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(sticky, 0o1777); err != nil { // like /tmp
-		t.Fatal(err)
-	}
-	path := filepath.Join(sticky, "control.sock")
-	imp := exec.Command(exe)
-	imp.Env = append(os.Environ(), "FIRMA_CONTROL_IMPOSTOR="+path)
-	imp.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	stdout, err := imp.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := imp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { imp.Process.Kill(); imp.Wait() })
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "listening" {
-		t.Fatalf("impostor: %q", lines.Text())
+	path := filepath.Join(testutil.StickyDir(t), "control.sock")
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "FIRMA_CONTROL_IMPOSTOR="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	imp := testutil.StartPiped(t, cmd, nil)
+	if l := imp.Line(); l != "listening" {
+		t.Fatalf("impostor: %q %s", l, imp.Stderr.String())
 	}
 
 	c, err := Dial(context.Background(), path)
@@ -121,8 +105,8 @@ func TestDialRefusesAnotherUsersSocket(t *testing.T) {
 	if !errors.Is(err, ErrUntrustedSocket) || !strings.Contains(err.Error(), "uid 65534") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("Dial = %v, want ErrUntrustedSocket naming the socket and uid 65534", err)
 	}
-	if !lines.Scan() || lines.Text() != "received 0 bytes" {
-		t.Fatalf("the impostor heard from the client: %q", lines.Text())
+	if l := imp.Line(); l != "received 0 bytes" {
+		t.Fatalf("the impostor heard from the client: %q", l)
 	}
 }
 

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -82,44 +81,26 @@ func RunEscape(tb testing.TB, cmd *exec.Cmd) (map[string]Attempt, int) {
 // own namespace (what the lines say) and in the kernel's view.
 func RunEscapeHeld(tb testing.TB, cmd *exec.Cmd, start func() error, under string) (got map[string]Attempt, nsPID, hostPID int) {
 	tb.Helper()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := start(); err != nil {
-		tb.Fatal(err)
-	}
-	defer cmd.Wait()
-	defer stdin.Close()
-	lines := bufio.NewScanner(stdout)
+	p := testutil.StartPiped(tb, cmd, start)
 	var held struct{ Hold int }
-	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &held) != nil || held.Hold == 0 {
-		stdin.Close()
-		rest, _ := io.ReadAll(stdout)
-		cmd.Wait()
-		tb.Fatalf("escape did not hold: %q %s\n%s", lines.Text(), rest, stderr.String())
+	if line := p.Line(); json.Unmarshal([]byte(line), &held) != nil || held.Hold == 0 {
+		tb.Fatalf("escape did not hold: %q\n%s", line, p.Stderr.String())
 	}
 	hostPID = HostPID(tb, "escape", held.Hold, under)
-	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+	if _, err := io.WriteString(p.Stdin, "go\n"); err != nil {
 		tb.Fatal(err)
 	}
-	stdin.Close()
+	p.Stdin.Close()
 	got = map[string]Attempt{}
-	for lines.Scan() {
+	for p.Lines.Scan() {
 		var a Attempt
-		if err := json.Unmarshal(lines.Bytes(), &a); err != nil {
-			tb.Fatalf("escape line %q: %v", lines.Text(), err)
+		if err := json.Unmarshal(p.Lines.Bytes(), &a); err != nil {
+			tb.Fatalf("escape line %q: %v", p.Lines.Text(), err)
 		}
 		got[a.Technique] = a
 	}
 	if err := cmd.Wait(); err != nil {
-		tb.Fatalf("escape: %v\n%s", err, stderr.String())
+		tb.Fatalf("escape: %v\n%s", err, p.Stderr.String())
 	}
 	return got, held.Hold, hostPID
 }

@@ -27,65 +27,50 @@ import (
 var moreTechniques = []technique{
 	// io_uring reaches the socket operations without their system calls.
 	{"io_uring_setsockopt_bindtodevice", func(c *config, a *attempt) {
-		ring, ok := a.ring(false)
-		if !ok {
-			return
-		}
-		defer ring.close()
-		tcpThen(c, a, false, func(fd int) error {
-			return ring.setsockopt(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, ifaceName(c))
-		}, "io_uring setsockopt SO_BINDTODEVICE")
+		withRing(a, false, func(ring *uring) {
+			tcpThen(c, a, false, func(fd int) error {
+				return ring.setsockopt(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, ifaceName(c))
+			}, "io_uring setsockopt SO_BINDTODEVICE")
+		})
 	}},
 	{"io_uring_compat_setsockopt_unicast_if_dns", func(c *config, a *attempt) {
-		ring, ok := a.ring(true)
-		if !ok {
-			return
-		}
-		defer ring.close()
-		v := make([]byte, 4)
-		binary.NativeEndian.PutUint32(v, uint32(ifindexBE(c)))
-		udpDNSThen(c, a, false, func(fd int) error {
-			return ring.setsockopt(fd, unix.SOL_IP, unix.IP_UNICAST_IF, v)
-		}, "io_uring compat setsockopt IP_UNICAST_IF")
+		withRing(a, true, func(ring *uring) {
+			v := make([]byte, 4)
+			binary.NativeEndian.PutUint32(v, uint32(ifindexBE(c)))
+			udpDNSThen(c, a, false, func(fd int) error {
+				return ring.setsockopt(fd, unix.SOL_IP, unix.IP_UNICAST_IF, v)
+			}, "io_uring compat setsockopt IP_UNICAST_IF")
+		})
 	}},
 	{"io_uring_connect", func(c *config, a *attempt) {
-		ring, ok := a.ring(false)
-		if !ok {
-			return
-		}
-		defer ring.close()
-		fd, ok := a.socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		if !ok {
-			return
-		}
-		defer unix.Close(fd)
-		if a.step("io_uring connect", ring.connect4(fd, raw4(sa4(c.target4, c.port)))) {
-			hello(a, fd)
-		}
+		withRing(a, false, func(ring *uring) {
+			fd, ok := a.socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if !ok {
+				return
+			}
+			defer unix.Close(fd)
+			if a.step("io_uring connect", ring.connect4(fd, raw4(sa4(c.target4, c.port)))) {
+				hello(a, fd)
+			}
+		})
 	}},
 	{"io_uring_sendmsg_udp", func(c *config, a *attempt) {
-		ring, ok := a.ring(false)
-		if !ok {
-			return
-		}
-		defer ring.close()
-		fd, ok := a.socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if ok {
-			defer unix.Close(fd)
-			a.step("io_uring sendmsg", ring.sendmsg4(fd, raw4(sa4(c.target4, c.port)), []byte("escape via io_uring")))
-		}
+		withRing(a, false, func(ring *uring) {
+			fd, ok := a.socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+			if ok {
+				defer unix.Close(fd)
+				a.step("io_uring sendmsg", ring.sendmsg4(fd, raw4(sa4(c.target4, c.port)), []byte("escape via io_uring")))
+			}
+		})
 	}},
 	{"io_uring_bind_sidecar", func(c *config, a *attempt) {
-		ring, ok := a.ring(false)
-		if !ok {
-			return
-		}
-		defer ring.close()
-		fd, ok := a.socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		if ok {
-			defer unix.Close(fd)
-			a.step("io_uring bind", ring.bind4(fd, raw4(sa4(netip.IPv4Unspecified(), c.sidecarPort))))
-		}
+		withRing(a, false, func(ring *uring) {
+			fd, ok := a.socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if ok {
+				defer unix.Close(fd)
+				a.step("io_uring bind", ring.bind4(fd, raw4(sa4(netip.IPv4Unspecified(), c.sidecarPort))))
+			}
+		})
 	}},
 
 	// Several datagrams in one call, and sockets that mix allowed and refused destinations.
@@ -277,13 +262,17 @@ var moreTechniques = []technique{
 	}},
 }
 
-// ring sets up an io_uring for a technique.
-func (a *attempt) ring(compat bool) (*uring, bool) {
+// withRing runs fn with a fresh io_uring (compat: set up through the 32-bit call), closed after.
+func withRing(a *attempt, compat bool, fn func(*uring)) {
 	r, err := newURing(compat)
+	op := "io_uring_setup"
 	if compat {
-		return r, a.step("compat io_uring_setup", err)
+		op = "compat io_uring_setup"
 	}
-	return r, a.step("io_uring_setup", err)
+	if a.step(op, err) {
+		defer r.close()
+		fn(r)
+	}
 }
 
 // dial connects a TCP socket to the outside (redirected to the sidecar) and hands it over as a
