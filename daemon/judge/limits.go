@@ -108,7 +108,7 @@ type Limiter struct {
 	after func(time.Duration, func()) // time.AfterFunc; tests run the function themselves
 
 	mu     sync.Mutex
-	agents map[string]*load
+	agents map[limitKey]*load
 }
 
 // load is what one agent holds and owes.
@@ -128,22 +128,24 @@ type load struct {
 // NewLimiter builds a Limiter for cfg (validated) that records through j.
 func NewLimiter(cfg LimitsConfig, j *Judge) *Limiter {
 	return &Limiter{cfg: cfg, judge: j, now: time.Now, after: func(d time.Duration, f func()) { time.AfterFunc(d, f) },
-		agents: map[string]*load{}}
+		agents: map[limitKey]*load{}}
 }
 
 // limitKey is who a flow counts against: its agent, or its cgroup when no agent covers it.
-func limitKey(f *Flow) string {
+type limitKey struct{ agent, cgroup string }
+
+func keyOf(f *Flow) limitKey {
 	if f.AgentID != "" && f.Unknown == nil {
-		return "agent " + f.AgentID
+		return limitKey{agent: f.AgentID}
 	}
-	return "cgroup " + f.Cgroup
+	return limitKey{cgroup: f.Cgroup}
 }
 
 // Admit takes one flow slot for f's agent. When the agent is over a limit it returns false and the
 // refusal is counted for the agent's next limit record; otherwise release must be called, once,
 // when the flow ends.
 func (l *Limiter) Admit(f *Flow) (release func(), ok bool) {
-	key := limitKey(f)
+	key := keyOf(f)
 	lim := l.cfg.For(f.AgentID)
 	now := l.now()
 	l.mu.Lock()
@@ -191,7 +193,7 @@ func (l *Limiter) Admit(f *Flow) (release func(), ok bool) {
 	return nil, false
 }
 
-func (l *Limiter) release(key string) {
+func (l *Limiter) release(key limitKey) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if a := l.agents[key]; a != nil && a.active > 0 {
@@ -200,7 +202,7 @@ func (l *Limiter) release(key string) {
 }
 
 // flush records an agent's pending refusals in one record.
-func (l *Limiter) flush(key string) {
+func (l *Limiter) flush(key limitKey) {
 	l.mu.Lock()
 	a := l.agents[key]
 	if a == nil {
@@ -235,7 +237,7 @@ func (l *Limiter) forgetIdle() {
 func (l *Limiter) Active(f *Flow) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if a := l.agents[limitKey(f)]; a != nil {
+	if a := l.agents[keyOf(f)]; a != nil {
 		return a.active
 	}
 	return 0

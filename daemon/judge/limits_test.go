@@ -210,3 +210,25 @@ func TestLimitsValidate(t *testing.T) {
 		t.Errorf("partial override: %v", err)
 	}
 }
+
+// BenchmarkAdmitRelease is what every accepted connection pays for the flow limits: one Admit and
+// one release, with many agents at once.
+func BenchmarkAdmitRelease(b *testing.B) {
+	l := NewLimiter(LimitsConfig{MaxFlows: 1 << 20, NewFlowsPerSecond: 1e6, NewFlowsBurst: 1 << 20}, nil)
+	flows := make([]*Flow, 64)
+	for i := range flows {
+		flows[i] = agentFlow("agent-"+string(rune('a'+i%26))+string(rune('a'+i/26)), uint32(i))
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			release, ok := l.Admit(flows[i%len(flows)])
+			if !ok {
+				b.Fatal("refused")
+			}
+			release()
+			i++
+		}
+	})
+}
