@@ -60,6 +60,7 @@ type Sidecar struct {
 	names     *dns.Names
 	front     *front.Server
 	origins   *originTable
+	limits    *judge.Limiter // every agent's flows: the transparent path, the proxy, DNS over TCP
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
 
 	progs *bpf.Programs // nil until attached, or without the transparent path
@@ -138,12 +139,13 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	warnDescriptors(log, cfg.Limits)
+	s.limits = judge.NewLimiter(cfg.Limits, s.judge)
 	s.front = front.New(front.Options{
 		Origins:          s.origins,
 		Flow:             s.flowOf,
 		Names:            s.names.Lookup,
 		Judge:            s.judge,
-		Limits:           judge.NewLimiter(cfg.Limits, s.judge),
+		Limits:           s.limits,
 		Dial:             s.connector.Dial,
 		L7:               s.l7,
 		ProxyAddr:        s.proxyAddr,
@@ -272,7 +274,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 				forward = append(forward, ap)
 			}
 			d := dns.New(dns.Options{Origins: s.origins, Flow: s.flowOf, Judge: s.judge, Static: s.connector.Static,
-				Forward: forward, Names: s.names, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
+				Forward: forward, Names: s.names, Limits: s.limits, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
 			var addrs []netip.AddrPort
 			for _, a := range loopbacks(cfg.Transparent.IPv6) {
 				addrs = append(addrs, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))
