@@ -15,8 +15,8 @@ import (
 // opens costs the sidecar two descriptors (the agent's side and the upstream's) out of a process
 // limit (RLIMIT_NOFILE) shared by every agent; without a cap one agent could starve the others.
 type LimitsConfig struct {
-	// MaxFlows caps an agent's concurrent flows (redirected connections and explicit-proxy
-	// connections, each with whatever it tunnels).
+	// MaxFlows caps an agent's concurrent flows (redirected connections, explicit-proxy
+	// connections — each with whatever it tunnels — and DNS-over-TCP connections).
 	MaxFlows int `toml:"max_flows"`
 	// NewFlowsPerSecond and NewFlowsBurst cap how fast an agent opens flows: a token bucket
 	// refilled at NewFlowsPerSecond up to NewFlowsBurst.
