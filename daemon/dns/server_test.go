@@ -314,7 +314,8 @@ func TestCount(t *testing.T) {
 	if _, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, addr); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{OutcomeAnswered, OutcomeDenied, OutcomeFailed, OutcomeMalformed}
+	query(t, addr, `a\.b.example`, dns.TypeA) // not a hostname
+	want := []string{OutcomeAnswered, OutcomeDenied, OutcomeFailed, OutcomeMalformed, OutcomeMalformed}
 	if got := o.list(); !slices.Equal(got, want) {
 		t.Fatalf("counted %v, want %v", got, want)
 	}
