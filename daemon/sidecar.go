@@ -144,6 +144,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	}
 	warnDescriptors(log, cfg.Limits)
 	s.limits = judge.NewLimiter(cfg.Limits, s.judge)
+	s.limits.OnRefuse(s.metrics.FlowLimitRefused)
 	s.front = front.New(front.Options{
 		Origins:          s.origins,
 		Flow:             s.flowOf,

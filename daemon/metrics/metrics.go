@@ -38,6 +38,7 @@ const (
 	NameFlowBytes        = "firma_flow_bytes_total"
 	NameFlowDuration     = "firma_flow_duration_seconds"
 	NameFlowsActive      = "firma_flows_active"
+	NameFlowLimits       = "firma_flow_limit_refusals_total"
 	NameConnections      = "firma_connections_accepted_total"
 	NameDNSQueries       = "firma_dns_queries_total"
 	NameAuditRecords     = "firma_audit_records_total"
@@ -96,6 +97,7 @@ type Metrics struct {
 	active        *prometheus.GaugeVec
 	accepted      *prometheus.CounterVec
 	dns           *prometheus.CounterVec
+	limited       *prometheus.CounterVec
 	auditRecords  *prometheus.CounterVec
 	auditErrors   prometheus.Counter
 	fsync         prometheus.Histogram
@@ -133,6 +135,9 @@ func New(src Sources) *Metrics {
 		dns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameDNSQueries,
 			Help: "DNS queries to the sidecar's resolver, by outcome: answered, denied, failed (allowed; the upstream failed), malformed, no_origin (no kernel record: refused)."},
 			[]string{"outcome"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameFlowLimits,
+			Help: "Flows cut because their agent was over a [sidecar.limits] limit (max_flows, new_flows_per_second), by agent (\"\" for a cgroup without one); the audit log's limit records each stand for several."},
+			[]string{"agent", "limit"}),
 		auditRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameAuditRecords,
 			Help: "Decision and completion records appended to the audit log."}, []string{"kind"}),
 		auditErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: NameAuditErrors,
@@ -147,7 +152,7 @@ func New(src Sources) *Metrics {
 		kernelRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: NameKernelRepairs,
 			Help: "Kernel programs put back in force after an integrity fault."}),
 	}
-	m.reg.MustRegister(m.decisions, m.completed, m.bytes, m.duration, m.active, m.accepted, m.dns,
+	m.reg.MustRegister(m.decisions, m.completed, m.bytes, m.duration, m.active, m.accepted, m.dns, m.limited,
 		m.auditRecords, m.auditErrors, m.fsync, m.fsyncErrors, m.kernelFaults, m.kernelRepairs,
 		&collector{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -274,6 +279,12 @@ var dnsOutcomes = []string{DNSAnswered, DNSDenied, DNSFailed, DNSMalformed, DNSN
 
 // DNSQuery counts one query to the resolver by its outcome (one of the DNS* constants).
 func (m *Metrics) DNSQuery(outcome string) { m.dns.WithLabelValues(outcome).Inc() }
+
+// FlowLimitRefused counts one flow cut by agent's flow limits; limit names the one that cut it
+// (judge.Limiter.OnRefuse).
+func (m *Metrics) FlowLimitRefused(agent, limit string) {
+	m.limited.WithLabelValues(m.agents.label(agent), limit).Inc()
+}
 
 // ObserveFsync records one fsync of the audit file: how long it took and whether it failed.
 func (m *Metrics) ObserveFsync(took time.Duration, err error) {

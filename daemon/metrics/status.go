@@ -39,9 +39,11 @@ type Summary struct {
 	FlowsActive      float64                       `json:"flows_active"`
 	FlowsCompleted   float64                       `json:"flows_completed"`
 	FlowsFailed      float64                       `json:"flows_failed"`
-	BytesUp          float64                       `json:"bytes_up"`
-	BytesDown        float64                       `json:"bytes_down"`
-	DNS              map[string]float64            `json:"dns"`
+	// FlowsLimited counts flows cut by [sidecar.limits], by agent.
+	FlowsLimited map[string]float64 `json:"flows_limited,omitempty"`
+	BytesUp      float64            `json:"bytes_up"`
+	BytesDown    float64            `json:"bytes_down"`
+	DNS          map[string]float64 `json:"dns"`
 	// Kernel holds every kernel counter; KernelRefusals sums the refusals and drops among them.
 	Kernel          map[string]float64 `json:"kernel,omitempty"`
 	KernelRefusals  float64            `json:"kernel_refusals"`
@@ -243,6 +245,12 @@ func Summarize(fams map[string]*dto.MetricFamily) Summary {
 			s.FlowsFailed += value(m)
 		}
 	})
+	each(NameFlowLimits, func(l map[string]string, m *dto.Metric) {
+		if s.FlowsLimited == nil {
+			s.FlowsLimited = map[string]float64{}
+		}
+		s.FlowsLimited[l["agent"]] += value(m)
+	})
 	each(NameFlowBytes, func(l map[string]string, m *dto.Metric) {
 		if l["direction"] == "up" {
 			s.BytesUp += value(m)
@@ -381,6 +389,16 @@ func (st Status) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "flows      %.0f active, %.0f completed (%.0f failed); %s up, %s down\n",
 		s.FlowsActive, s.FlowsCompleted, s.FlowsFailed, bytesText(s.BytesUp), bytesText(s.BytesDown))
+	if len(s.FlowsLimited) > 0 {
+		limited := map[string]float64{}
+		for a, n := range s.FlowsLimited {
+			if a == "" {
+				a = "(unknown agent)"
+			}
+			limited[a] += n
+		}
+		fmt.Fprintf(&b, "  CUT by [sidecar.limits]: %s\n", countsText(limited, slices.Sorted(maps.Keys(limited))))
+	}
 	fmt.Fprintf(&b, "dns        %s\n", countsText(s.DNS, dnsOutcomes))
 	if s.ProgramsInForce != nil || s.Kernel != nil {
 		inForce := "programs in force"

@@ -55,6 +55,9 @@ func TestFetchAndSummary(t *testing.T) {
 	m.DNSQuery(DNSDenied)
 	m.ObserveFsync(2*time.Millisecond, nil)
 	m.FlowStarted(ListenerTransparent)
+	m.FlowLimitRefused("claude", "max_flows")
+	m.FlowLimitRefused("claude", "new_flows_per_second")
+	m.FlowLimitRefused("", "max_flows")
 
 	sock := filepath.Join(t.TempDir(), "metrics.sock")
 	e := Endpoint{Network: "unix", Address: sock}
@@ -81,7 +84,8 @@ func TestFetchAndSummary(t *testing.T) {
 	if s.Decisions["ALLOW"] != 2 || s.Decisions["DENY"] != 2 || s.DecisionsByAgent["claude"]["DENY"] != 1 || s.DecisionsByAgent[""]["DENY"] != 1 {
 		t.Errorf("decisions %v by agent %v", s.Decisions, s.DecisionsByAgent)
 	}
-	if s.FlowsActive != 1 || s.FlowsCompleted != 2 || s.FlowsFailed != 1 || s.BytesUp != 1024 || s.BytesDown != 3<<20 {
+	if s.FlowsActive != 1 || s.FlowsCompleted != 2 || s.FlowsFailed != 1 || s.BytesUp != 1024 || s.BytesDown != 3<<20 ||
+		s.FlowsLimited["claude"] != 2 || s.FlowsLimited[""] != 1 {
 		t.Errorf("flows %+v", s)
 	}
 	if s.DNS["answered"] != 1 || s.DNS["denied"] != 1 || s.KernelRefusals != 3 || s.Kernel["redirect_tcp"] != 5 {
@@ -104,6 +108,7 @@ func TestFetchAndSummary(t *testing.T) {
 		"  (unknown agent)          0 ALLOW, 1 DENY",
 		"  claude                   2 ALLOW, 1 DENY",
 		"flows      1 active, 2 completed (1 failed); 1.0 KiB up, 3.0 MiB down\n",
+		"  CUT by [sidecar.limits]: 1 (unknown agent), 2 claude\n",
 		"1 answered, 1 denied, 0 failed",
 		"kernel     programs in force; 3 refusals (drop_egress 1, refuse_udp 2)\n",
 		"bundle     confirmed 4s ago (fresh); 1 revocations\n",
@@ -191,7 +196,7 @@ func TestSummaryOfAMinimalSidecar(t *testing.T) {
 	st.WriteText(&text)
 	if strings.Contains(text.String(), "kernel ") || strings.Contains(text.String(), "mitm ") ||
 		!strings.Contains(text.String(), "bundle     no authority: local policy") || !strings.Contains(text.String(), ": READY") ||
-		!strings.Contains(text.String(), "; no fsync yet\n") {
+		!strings.Contains(text.String(), "; no fsync yet\n") || strings.Contains(text.String(), "CUT") {
 		t.Errorf("status:\n%s", text.String())
 	}
 }
