@@ -268,7 +268,7 @@ func (d *demo) startUpstreams(undo *[]func()) error {
 		*undo = append(*undo, func() { u.Close() })
 		d.ups[name] = u
 	}
-	d.ups["api.openai.com"].Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	d.ups["api.openai.com"].SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		switch got := r.Header.Get("Authorization"); got {
 		case "Bearer " + d.key:
@@ -276,7 +276,7 @@ func (d *demo) startUpstreams(undo *[]func()) error {
 		default:
 			fmt.Fprintf(w, "api.openai.com: did NOT see the sidecar's key (Authorization: %q)\n", got)
 		}
-	})
+	}), false)
 	return nil
 }
 
