@@ -17,6 +17,7 @@ import (
 	"github.com/openfirma/firma/daemon/credentials"
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/l7"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/duration"
 	"github.com/openfirma/firma/policies"
@@ -37,6 +38,7 @@ type Config struct {
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          l7.CAConfig            `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
+	Metrics     metrics.Config         `toml:"metrics"`
 	Limits      judge.LimitsConfig     `toml:"limits"`
 
 	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
@@ -193,6 +195,7 @@ func (c *Config) Validate() error {
 	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("sidecar.%w", err))
 	}
+	errs = append(errs, prefixed("sidecar.metrics.", c.Metrics.Validate())...)
 	return errors.Join(errs...)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/dns"
 	"github.com/openfirma/firma/daemon/judge"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/e2e"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -53,16 +54,19 @@ sys.stdin.read()
 var limitRecord = regexp.MustCompile(`^flow limit: concurrent flows \(max_flows 4\): (\d+) connection\(s\) refused`)
 
 // TestFlowLimits: an agent that opens more flows than [sidecar.limits] max_flows gets the excess
-// cut at once, the audit log counts every one under its pid, and another agent — with more room of
-// its own in [sidecar.limits.agents] — opens as many as it likes meanwhile.
+// cut at once, the audit log counts every one under its pid, and so does /metrics, and another
+// agent — with more room of its own in [sidecar.limits.agents] — opens as many as it likes
+// meanwhile.
 func TestFlowLimits(t *testing.T) {
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePorts(t, 1)[0])
 	w := newWorld(t, e2e.SidecarOptions{
 		Policies: map[string]string{"test.cedar": e2e.TestPolicy, "other.cedar": `permit (
     principal == Firma::Agent::"other-agent",
     action == Firma::Action::"communication.external.send",
     resource
 ) when { resource has "host" && resource.host == "allowed.test" };`},
-		ExtraTOML: "[sidecar.limits]\nmax_flows = 4\n\n[sidecar.limits.agents.other-agent]\nmax_flows = 64\n",
+		ExtraTOML: "[sidecar.limits]\nmax_flows = 4\n\n[sidecar.limits.agents.other-agent]\nmax_flows = 64\n\n" +
+			fmt.Sprintf("[sidecar.metrics]\nlisten_addr = %q\n", metricsAddr),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -113,6 +117,13 @@ func TestFlowLimits(t *testing.T) {
 	}
 	if n := countAllowed(t, w, "other-agent"); n != 10 {
 		t.Errorf("%d allowed flows for the other agent, want 10", n)
+	}
+	mw := &metricsWorld{world: w, addr: metricsAddr}
+	if got := series(mw.scrape(t), metrics.NameFlowLimits, "agent", "limit"); len(got) != 1 || got["agent="+e2e.AgentID+",limit=max_flows"] != 6 {
+		t.Errorf("%s = %v, want the greedy agent's 6 under max_flows", metrics.NameFlowLimits, got)
+	}
+	if out, _ := mw.status(t); !strings.Contains(out, "CUT by [sidecar.limits]: 6 "+e2e.AgentID) {
+		t.Errorf("firma sidecar status does not show the cut flows:\n%s", out)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/internal/e2e"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -31,6 +32,8 @@ func TestSecondSidecarRefusedBeforeWriting(t *testing.T) {
 	if out, err := w.curl(t, "https://allowed.test/before"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
+	// curl may be done before the first sidecar records the flow's completion.
+	w.WaitEvent(t, "the completion of the first flow", func(ev audit.Event) bool { return ev.Kind == audit.KindCompletion })
 	before, _ := os.ReadFile(w.AuditPath)
 
 	code, out := firma(t, "sidecar", "-c", w.ConfigPath)

@@ -31,6 +31,14 @@ type world struct {
 
 func newWorld(t *testing.T, opts e2e.SidecarOptions) *world {
 	t.Helper()
+	w := prepareWorld(t, opts)
+	w.Start(t)
+	return w
+}
+
+// prepareWorld is newWorld without starting the sidecar.
+func prepareWorld(t *testing.T, opts e2e.SidecarOptions) *world {
+	t.Helper()
 	testutil.RequireRoot(t)
 	w := &world{ca: testutil.NewCA(t, "firma e2e upstream CA")}
 	w.allowed = testutil.NewHTTPSUpstream(t, "allowed", netip.AddrPortFrom(testutil.LoopbackAddr(t), 443), w.ca, "allowed.test")
@@ -43,7 +51,7 @@ func newWorld(t *testing.T, opts e2e.SidecarOptions) *world {
 	opts.Resolve["denied.test"] = w.denied.Addr.Addr().String()
 	opts.Resolve["plain.test"] = w.plain.Addr.Addr().String()
 	opts.UpstreamCA = w.ca.CertFile
-	w.Sidecar = e2e.NewSidecar(t, opts)
+	w.Sidecar = e2e.PrepareSidecar(t, opts)
 	return w
 }
 

@@ -60,6 +60,7 @@ func (s *Sidecar) integrity(ctx context.Context, progs *bpf.Programs, interval t
 		}
 		err := st.Err()
 		s.setKernelFault(err)
+		s.metrics.KernelFault()
 		s.log.Error().Err(err).Msg("kernel programs not in force: repairing")
 		if rerr := progs.Repair(); rerr != nil {
 			s.log.Error().Err(rerr).Msg("repair failed")
@@ -68,6 +69,7 @@ func (s *Sidecar) integrity(ctx context.Context, progs *bpf.Programs, interval t
 		if st := progs.Check(); st.OK() {
 			s.log.Warn().Msg("kernel programs repaired")
 			s.setKernelFault(nil)
+			s.metrics.KernelRepaired()
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/version"
 )
@@ -79,6 +80,9 @@ func (s *Sidecar) hiddenPaths() []string {
 	}
 	for _, cr := range c.Credentials {
 		paths = append(paths, cr.ValueFromFile)
+	}
+	if e, err := metrics.ParseEndpoint(c.Metrics.ListenAddr); err == nil && e.Network == "unix" {
+		paths = append(paths, e.Address) // /metrics names every agent and what it did
 	}
 	return absPaths(append(paths, c.AgentHidden...))
 }

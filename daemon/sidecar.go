@@ -35,6 +35,7 @@ import (
 	"github.com/openfirma/firma/daemon/front"
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/l7"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 	"github.com/openfirma/firma/policies"
@@ -62,6 +63,7 @@ type Sidecar struct {
 	origins   *originTable
 	limits    *judge.Limiter // every agent's flows: the transparent path, the proxy, DNS over TCP
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
+	metrics   *metrics.Metrics
 
 	progs *bpf.Programs // nil until attached, or without the transparent path
 	fault kernelFault   // what the integrity check last found wrong
@@ -78,6 +80,7 @@ type Sidecar struct {
 // fault.
 func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	s := &Sidecar{cfg: cfg, log: log, names: dns.NewNames(dns.DefaultMaxNames), origins: &originTable{}}
+	s.metrics = metrics.New(s.metricsSources())
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -102,6 +105,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	s.closers = append(s.closers, s.audit.Close)
+	s.audit.OnFsync(s.metrics.ObserveFsync)
 
 	if s.mount, err = cgroup.FindV2Mount(); err != nil {
 		if cfg.Transparent.Enabled {
@@ -125,7 +129,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		log.Warn().Str(logfields.Agent, a.ID).Str(logfields.Cgroup, a.Cgroup).
 			Msg("MONITOR MODE: this agent's policy denials are recorded, not enforced")
 	}
-	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.audit, Stale: s.trust.stale, Log: component("judge")})
+	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.metrics.Recorder(s.audit), Stale: s.trust.stale, Log: component("judge")})
 
 	self := s.selfAddrs()
 	serverFirst := map[int]bool{}
@@ -140,6 +144,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	}
 	warnDescriptors(log, cfg.Limits)
 	s.limits = judge.NewLimiter(cfg.Limits, s.judge)
+	s.limits.OnRefuse(s.metrics.FlowLimitRefused)
 	s.front = front.New(front.Options{
 		Origins:          s.origins,
 		Flow:             s.flowOf,
@@ -190,6 +195,11 @@ func (s *Sidecar) selfAddrs() []netip.AddrPort {
 	if ap, err := netip.ParseAddrPort(s.cfg.Interceptor.ListenAddr); err == nil {
 		s.proxyAddr = ap
 		self = append(self, ap)
+	}
+	if e, err := metrics.ParseEndpoint(s.cfg.Metrics.ListenAddr); err == nil {
+		if ap, ok := e.AddrPort(); ok {
+			self = append(self, ap)
+		}
 	}
 	return self
 }
@@ -274,7 +284,8 @@ func (s *Sidecar) Start(ctx context.Context) error {
 				forward = append(forward, ap)
 			}
 			d := dns.New(dns.Options{Origins: s.origins, Flow: s.flowOf, Judge: s.judge, Static: s.connector.Static,
-				Forward: forward, Names: s.names, Limits: s.limits, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
+				Forward: forward, Names: s.names, Limits: s.limits, Count: s.metrics.DNSQuery,
+				Log: s.log.With().Str(logfields.Component, "dns").Logger()})
 			var addrs []netip.AddrPort
 			for _, a := range loopbacks(cfg.Transparent.IPv6) {
 				addrs = append(addrs, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))
@@ -285,13 +296,13 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.closers = append(s.closers, func() error { d.Shutdown(); return nil })
 		}
 		for _, a := range loopbacks(cfg.Transparent.IPv6) {
-			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.front.ServeTransparent); err != nil {
+			if err := s.listen(ctx, netip.AddrPortFrom(a, cfg.Transparent.Port), s.counted(metrics.ListenerTransparent, s.front.ServeTransparent)); err != nil {
 				return err
 			}
 		}
 	}
 	if s.proxyAddr.IsValid() {
-		if err := s.listen(ctx, s.proxyAddr, s.front.ServeProxy); err != nil {
+		if err := s.listen(ctx, s.proxyAddr, s.counted(metrics.ListenerProxy, s.front.ServeProxy)); err != nil {
 			return err
 		}
 	}
@@ -320,7 +331,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 		go s.agents.Sweep(ctx, agents.SweepInterval)
 		s.closers = append(s.closers, func() error { ln.Close(); os.Remove(cfg.Control.Socket); return nil })
 	}
-	return nil
+	return s.serveMetrics()
 }
 
 // attach creates the parent cgroup when missing and attaches (or re-uses) the pinned programs.

@@ -20,6 +20,7 @@ import (
 	"github.com/openfirma/firma/daemon"
 	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 )
 
@@ -239,26 +240,15 @@ func bundleAge(a authority.ClientConfig, opt Options) Check {
 
 // Health is the JSON the sidecar serves on /healthz ([sidecar.metrics] listen_addr): ready when
 // every check is ok. Status 200 when ready, 503 when not; the body is the same either way.
-type Health struct {
-	Ready  bool                   `json:"ready"`
-	Checks map[string]HealthCheck `json:"checks"`
-}
+type Health = metrics.Health
 
 // HealthCheck is one of the sidecar's own readiness checks ("programs", "listeners", "audit",
-// "bundle", …).
-type HealthCheck struct {
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-}
+// "bundle").
+type HealthCheck = metrics.CheckResult
 
 func healthz(ctx context.Context, addr string, opt Options) Check {
 	const name = "sidecar.healthz"
-	var h Health
-	err := getJSON(ctx, "http://"+addr+"/healthz", opt.Timeout, &h)
-	var status *httpStatusError
-	if errors.As(err, &status) && status.code == http.StatusServiceUnavailable && json.Unmarshal(status.body, &h) == nil {
-		err = nil
-	}
+	h, err := metrics.FetchHealth(ctx, addr, opt.Timeout)
 	if err != nil {
 		return fail(name, "start the sidecar, or fix [sidecar.metrics] listen_addr", "%v", err)
 	}
@@ -269,9 +259,9 @@ func healthz(ctx context.Context, addr string, opt Options) Check {
 		}
 	}
 	if !h.Ready || len(bad) > 0 {
-		return fail(name, "see the sidecar's log", "http://%s/healthz: not ready: %s", addr, strings.Join(bad, "; "))
+		return fail(name, "see the sidecar's log", "%s/healthz: not ready: %s", addr, strings.Join(bad, "; "))
 	}
-	return ok(name, "http://%s/healthz: ready (%s)", addr, strings.Join(sortedKeys(h.Checks), ", "))
+	return ok(name, "%s/healthz: ready (%s)", addr, strings.Join(sortedKeys(h.Checks), ", "))
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -48,6 +48,19 @@ func TestCAShow(t *testing.T) {
 		t.Errorf("--pem: exit %d, %q", code, out.String())
 	}
 
+	// Another user reads the certificate alone: the same output, and no word about the key.
+	geteuid = func() int { return 1000 }
+	out.Reset()
+	if code := run([]string{"ca", "show", "--pem", "-c", cfgPath}, &out, &errb); code != 0 || !bytes.Equal(out.Bytes(), ca.CertPEM()) {
+		t.Errorf("--pem as another user: exit %d, %q", code, out.String())
+	}
+	os.Chmod(ca.KeyPath(), 0o644)
+	if code := run([]string{"ca", "show", "-c", cfgPath}, &out, &errb); code != 0 {
+		t.Errorf("as another user, the key is not read: exit %d, %s", code, errb.String())
+	}
+	geteuid = os.Geteuid
+	os.Chmod(ca.KeyPath(), 0o600)
+
 	// A damaged CA is reported, not repaired.
 	os.Chmod(ca.KeyPath(), 0o644)
 	errb.Reset()

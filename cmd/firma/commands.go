@@ -9,7 +9,7 @@ var commands = map[string]command{
 	"check":     {"validate firma.toml and the files it names (firma check config FILE)", checkCmd},
 	"demo":      {"show enforcement end to end with fake upstreams (needs root)", demoCmd},
 	"doctor":    {"check the host, the config's files and the running sidecar; say what to fix", doctorCmd},
-	"sidecar":   {"run the sidecar (firma sidecar -c firma.toml)", sidecarCmd},
+	"sidecar":   {"run the sidecar (firma sidecar -c firma.toml); report on it (firma sidecar status)", sidecarCmd},
 	"run":       {"run a program under enforcement (firma run --profile P -- CMD...)", runCmd},
 	"policy":    {"validate, test, suggest and replay Cedar policies and mapping rules (firma policy validate|test|schema|suggest|replay)", policyCmd},
 	"version":   {"print the version and the git commit it was built from", versionCmd},

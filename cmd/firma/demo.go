@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"syscall"
 
@@ -12,8 +13,11 @@ import (
 
 const demoUsage = `usage: sudo firma demo [--keep]
 
-Shows enforcement end to end on this machine: fake upstreams on loopback addresses, a sidecar with
-the built-in default policy attached to a fresh cgroup, and unmodified curl inside it. Nothing
+Shows enforcement end to end on this machine: fake upstreams on loopback addresses, the sidecar
+(this binary, as firma sidecar -c firma.toml) with the built-in default policy attached to a fresh
+cgroup, and unmodified curl inside it as an unprivileged user. Allowed and denied requests, HTTPS
+MITM with an API key only the sidecar holds, firma sidecar status, the sidecar killed (the agent is
+refused, never let through) and restarted, the audit log and firma audit verify on it. Nothing
 leaves the machine; everything it creates is removed at the end (unless --keep). Needs root.`
 
 // demoCmd runs the embedded demo: `sudo firma demo [--keep]`.
@@ -31,5 +35,9 @@ func demoCmd(args []string, stdout, stderr io.Writer) error {
 	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return demo.Run(ctx, stdout, *keep)
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding this binary to run the sidecar with: %w", err)
+	}
+	return demo.Run(ctx, stdout, demo.Options{Firma: self, Keep: *keep})
 }

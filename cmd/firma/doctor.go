@@ -82,7 +82,7 @@ func doctorConfig(path string) (*doctor.Config, doctor.Check) {
 		sections = append(sections, "[sidecar]")
 		errs = append(errs, fc.validateSidecar())
 		cfg.Sidecar = &fc.Sidecar.Config
-		// TODO(lead): cfg.MetricsAddr = fc.Sidecar.Metrics.ListenAddr once [sidecar.metrics] exists.
+		cfg.MetricsAddr = fc.Sidecar.Metrics.ListenAddr
 	}
 	if fc.has["authority"] {
 		sections = append(sections, "[authority]")

@@ -38,7 +38,7 @@ var helpCases = [][]string{
 	{"doctor"},
 	{"policy"}, {"policy", "validate"}, {"policy", "test"}, {"policy", "schema"}, {"policy", "suggest"}, {"policy", "replay"},
 	{"run"},
-	{"sidecar"},
+	{"sidecar"}, {"sidecar", "status"},
 	{"version"},
 }
 

@@ -15,6 +15,7 @@ import (
 
 const sidecarUsage = `usage: firma sidecar [-c firma.toml] [--log-format text|json]
        firma sidecar [-c firma.toml] --cleanup [--force]
+       firma sidecar status [-c firma.toml] [--json]   (see firma sidecar status --help)
 
 Runs the sidecar of [sidecar]: attaches the kernel programs to the enforced cgroup, then serves the
 transparent listener, the DNS resolver, the explicit proxy and the control socket until SIGTERM or
@@ -22,10 +23,15 @@ SIGINT. SIGHUP reloads policy. The programs stay pinned when it exits, so agents
 refused, never let through, until a sidecar is back; --cleanup detaches them and ends enforcement.
 One sidecar runs per pin dir: a second one exits 1 naming the first's pid, and --cleanup refuses
 while a sidecar runs (--force detaches under it; it repairs what it finds detached). Logs go to
-stderr.`
+stderr. With [sidecar.metrics] listen_addr it serves /healthz and Prometheus /metrics there;
+firma sidecar status reads them.`
 
-// sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`.
+// sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`, or reports on a running
+// one: `firma sidecar status`.
 func sidecarCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "status" {
+		return sidecarStatusCmd(args[1:], stdout, stderr)
+	}
 	fs := newFlagSet("sidecar", sidecarUsage)
 	path := configFlag(fs)
 	cleanup := fs.Bool("cleanup", false, "detach and unpin the kernel programs, then exit (ends enforcement)")

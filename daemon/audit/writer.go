@@ -63,6 +63,8 @@ type Writer struct {
 	syncMu sync.Mutex
 	syncF  *os.File
 	dirty  atomic.Bool
+	// onFsync, when set, is told of every fsync of the live file (OnFsync).
+	onFsync atomic.Pointer[func(took time.Duration, err error)]
 
 	// Everything below is owned by the writer goroutine (by Open before it starts).
 	f         *os.File // the live file; nil when it could not be (re)opened
@@ -255,6 +257,10 @@ func (w *Writer) control(k ctlKind) error {
 	w.gate.RUnlock()
 	return <-c.resp
 }
+
+// OnFsync sets f to be called after every periodic or requested fsync of the live file with how
+// long it took and its error, for metrics. f runs on the syncing goroutine: it must not block.
+func (w *Writer) OnFsync(f func(took time.Duration, err error)) { w.onFsync.Store(&f) }
 
 // Close writes the records already handed over, a close record, fsyncs and closes the file. Later
 // Appends return ErrClosed.
@@ -880,7 +886,12 @@ func (w *Writer) syncNow() {
 		return
 	}
 	w.dirty.Store(false)
-	if err := w.syncF.Sync(); err != nil {
+	start := time.Now()
+	err := w.syncF.Sync()
+	if f := w.onFsync.Load(); f != nil {
+		(*f)(time.Since(start), err)
+	}
+	if err != nil {
 		w.dirty.Store(true)
 		w.setSyncErr(err)
 		return

@@ -145,7 +145,8 @@ func TestCanonicalBodyMatchesEventEncoding(t *testing.T) {
 	ev := decision(7, "example.com", "ALLOW")
 	ev.ID, ev.Time, ev.DecisionID = `id"<&>`, time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), "d"
 	ev.Capability = &Capability{TokenID: "tok"}
-	ev.Result = &Result{BytesUp: 1, BytesDown: 2, DurationMS: 3, UpstreamStatus: 200, Error: "e"}
+	ev.Result = &Result{BytesUp: 1, BytesDown: 2, DurationMS: 3, UpstreamStatus: 200, Injected: []string{"Authorization", `X-"q"`}, Error: "e"}
+	ev.Decision.Enforced = new(bool)
 	ev.Envelope.Intent.Resource.Path = "/v1/x?a=1&b=<2>"
 	p, err := encodePending(ev)
 	if err != nil {

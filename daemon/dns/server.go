@@ -30,6 +30,15 @@ import (
 // ReasonMalformed is the refusal of a query that is not one standard question.
 const ReasonMalformed = "malformed DNS query"
 
+// Outcomes of a query, as Options.Count hears of them.
+const (
+	OutcomeAnswered  = "answered"  // allowed and answered
+	OutcomeDenied    = "denied"    // refused by a decision
+	OutcomeFailed    = "failed"    // allowed, but no upstream answered (SERVFAIL)
+	OutcomeMalformed = "malformed" // not one standard question, or not DNS at all
+	OutcomeNoOrigin  = "no_origin" // no kernel record for the socket: refused unjudged
+)
+
 // Origins finds the kernel's record of a redirected DNS socket; *bpf.Programs implements it.
 type Origins interface {
 	LookupDNS(peer netip.AddrPort, proto bpf.Proto) (bpf.Origin, error)
@@ -49,7 +58,9 @@ type Options struct {
 	// Limits caps each agent's DNS-over-TCP connections, with its other flows: each holds a
 	// descriptor. nil = no caps.
 	Limits Limits
-	Log    zerolog.Logger
+	// Count, when set, hears the outcome of every query (an Outcome constant), for metrics.
+	Count func(outcome string)
+	Log   zerolog.Logger
 }
 
 // Limits admits a flow against its agent's flow limits; *judge.Limiter implements it. A refusal is
@@ -198,8 +209,10 @@ func (s *Server) parses(m []byte, from net.Addr, proto bpf.Proto) bool {
 	origin, err := s.o.Origins.LookupDNS(peer, proto)
 	if err != nil {
 		s.o.Log.Warn().Err(err).Str(logfields.Peer, peer.String()).Msg("unparsable dns message without origin record dropped")
+		s.count(OutcomeNoOrigin)
 		return false
 	}
+	s.count(OutcomeMalformed)
 	s.o.Judge.Decide(context.Background(), s.o.Flow(origin), judge.Intent{Method: policies.MethodDNS, Host: "(malformed)",
 		Port: int(origin.Dst.Port()), Transport: "dns", Mode: judge.ModeDNS, Refuse: ReasonMalformed})
 	return false
@@ -215,6 +228,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	origin, err := s.o.Origins.LookupDNS(peer, proto)
 	if err != nil {
 		s.o.Log.Warn().Err(err).Str(logfields.Peer, peer.String()).Msg("dns query without origin record refused")
+		s.count(OutcomeNoOrigin)
 		reply(w, req, dns.RcodeRefused)
 		return
 	}
@@ -229,6 +243,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 			in.Host = hostname.Normalize(req.Question[0].Name)
 		}
 		s.o.Judge.Decide(ctx, f, in)
+		s.count(OutcomeMalformed)
 		reply(w, req, dns.RcodeFormatError)
 		return
 	}
@@ -241,23 +256,33 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		// example): refused, like any malformed query.
 		in.Refuse = ReasonMalformed
 		s.o.Judge.Decide(ctx, f, in)
+		s.count(OutcomeMalformed)
 		reply(w, req, dns.RcodeFormatError)
 		return
 	}
 	if v := s.o.Judge.Decide(ctx, f, in); !v.Allowed() {
+		s.count(OutcomeDenied)
 		reply(w, req, dns.RcodeRefused)
 		return
 	}
 	resp, err := s.answer(ctx, req, in.Host, q.Qtype)
 	if err != nil {
 		s.o.Log.Warn().Err(err).Str(logfields.Host, in.Host).Msg("dns forward failed")
+		s.count(OutcomeFailed)
 		reply(w, req, dns.RcodeServerFailure)
 		return
 	}
 	stripECH(resp)
 	s.learn(origin.CgroupID, in.Host, resp)
 	resp.Id = req.Id
+	s.count(OutcomeAnswered)
 	w.WriteMsg(resp)
+}
+
+func (s *Server) count(outcome string) {
+	if s.o.Count != nil {
+		s.o.Count(outcome)
+	}
 }
 
 // answer resolves an allowed query: a static override answers A/AAAA itself, anything else is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,6 +277,54 @@ func TestGarbageIsRecorded(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, err := c.Read(make([]byte, 512)); err == nil {
 		t.Fatalf("garbage got a %d-byte answer", n)
+	}
+}
+
+// outcomes records what Options.Count hears.
+type outcomes struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (o *outcomes) count(s string) {
+	o.mu.Lock()
+	o.got = append(o.got, s)
+	o.mu.Unlock()
+}
+
+func (o *outcomes) list() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.got...)
+}
+
+// TestCount: every query's outcome is counted once, before its answer leaves.
+func TestCount(t *testing.T) {
+	j := &fakeJudge{denied: map[string]bool{"paste.rs": true}}
+	var o outcomes
+	dead := netip.MustParseAddrPort("127.0.0.1:1")
+	_, addr := start(t, Options{Origins: fakeOrigins{}, Judge: j, Forward: []netip.AddrPort{dead}, Count: o.count,
+		Static: func(n string) (netip.Addr, bool) { return netip.MustParseAddr("127.0.0.2"), n == "api.anthropic.com" }})
+	query(t, addr, "api.anthropic.com", dns.TypeA)
+	query(t, addr, "paste.rs", dns.TypeA)
+	query(t, addr, "example.com", dns.TypeA)
+	m := new(dns.Msg)
+	m.Id = dns.Id()
+	m.Question = []dns.Question{{Name: "a.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: "b.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	if _, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, addr); err != nil {
+		t.Fatal(err)
+	}
+	query(t, addr, `a\.b.example`, dns.TypeA) // not a hostname
+	want := []string{OutcomeAnswered, OutcomeDenied, OutcomeFailed, OutcomeMalformed, OutcomeMalformed}
+	if got := o.list(); !slices.Equal(got, want) {
+		t.Fatalf("counted %v, want %v", got, want)
+	}
+
+	var none outcomes
+	_, addr = start(t, Options{Origins: fakeOrigins{refuse: true}, Judge: j, Count: none.count})
+	query(t, addr, "example.com", dns.TypeA)
+	if got := none.list(); !slices.Equal(got, []string{OutcomeNoOrigin}) {
+		t.Fatalf("counted %v, want [%s]", got, OutcomeNoOrigin)
 	}
 }
 

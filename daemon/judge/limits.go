@@ -109,7 +109,20 @@ type Limiter struct {
 
 	mu     sync.Mutex
 	agents map[limitKey]*load
+
+	// refused, when set (OnRefuse), hears of every refusal as it happens, for metrics.
+	refused func(agentID, limit string)
 }
+
+// Limits a refusal names to OnRefuse: the key of [sidecar.limits] that refused it.
+const (
+	LimitMaxFlows = "max_flows"
+	LimitFlowRate = "new_flows_per_second"
+)
+
+// OnRefuse sets f to be told of each refusal (the flow's agent id, "" without one, and the
+// Limit* that refused it) as Admit makes it, records aside. Call it before the first Admit.
+func (l *Limiter) OnRefuse(f func(agentID, limit string)) { l.refused = f }
 
 // load is what one agent holds and owes.
 type load struct {
@@ -161,12 +174,12 @@ func (l *Limiter) Admit(f *Flow) (release func(), ok bool) {
 		a.tokens = min(float64(lim.NewFlowsBurst), a.tokens+el.Seconds()*lim.NewFlowsPerSecond)
 		a.filled = now
 	}
-	var reason string
+	var reason, limit string
 	switch {
 	case a.active >= lim.MaxFlows:
-		reason = fmt.Sprintf("%s (max_flows %d)", ReasonMaxFlows, lim.MaxFlows)
+		reason, limit = fmt.Sprintf("%s (max_flows %d)", ReasonMaxFlows, lim.MaxFlows), LimitMaxFlows
 	case a.tokens < 1:
-		reason = fmt.Sprintf("%s (new_flows_per_second %g, new_flows_burst %d)", ReasonFlowRate, lim.NewFlowsPerSecond, lim.NewFlowsBurst)
+		reason, limit = fmt.Sprintf("%s (new_flows_per_second %g, new_flows_burst %d)", ReasonFlowRate, lim.NewFlowsPerSecond, lim.NewFlowsBurst), LimitFlowRate
 	default:
 		a.active++
 		a.tokens--
@@ -187,6 +200,9 @@ func (l *Limiter) Admit(f *Flow) (release func(), ok bool) {
 		}
 	}
 	l.mu.Unlock()
+	if l.refused != nil {
+		l.refused(key.agent, limit)
+	}
 	if flushNow {
 		l.flush(key)
 	}

@@ -190,6 +190,30 @@ func TestLimiterUnknownAgentsByCgroup(t *testing.T) {
 	}
 }
 
+// OnRefuse hears of every refusal at once, by agent ("" for a cgroup without one) and the limit
+// that refused it, however the records group them; admitted flows are not reported.
+func TestLimiterOnRefuse(t *testing.T) {
+	r := newLimiterRig(LimitsConfig{MaxFlows: 1, NewFlowsPerSecond: 1, NewFlowsBurst: 2})
+	var heard []string
+	r.OnRefuse(func(agent, limit string) { heard = append(heard, agent+" "+limit) })
+	r.Admit(agentFlow("a", 1))   // admitted
+	r.Admit(agentFlow("a", 2))   // max_flows
+	r.Admit(agentFlow("a", 3))   // max_flows again, in the same pending record
+	for pid := range uint32(2) { // the burst's two tokens, each flow done before the next
+		release, _ := r.Admit(agentFlow("b", 4+pid))
+		release()
+	}
+	r.Admit(agentFlow("b", 6)) // no token left
+	unknown := testFlow()
+	unknown.AgentID, unknown.Unknown, unknown.Cgroup = "", errors.New("no agent"), "/x/one"
+	r.Admit(unknown)
+	r.Admit(unknown)
+	want := []string{"a max_flows", "a max_flows", "b new_flows_per_second", " max_flows"}
+	if strings.Join(heard, ",") != strings.Join(want, ",") {
+		t.Fatalf("heard %q, want %q", heard, want)
+	}
+}
+
 func TestLimitsValidate(t *testing.T) {
 	if err := DefaultLimitsConfig().Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)

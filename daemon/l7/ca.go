@@ -70,14 +70,44 @@ func (ca *CA) KeyPath() string { return filepath.Join(ca.dir, CAKeyFile) }
 
 // Fingerprint is the SHA-256 of the certificate's DER, as "AB:CD:…" (what
 // `openssl x509 -noout -fingerprint -sha256` prints).
-func (ca *CA) Fingerprint() string {
-	sum := sha256.Sum256(ca.cert.Raw)
+func (ca *CA) Fingerprint() string { return fingerprint(ca.cert) }
+
+func fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
 	h := strings.ToUpper(hex.EncodeToString(sum[:]))
 	parts := make([]string, 0, len(sum))
 	for i := 0; i < len(h); i += 2 {
 		parts = append(parts, h[i:i+2])
 	}
 	return strings.Join(parts, ":")
+}
+
+// CACert is the CA's certificate alone: what anyone who may read firma-ca.crt sees, root or not.
+type CACert struct {
+	Path string
+	Cert *x509.Certificate
+	PEM  []byte
+}
+
+// Fingerprint is the certificate's SHA-256 fingerprint, as CA.Fingerprint.
+func (c *CACert) Fingerprint() string { return fingerprint(c.Cert) }
+
+// ReadCACert reads and checks firma-ca.crt in dir without touching the key, so that a user who
+// cannot read the key (anyone but root) can still see and trust the CA. ErrNoCA when it is absent.
+func ReadCACert(dir string) (*CACert, error) {
+	path := filepath.Join(dir, CACertFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s", ErrNoCA, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading CA certificate: %w", err)
+	}
+	cert, err := parseCACert(path, data, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &CACert{Path: path, Cert: cert, PEM: data}, nil
 }
 
 // LoadOrCreateCA loads the CA in dir, or bootstraps one when dir holds neither file. A partial,
@@ -116,7 +146,7 @@ func LoadCA(dir string) (*CA, error) {
 		return nil, refuse(ErrCAInvalid, "%s is not a directory", dir)
 	}
 	if st.Mode().Perm()&0o022 != 0 {
-		return nil, refuse(ErrCAInsecure, "directory %s has mode %04o: others could replace the CA (want 0700)",
+		return nil, refuse(ErrCAInsecure, "directory %s has mode %04o: others could replace the CA (want 0755)",
 			dir, st.Mode().Perm())
 	}
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
@@ -211,12 +241,28 @@ func parseCACert(path string, data []byte, now time.Time) (*x509.Certificate, er
 	return cert, nil
 }
 
-// createCA writes a new ECDSA P-256 CA into dir (created 0700 when missing). Each file is written to
-// a temporary name, chmodded, fsynced and then linked into place, so an existing file is never
-// overwritten; the key goes in first, so an interrupted bootstrap leaves a refused partial CA rather
-// than a certificate whose key is lost.
+// createCA writes a new ECDSA P-256 CA into dir. Each file is written to a temporary name,
+// chmodded, fsynced and then linked into place, so an existing file is never overwritten; the key
+// goes in first, so an interrupted bootstrap leaves a refused partial CA rather than a certificate
+// whose key is lost.
+//
+// A missing dir is created 0755 whatever the umask (missing parents 0755 under the umask), with
+// the key 0600 and the certificate 0644 in it: the key stays root's, and agents that run as other
+// users can read the certificate they must trust without being given a copy (as mkcert lays out
+// its CAROOT). The mode of an existing dir is never changed; one that others could write to is
+// refused by LoadCA.
 func createCA(dir string, now time.Time) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return err
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

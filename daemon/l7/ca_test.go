@@ -16,10 +16,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/openfirma/firma/internal/testutil"
 )
 
 func TestCABootstrapAndReload(t *testing.T) {
@@ -42,7 +45,7 @@ func TestCABootstrapAndReload(t *testing.T) {
 		t.Errorf("log messages %q, want %q", msgs, want)
 	}
 
-	for path, perm := range map[string]os.FileMode{dir: 0o700, ca.KeyPath(): 0o600, ca.CertPath(): 0o644} {
+	for path, perm := range map[string]os.FileMode{dir: 0o755, ca.KeyPath(): 0o600, ca.CertPath(): 0o644} {
 		st, err := os.Stat(path)
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +148,7 @@ func TestCARefusals(t *testing.T) {
 			write(t, dir, CACertFile, goodCert, 0o644)
 			write(t, dir, CAKeyFile, goodKey, 0o600)
 			os.Chmod(dir, 0o770)
-		}, ErrCAInsecure, "want 0700"},
+		}, ErrCAInsecure, "want 0755"},
 		{"key PEM in cert file", func(dir string) {
 			write(t, dir, CACertFile, goodKey, 0o644)
 			write(t, dir, CAKeyFile, goodKey, 0o600)
@@ -250,4 +253,56 @@ func makeCA(t *testing.T, notBefore, notAfter time.Time, isCA bool) (keyPEM, cer
 	kder, _ := x509.MarshalPKCS8PrivateKey(key)
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// The CA dir firma creates lets another user read the certificate (what agents running as
+// themselves must trust) and nothing of the key; ReadCACert works for them, LoadCA does not.
+func TestCACertReadableByOthers(t *testing.T) {
+	testutil.RequireRoot(t) // to act as another user
+	base, err := os.MkdirTemp("", "firma-ca-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0o077) // the CA dir is 0755 whatever the umask
+	dir := filepath.Join(base, "ca")
+	ca, err := LoadOrCreateCA(dir, zerolog.Nop())
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("CA dir: %v %v", fi.Mode(), err)
+	}
+	as := func(name string, args ...string) (string, error) {
+		cmd := exec.Command(name, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := as("cat", ca.CertPath()); err != nil || out != string(ca.CertPEM()) {
+		t.Errorf("another user cannot read the certificate: %v %q", err, out)
+	}
+	if out, err := as("cat", ca.KeyPath()); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("another user read the key: %v %q", err, out)
+	}
+	c, err := ReadCACert(dir)
+	if err != nil || c.Fingerprint() != ca.Fingerprint() || c.Path != ca.CertPath() || !bytes.Equal(c.PEM, ca.CertPEM()) {
+		t.Errorf("ReadCACert: %+v %v", c, err)
+	}
+	// A dir that exists keeps its mode: firma never changes the mode of a directory it did not create.
+	kept := filepath.Join(base, "kept")
+	os.Mkdir(kept, 0o700)
+	if _, err := LoadOrCreateCA(kept, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(kept); fi.Mode().Perm() != 0o700 {
+		t.Errorf("an existing CA dir was changed to %04o", fi.Mode().Perm())
+	}
+	if _, err := ReadCACert(filepath.Join(base, "none")); !errors.Is(err, ErrNoCA) {
+		t.Errorf("ReadCACert of nothing: %v", err)
+	}
 }

@@ -77,6 +77,7 @@ func TestImportRules(t *testing.T) {
 		{"daemon/agents", true, []string{"daemon/front", "daemon/l7", "daemon/dns", "daemon/judge", "daemon/connector", "daemon/audit", "bpf"}, "identities only"},
 		{"daemon/audit", true, []string{"daemon/judge", "daemon/front", "daemon/l7", "daemon/dns", "daemon/agents", "daemon/connector", "daemon/control", "policies", "bpf", "authority"}, "the audit log is a leaf"},
 		{"daemon/control", true, []string{"daemon/judge", "daemon/front", "daemon/l7", "daemon/dns", "daemon/agents", "daemon/connector", "daemon/audit", "policies", "bpf", "authority"}, "the control socket decides nothing"},
+		{"daemon/metrics", true, []string{"daemon/judge", "daemon/front", "daemon/l7", "daemon/dns", "daemon/agents", "daemon/connector", "daemon/control", "daemon/credentials", "bpf", "authority"}, "metrics count what they are told and read what they are given"},
 		{"cmd/firma", false, []string{"examples"}, "the binary does not ship examples"},
 	}
 	for _, r := range rules {

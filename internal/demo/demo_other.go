@@ -9,6 +9,6 @@ import (
 )
 
 // Run needs Linux: the demo attaches eBPF programs to a cgroup.
-func Run(context.Context, io.Writer, bool) error {
+func Run(context.Context, io.Writer, Options) error {
 	return errors.New("firma demo needs Linux with cgroup v2 and eBPF")
 }
