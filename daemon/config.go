@@ -27,6 +27,7 @@ type Config struct {
 	Agents      []agents.Config        `toml:"agents"`
 	Interceptor InterceptorConfig      `toml:"interceptor"`
 	Control     ControlConfig          `toml:"control"`
+	Debug       DebugConfig            `toml:"debug"`
 	Policy      policies.Config        `toml:"policy"`
 	Mapping     policies.MappingConfig `toml:"mapping"`
 	Upstream    connector.Config       `toml:"upstream"`
@@ -151,6 +152,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, prefixed("sidecar.upstream.", c.Upstream.Validate())...)
+	errs = append(errs, prefixed("sidecar.debug.", c.Debug.Validate())...)
 	if err := c.Authority.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -282,6 +282,11 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			s.log.Error().Err(err).Msg("policy watch stopped")
 		}
 	}()
+	if cfg.Debug.ListenAddr != "" {
+		if err := s.serveDebug(ctx); err != nil {
+			return err
+		}
+	}
 	go s.trust.run(ctx, s.log)
 	if s.progs != nil {
 		go s.kernelRefusals(ctx, s.progs)

@@ -150,7 +150,9 @@ func (r *Registry) openCapability(file string) (policies.Capability, func() erro
 // sidecar started (revoked): every decision is denied with why.
 type refusedCapability struct{ err error }
 
-func (c refusedCapability) Authorize(string, string, string, time.Time) (string, error) { return "", c.err }
+func (c refusedCapability) Authorize(string, string, string, time.Time) (string, error) {
+	return "", c.err
+}
 
 // tokenAgent is the agent id a verified capability names, or "".
 func tokenAgent(c policies.Capability) string {

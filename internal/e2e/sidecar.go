@@ -33,7 +33,7 @@ var (
 )
 
 // Binary builds cmd/firma and the Go test clients once per test binary and returns the path of the
-// requested one: "firma", "httpclient" or "benchclient".
+// requested one: "firma", "httpclient", "benchclient" or "loadgen".
 func Binary(tb testing.TB, name string) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -50,6 +50,7 @@ func Binary(tb testing.TB, name string) string {
 			"firma":       "./cmd/firma",
 			"httpclient":  "./internal/e2e/cmd/httpclient",
 			"benchclient": "./internal/e2e/cmd/benchclient",
+			"loadgen":     "./internal/e2e/cmd/loadgen",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, out), pkg)
 			cmd.Dir = root
@@ -104,6 +105,8 @@ type SidecarOptions struct {
 	Env []string
 	// Wrap is a command line the sidecar runs under (e.g. nsenter into a journald's namespace).
 	Wrap []string
+	// LogLevel is [sidecar] log_level (default "debug"; benchmarks run at "info", as operators do).
+	LogLevel string
 }
 
 // TestPolicy permits the agent to reach allowed.test and plain.test (except /secret paths) and
@@ -217,9 +220,13 @@ func (s *Sidecar) writeFiles(tb testing.TB) {
 	if s.opts.DefaultProtected != nil {
 		protected = *s.opts.DefaultProtected
 	}
+	logLevel := s.opts.LogLevel
+	if logLevel == "" {
+		logLevel = "debug"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `[sidecar]
-log_level = "debug"
+log_level = %q
 
 [sidecar.transparent]
 cgroup = %q
@@ -248,7 +255,7 @@ file_path = %q
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
+`, logLevel, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
