@@ -85,6 +85,16 @@ func follow(t *testing.T, spec docSpec) *docRun {
 	}
 	d.startFakes(t)
 
+	d.runBlocks(t, spec)
+	return d
+}
+
+// runBlocks runs every `sh` block of a document in order, in the machine's reader's shell, and
+// checks what the spec says each must print. A document can follow another in the same machine
+// (the audit log reference checks the log the HTTPS MITM guide made): its shell starts afresh in
+// the repository.
+func (d *docRun) runBlocks(t *testing.T, spec docSpec) {
+	m := d.m
 	md, err := os.ReadFile(m.path(filepath.Join(repoDir, spec.file)))
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +157,6 @@ func follow(t *testing.T, spec docSpec) *docRun {
 			t.Errorf("%s has no block %q any more: update the test with the guide", spec.file, c.block)
 		}
 	}
-	return d
 }
 
 // startFakes serves every fake host over HTTPS on 443 at a loopback address of the machine, with
@@ -267,6 +276,12 @@ func TestGuideHTTPSMITM(t *testing.T) {
 		t.Errorf("api.openai.com saw %d requests, want 4", len(reqs))
 	}
 	t.Logf("sidecar:\n%s", d.m.terms["sidecar"].out.String())
+	// The audit log reference checks this guide's log, with openssl alone, then tampers with it.
+	d.runBlocks(t, docSpec{file: "docs/audit.md", checks: []check{
+		{block: "cat > verify-audit.sh", want: []string{"OK seq 1..", ": chain and signatures verified with openssl"}},
+		{block: `s//"outcome":"DENY"/`, want: []string{"FAIL seq ", ": the signature does not verify\ntampering found",
+			"audit-copy.jsonl:", "bad signature", "tampering found"}},
+	}})
 	verify := exec.Command(e2e.Binary(t, "firma"), "audit", "verify", "--pubkey",
 		d.m.path("/tmp/firma-standalone/audit.key.pub"), d.m.path("/tmp/firma-standalone/audit.jsonl"))
 	if out, err := verify.CombinedOutput(); err != nil {
