@@ -391,3 +391,39 @@ func TestREADME(t *testing.T) {
 	})
 	_ = d
 }
+
+func TestFleet(t *testing.T) {
+	t.Parallel()
+	follow(t, docSpec{
+		file:      "docs/fleet.md",
+		installed: true,
+		checks: []check{
+			{block: "firma authority init-tls --dir tls", want: []string{"wrote tls/ca.crt", "wrote tls/sidecars/web-2.token", "wrote tls/tokens.toml"}},
+			{block: "sudo firma check config ~/fleet/web-1.toml", want: []string{"web-1.toml: ok"}},
+			{block: "firma authority -c ~/fleet/authority.toml", want: []string{"client_certs=true", "tokens=true"}},
+			{block: "sudo firma sidecar -c ~/fleet/web-1.toml"},
+			{block: "/v1/bundle -o /dev/null", want: []string{"401\n200\n"}},
+		},
+	})
+}
+
+func TestGuidePolicies(t *testing.T) {
+	t.Parallel()
+	follow(t, docSpec{
+		file:      "docs/guides/policies.md",
+		installed: true,
+		checks: []check{
+			{block: "firma policy validate -v", want: []string{"default-forbid-exfiltration-services", "namespace Firma"}},
+			{block: "firma policy validate policies mapping-rules.toml", want: []string{"ok  policies: 8 policies", "ok  mapping-rules.toml: 162 mapping rules"}},
+			{block: "/tmp/typo.cedar || echo", want: []string{"typo.cedar:", "model.inference.embeddings", "refused"}},
+			{block: "firma policy test -v report-bot.test.toml", want: []string{
+				"a chat completion: policies [default-permit-llm-providers report-bot-openai], want [report-bot-openai]",
+				"another agent gets nothing of this: outcome ALLOW, want DENY", "9 cases, 2 failed", "a case failed"}},
+			{block: "firma policy test report-bot.test.toml", want: []string{"9 cases"}, then: func(t *testing.T, d *docRun, out string) {
+				if strings.Contains(out, "FAIL") {
+					t.Errorf("the fixed fixture still fails:\n%s", out)
+				}
+			}},
+		},
+	})
+}
