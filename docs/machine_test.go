@@ -303,7 +303,7 @@ func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }
 
 // cloneInto clones the repository into the machine at repoDir, owned by the reader: `git clone`
 // of this checkout, then the working tree's uncommitted changes on top, so that the test checks
-// what is on disk. Nothing beside the clone (no ../shared) is there.
+// what is on disk. Nothing beside the clone is there: the repository must stand on its own.
 func (m *machine) cloneInto(src string) {
 	m.t.Helper()
 	m.root(fmt.Sprintf("git clone --quiet --no-hardlinks %q %s", src, repoDir))
