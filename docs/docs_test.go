@@ -169,13 +169,19 @@ func (d *docRun) startFakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Written through the machine's /etc overlay: the host's bundle is untouched (a symbolic link
+	// would lead out of the overlay, so it is refused).
 	bundle := d.m.path("/etc/ssl/certs/ca-certificates.crt")
-	f, err := os.OpenFile(bundle, os.O_WRONLY|os.O_APPEND, 0)
+	if st, err := os.Lstat(bundle); err != nil || !st.Mode().IsRegular() {
+		t.Fatalf("the machine's CA bundle is not a regular file: %v", err)
+	}
+	roots, err := os.ReadFile(bundle)
 	if err != nil {
 		t.Fatalf("the machine's CA bundle: %v", err)
 	}
-	f.Write(ca.CertPEM)
-	f.Close()
+	if err := os.WriteFile(bundle, append(roots, ca.CertPEM...), 0); err != nil {
+		t.Fatal(err)
+	}
 	for i, name := range d.spec.fakes {
 		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 7, byte(10 + i)}), 443)
 		var u *fake.Upstream
@@ -217,12 +223,7 @@ func (d *docRun) addUpstreams(t *testing.T) {
 	text := fmt.Sprintf("\n%s, not by the guide: the names the guide's hosts resolve to here are\n"+
 		"# fake upstreams on this machine's loopback (which the sidecar otherwise refuses to dial).\n"+
 		"[sidecar.upstream]\nresolve = { %s }\nallow_cidrs = [\"127.0.0.0/8\"]\n", marker, strings.Join(resolve, ", "))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(text); err != nil {
+	if err := os.WriteFile(path, append(cur, text...), 0); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command sudo stands in for sudo(8) in the documentation's test, which runs the guides' commands
 // as an unprivileged user inside namespaces of its own. The test installs it setuid root there, so
 // that `sudo CMD` in a guide runs CMD as root the way sudo's defaults do: a fresh environment
