@@ -400,10 +400,31 @@ func TestFleet(t *testing.T) {
 		installed: true,
 		checks: []check{
 			{block: "firma authority init-tls --dir tls", want: []string{"wrote tls/ca.crt", "wrote tls/sidecars/web-2.token", "wrote tls/tokens.toml"}},
-			{block: "sudo firma check config ~/fleet/web-1.toml", want: []string{"web-1.toml: ok"}},
+			{block: "sudo firma check config ~/fleet/web-1.toml", want: []string{"web-1-audit.key (0600)", "web-1.toml: ok"}},
 			{block: "firma authority -c ~/fleet/authority.toml", want: []string{"client_certs=true", "tokens=true"}},
 			{block: "sudo firma sidecar -c ~/fleet/web-1.toml"},
 			{block: "/v1/bundle -o /dev/null", want: []string{"401\n200\n"}},
+			{block: "sudo firma run -- curl", want: []string{"refused: no capability"}, then: func(t *testing.T, d *docRun, out string) {
+				// The refusals are forwarded after they are in the file: wait (bounded) until the
+				// receiver has them, so that the next block verifies a chain that includes them.
+				deadline := time.Now().Add(30 * time.Second)
+				for {
+					logs, _ := filepath.Glob(d.m.path(userHome + "/fleet/syslog/*.log"))
+					var text string
+					for _, l := range logs {
+						b, _ := os.ReadFile(l)
+						text += string(b)
+					}
+					if strings.Contains(text, `"outcome":"DENY"`) && strings.Contains(text, "capability") {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the syslog receiver never got the DENY records:\n%s", text)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}},
+			{block: "firma audit verify --format syslog", want: []string{"OK ", "chain and signatures verified"}},
 		},
 	})
 }
