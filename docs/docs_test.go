@@ -382,7 +382,8 @@ func TestREADME(t *testing.T) {
 			{block: "sudo firma sidecar -c ~/firma-try/firma.toml"},
 			{block: "sudo firma run -- curl -sS https://api.anthropic.com/v1/models", want: []string{
 				"hello from api.anthropic.com /v1/models", "paste.rs: refused",
-				"ALLOW  communication.external.send  api.anthropic.com:443", "DENY"},
+				"ALLOW  communication.external.send  api.anthropic.com:443", "DENY",
+				"ok    sidecar.programs", "ok    sidecar.listeners", "ok    sidecar.control", "ready"},
 				then: func(t *testing.T, d *docRun, out string) {
 					if n := d.fakes["paste.rs"].Conns(); n != 0 {
 						t.Errorf("paste.rs got %d connections", n)
