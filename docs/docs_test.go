@@ -34,6 +34,8 @@ type docSpec struct {
 	sidecarConfig string
 	// programs are extra commands for /usr/local/bin (stand-ins for the agents a guide runs).
 	programs map[string]string
+	// tools are the host's programs the document's commands use (make deps installs them).
+	tools []string
 	// checks are what the reader must see, by block.
 	checks []check
 }
@@ -69,6 +71,9 @@ func sourceRoot(t *testing.T) string {
 // follow runs every `sh` block of the document in order, as its reader would, and checks what the
 // spec says each must print.
 func follow(t *testing.T, spec docSpec) *docRun {
+	for _, tool := range spec.tools {
+		testutil.RequireTool(t, tool)
+	}
 	d := &docRun{spec: spec, m: newMachine(t), fakes: map[string]*fake.Upstream{}}
 	m := d.m
 	m.cloneInto(sourceRoot(t))
@@ -243,6 +248,7 @@ func TestGuideHTTPSMITM(t *testing.T) {
 	d := follow(t, docSpec{
 		file:          "docs/guides/https-mitm.md",
 		installed:     true,
+		tools:         []string{"curl", "jq", "openssl", "base64", "sha256sum"},
 		fakes:         []string{"api.openai.com"},
 		sidecarConfig: "/tmp/firma-standalone/firma.toml",
 		checks: []check{
@@ -314,6 +320,7 @@ func TestGuideSecureACodingAgent(t *testing.T) {
 	spec = docSpec{
 		file:          "docs/guides/secure-a-coding-agent.md",
 		installed:     true,
+		tools:         []string{"curl", "jq", "uuidgen"},
 		fakes:         []string{"api.anthropic.com", "paste.rs"},
 		sidecarConfig: repoDir + "/.local/firma.toml",
 		programs:      map[string]string{"claude": fmt.Sprintf(claudeStandIn, "127.0.7.11")},
@@ -365,6 +372,7 @@ func TestREADME(t *testing.T) {
 	t.Parallel()
 	d := follow(t, docSpec{
 		file:          "README.md",
+		tools:         []string{"make", "curl"},
 		fakes:         []string{"api.anthropic.com", "paste.rs"},
 		sidecarConfig: "~/firma-try/firma.toml",
 		checks: []check{
@@ -399,6 +407,7 @@ func TestFleet(t *testing.T) {
 	follow(t, docSpec{
 		file:      "docs/fleet.md",
 		installed: true,
+		tools:     []string{"curl", "rsyslogd"},
 		checks: []check{
 			{block: "firma authority init-tls --dir tls", want: []string{"wrote tls/ca.crt", "wrote tls/sidecars/web-2.token", "wrote tls/tokens.toml"}},
 			{block: "sudo firma check config ~/fleet/web-1.toml", want: []string{"web-1-audit.key (0600)", "web-1.toml: ok"}},
@@ -435,6 +444,7 @@ func TestGuidePolicies(t *testing.T) {
 	follow(t, docSpec{
 		file:      "docs/guides/policies.md",
 		installed: true,
+		tools:     []string{"awk", "sed"},
 		checks: []check{
 			{block: "firma policy validate -v", want: []string{"default-forbid-exfiltration-services", "namespace Firma"}},
 			{block: "firma policy validate policies mapping-rules.toml", want: []string{"ok  policies: 8 policies", "ok  mapping-rules.toml: 162 mapping rules"}},
