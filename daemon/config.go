@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -163,10 +164,26 @@ func (c *Config) Validate() error {
 		errs = append(errs, prefixed("sidecar.", c.Interceptor.HTTPSMITM.ValidateCA(c.CA))...)
 	}
 	errs = append(errs, prefixed("sidecar.", credentials.ValidateAll(c.Credentials))...)
+	maxBody := c.Policy.MaxBodyBytes
+	if maxBody == 0 {
+		maxBody = policies.DefaultMaxBodyBytes
+	}
+	if b := c.Interceptor.HTTPSMITM.BodyBufferBytes; b > 0 && b <= maxBody {
+		bad("interceptor.https_mitm.body_buffer_bytes", "%d must be more than sidecar.policy.max_body_bytes (%d): a body a policy reads could never be buffered", b, maxBody)
+	}
 	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("sidecar.%w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// PolicyConfig is [sidecar.policy] as the sidecar's policy engine uses it: hidden_headers holds the
+// headers of [[sidecar.credentials]] too, so that no policy reads a header the sidecar puts a
+// credential in (an agent could otherwise probe a key through a policy's answers).
+func (c *Config) PolicyConfig() policies.Config {
+	p := c.Policy
+	p.HiddenHeaders = append(slices.Clone(p.HiddenHeaders), credentials.HeaderNames(c.Credentials)...)
+	return p
 }
 
 // prefixed names the section of a package's validation errors (which name keys relative to it),

@@ -98,7 +98,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	}
 
 	// Policy first: a bad policy must stop start-up before anything is created on disk.
-	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, component("policy")); err != nil {
+	if s.engine, err = policies.New(cfg.PolicyConfig(), cfg.Mapping, component("policy")); err != nil {
 		return nil, err
 	}
 	if s.audit, err = audit.Open(cfg.Audit, component("audit")); err != nil {

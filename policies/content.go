@@ -157,8 +157,9 @@ func headerEntity(h http.Header, hidden map[string]bool) types.Entity {
 	return types.Entity{UID: headersUID, Tags: record(tags)}
 }
 
-// mediaType is the Content-Type's media type, lowercased, without parameters.
-func mediaType(h http.Header) string {
+// MediaType is the Content-Type's media type, lowercased, without parameters: context.content_type,
+// and the audit record's content.content_type.
+func MediaType(h http.Header) string {
 	ct := h.Get("Content-Type")
 	if ct == "" {
 		return ""

@@ -105,8 +105,8 @@ func TestMediaType(t *testing.T) {
 		if tc[0] != "" {
 			h.Set("Content-Type", tc[0])
 		}
-		if got := mediaType(h); got != tc[1] {
-			t.Errorf("mediaType(%q) = %q, want %q", tc[0], got, tc[1])
+		if got := MediaType(h); got != tc[1] {
+			t.Errorf("MediaType(%q) = %q, want %q", tc[0], got, tc[1])
 		}
 	}
 }

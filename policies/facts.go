@@ -74,7 +74,7 @@ func (f *facts) json() (types.Entity, error) {
 	case cut:
 		return types.Entity{}, fmt.Errorf("%w: decompresses to more than %d bytes", errBodyTooLarge, f.lim.maxBody)
 	}
-	return jsonEntity(body, mediaType(f.r.Content.Header))
+	return jsonEntity(body, MediaType(f.r.Content.Header))
 }
 
 // session is the session state Cedar sees: the request's own, or the tracker's snapshot.
@@ -146,7 +146,7 @@ func (f *facts) context(mask attrMask) (types.Record, []types.Entity, error) {
 		set(attrGitForce, types.Boolean(g.force))
 	}
 	if mask.has(attrContentType) {
-		set(attrContentType, types.String(mediaType(f.r.Content.Header)))
+		set(attrContentType, types.String(MediaType(f.r.Content.Header)))
 	}
 	if mask.has(attrHeaders) {
 		e := headerEntity(f.r.Content.Header, f.lim.hidden)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -234,6 +233,3 @@ func schemaFor(s *Schema) *Schema {
 	}
 	return s
 }
-
-// displayName shortens a path for ids and messages: policy ids use the file's base name.
-func displayName(path string) string { return filepath.Base(path) }

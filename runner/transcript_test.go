@@ -868,3 +868,24 @@ func TestRunWithoutLandlockScopes(t *testing.T) {
 		t.Errorf("no warning naming the Landlock ABI and what is missing: %s", logs.String())
 	}
 }
+
+// capNames names capabilities in transcripts.
+var capNames = map[int]string{
+	capChown: "chown", capDacOverride: "dac_override", capDacReadSearch: "dac_read_search",
+	capFowner: "fowner", capFsetid: "fsetid", capKill: "kill", capSetgid: "setgid", capSetuid: "setuid",
+	capSetpcap: "setpcap", capNetBindService: "net_bind_service", capNetAdmin: "net_admin",
+	capNetRaw: "net_raw", capSysModule: "sys_module", capSysRawio: "sys_rawio",
+	capSysChroot: "sys_chroot", capSysPtrace: "sys_ptrace", capSysAdmin: "sys_admin",
+	capMknod: "mknod", capAuditWrite: "audit_write", capPerfmon: "perfmon", capBPF: "bpf",
+}
+
+func capList(caps []int) string {
+	if len(caps) == 0 {
+		return "none"
+	}
+	names := make([]string, len(caps))
+	for i, c := range caps {
+		names[i] = capNames[c]
+	}
+	return strings.Join(names, ",")
+}

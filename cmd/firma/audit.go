@@ -178,7 +178,7 @@ func auditTailCmd(args []string, stdout, stderr io.Writer) error {
 	cfgPath := configFlag(fs)
 	follow := fs.Bool("follow", false, "keep printing new records, across rotations")
 	fs.BoolVar(follow, "f", false, "short for --follow")
-	deny := fs.Bool("deny", false, "only DENY decisions")
+	deny := fs.Bool("deny", false, "only refusals (DENY, DEFER and STEP_UP decisions)")
 	agent := fs.String("agent", "", "only records of this agent id")
 	since := fs.String("since", "", "only records from this long ago (15m, 2h) or since this RFC 3339 time")
 	last := fs.Int("n", 10, "how many of the newest records to print first (0 = all); ignored with --since")

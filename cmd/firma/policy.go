@@ -50,7 +50,7 @@ func policyConfig(path string) (policies.Config, policies.MappingConfig, error) 
 	if err != nil {
 		return policies.Config{}, policies.MappingConfig{}, err
 	}
-	return cfg.Sidecar.Policy, cfg.Sidecar.Mapping, nil
+	return cfg.Sidecar.PolicyConfig(), cfg.Sidecar.Mapping, nil
 }
 
 // printProblems writes a load error one problem per line, so each names its file and position.

@@ -27,6 +27,29 @@
 // signatures exist: the writer chains a batch in order, then signs it on every core. Nothing is
 // left uncovered: the signature covers the body, and the body covers the previous body.
 //
+// # Records
+//
+// A decision record (kind "decision") carries the envelope — who (agent: agent_id, session_id,
+// cgroup, pid, exe, comm, uid, as the kernel attested them), what (intent: action_class,
+// resource, raw_transport, content, git) and how (transport: mode, sni, orig_dst) — the
+// capability's token_id when Stage 1 ran, and the decision: outcome (ALLOW, DENY, PASSTHROUGH,
+// MODIFY, DEFER, STEP_UP), matched_policies, reason, enforced (false in monitor mode), fields (the
+// context and resource attributes the determining policies read, such as "context.json.model")
+// and remediation (kind, and redact_headers, retry_after_ms or challenge). A MITM or plain-HTTP
+// record's resource has method, path (normalized, without the query), query (credential-like
+// values replaced by REDACTED) and provider; its intent.content has content_type, body_size
+// (Content-Length or the counted length; -1 when neither was known), body_buffered (a policy read
+// the body) and body_truncated (longer than max_body_bytes); a git smart-HTTP request's intent.git
+// has service, owner, repo and, for a push, its ref updates (ref, old, new, create, delete,
+// force, protected: at most MaxGitUpdates, updates_total saying how many there were) and
+// pack_problem. No header value and no body is ever recorded.
+//
+// A completion record (kind "completion", decision_id naming the decision) repeats the envelope
+// with transport.dialed and has result: bytes_up, bytes_down, duration_ms, upstream_status,
+// injected (the names of the credential headers set) and error; an allowed flow that failed has
+// decision.outcome ABORT. Members added later are optional: verification reads only seq,
+// prev_hash, kind, log and sig, so old and new records verify alike.
+//
 // # Files
 //
 // file_path is the live file, always the one being written (`tail -f file_path` works). Rotation

@@ -120,6 +120,69 @@ func (o *jsonObject) intOmit(k string, v int64) {
 	}
 }
 
+func (o *jsonObject) boolOmit(k string, v bool) {
+	if v {
+		o.key(k)
+		o.b = append(o.b, "true"...)
+	}
+}
+
+// strs appends a string array (null when nil), as encoding/json writes a []string.
+func (o *jsonObject) strs(v []string) {
+	if v == nil {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	o.b = append(o.b, '[')
+	for i, s := range v {
+		if i > 0 {
+			o.b = append(o.b, ',')
+		}
+		o.b = appendJSONString(o.b, s)
+	}
+	o.b = append(o.b, ']')
+}
+
+// strsOmit is a []string member with omitempty: left out when empty.
+func (o *jsonObject) strsOmit(k string, v []string) {
+	if len(v) > 0 {
+		o.key(k)
+		o.strs(v)
+	}
+}
+
+// git appends the intent's git member.
+func (o *jsonObject) git(g *Git) {
+	o.key("git")
+	o.open()
+	o.str("service", g.Service)
+	o.str("owner", g.Owner)
+	o.str("repo", g.Repo)
+	if len(g.Updates) > 0 {
+		o.key("updates")
+		o.b = append(o.b, '[')
+		for i := range g.Updates {
+			if i > 0 {
+				o.b = append(o.b, ',')
+			}
+			u := &g.Updates[i]
+			o.open()
+			o.str("ref", u.Ref)
+			o.str("old", u.Old)
+			o.str("new", u.New)
+			o.boolOmit("create", u.Create)
+			o.boolOmit("delete", u.Delete)
+			o.boolOmit("force", u.Force)
+			o.boolOmit("protected", u.Protected)
+			o.close()
+		}
+		o.b = append(o.b, ']')
+	}
+	o.intOmit("updates_total", int64(g.UpdatesTotal))
+	o.strOmit("pack_problem", g.PackProblem)
+	o.close()
+}
+
 func (o *jsonObject) timeOmit(k string, t *time.Time) {
 	if t == nil {
 		return
@@ -134,7 +197,7 @@ func (o *jsonObject) timeOmit(k string, t *time.Time) {
 }
 
 // appendTail appends eventTail's object: kind, decision_id, envelope, capability, decision,
-// result, log.
+// result, log. Every member of Event and the types under it is written here, in struct order.
 func appendTail(dst []byte, ev *Event) ([]byte, error) {
 	o := jsonObject{b: dst}
 	o.open()
@@ -167,12 +230,25 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		r := &e.Intent.Resource
 		o.str("host", r.Host)
 		o.strOmit("path", r.Path)
+		o.strOmit("query", r.Query)
 		if r.Provider != nil {
 			o.str("provider", *r.Provider)
 		}
 		o.strOmit("method", r.Method)
 		o.close()
 		o.str("raw_transport", e.Intent.RawTransport)
+		if c := e.Intent.Content; c != nil {
+			o.key("content")
+			o.open()
+			o.strOmit("content_type", c.ContentType)
+			o.int("body_size", c.BodySize)
+			o.boolOmit("body_buffered", c.BodyBuffered)
+			o.boolOmit("body_truncated", c.BodyTruncated)
+			o.close()
+		}
+		if g := e.Intent.Git; g != nil {
+			o.git(g)
+		}
 		o.close()
 		o.key("transport")
 		o.open()
@@ -195,19 +271,22 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.open()
 		o.str("outcome", d.Outcome)
 		o.key("matched_policies")
-		if d.MatchedPolicies == nil {
-			o.b = append(o.b, "null"...)
-		} else {
-			o.b = append(o.b, '[')
-			for i, p := range d.MatchedPolicies {
-				if i > 0 {
-					o.b = append(o.b, ',')
-				}
-				o.b = appendJSONString(o.b, p)
-			}
-			o.b = append(o.b, ']')
-		}
+		o.strs(d.MatchedPolicies)
 		o.str("reason", d.Reason)
+		if d.Enforced != nil {
+			o.key("enforced")
+			o.b = strconv.AppendBool(o.b, *d.Enforced)
+		}
+		o.strsOmit("fields", d.Fields)
+		if m := d.Remediation; m != nil {
+			o.key("remediation")
+			o.open()
+			o.str("kind", m.Kind)
+			o.strsOmit("redact_headers", m.RedactHeaders)
+			o.intOmit("retry_after_ms", m.RetryAfterMS)
+			o.strOmit("challenge", m.Challenge)
+			o.close()
+		}
 		o.close()
 	}
 	if r := ev.Result; r != nil {
@@ -217,6 +296,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("bytes_down", r.BytesDown)
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
+		o.strsOmit("injected", r.Injected)
 		o.strOmit("error", r.Error)
 		o.close()
 	}

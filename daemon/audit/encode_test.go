@@ -12,6 +12,8 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 	f.Add("01J", "claude-code", "api.anthropic.com:443", "/v1/messages?a=<b>&c", "forbid_at_x.cedar_1", "reason \"quoted\" \n\t\x01", int64(1), uint16(0xffff), int64(1700000000123456789))
 	f.Add("", "", "", "", "", "", int64(0), uint16(0), int64(0))
 	f.Add("\xff\xfe", "ag\u2028ent", "h\u2029", "\x7f<>&", "é", "\\", int64(-5), uint16(0x5555), int64(-62135596800000000))
+	f.Add("01K", "claude", "git.test", "/o/r.git/git-receive-pack", "forbid_at_g.cedar_3", "MODIFY", int64(12), uint16(0xffff), int64(1700000000000000000))
+	f.Add("01L", "claude", "git.test", "", "", "", int64(0), uint16(0xf8f1), int64(1))
 	f.Fuzz(func(t *testing.T, id, agent, host, path, policy, text string, n int64, flags uint16, nanos int64) {
 		on := func(bit uint) bool { return flags&(1<<bit) != 0 }
 		at := time.Unix(0, nanos).UTC()
@@ -28,6 +30,20 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 			if on(2) {
 				ev.Envelope.Intent.Resource.Provider = &agent
 			}
+			if on(11) {
+				ev.Envelope.Intent.Resource.Query = text
+				ev.Envelope.Intent.Content = &Content{ContentType: policy, BodySize: n, BodyBuffered: n%2 == 0, BodyTruncated: n%3 == 0}
+			}
+			if on(12) {
+				ev.Envelope.Intent.Git = &Git{Service: text, Owner: agent, Repo: host, UpdatesTotal: int(n % 1000), PackProblem: path}
+				if on(13) {
+					ev.Envelope.Intent.Git.Updates = []RefUpdate{
+						{Ref: path, Old: id, New: policy, Create: true, Protected: n%2 == 0},
+						{Ref: text, Delete: true, Force: n%3 == 0},
+						{},
+					}
+				}
+			}
 		}
 		if on(3) {
 			ev.Capability = &Capability{TokenID: id}
@@ -40,9 +56,20 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 			if on(6) {
 				ev.Decision.MatchedPolicies = []string{policy, text, ""}
 			}
+			if on(14) {
+				enforced := n%2 == 0
+				ev.Decision.Enforced = &enforced
+				ev.Decision.Fields = []string{path, text}
+			}
+			if on(15) {
+				ev.Decision.Remediation = &Remediation{Kind: text, RedactHeaders: []string{host, agent}, RetryAfterMS: n, Challenge: path}
+			}
 		}
 		if on(7) {
 			ev.Result = &Result{BytesUp: n, BytesDown: -n, DurationMS: n / 7, UpstreamStatus: int(n % 600), Error: text}
+			if on(15) {
+				ev.Result.Injected = []string{host}
+			}
 		}
 		if on(8) {
 			ev.Log = &LogRecord{Event: LogEvent(text), Reason: path, PreviousFile: host, KeyID: id, Refused: n, Error: policy,

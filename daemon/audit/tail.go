@@ -15,7 +15,7 @@ import (
 
 // Filter selects records for Tail.
 type Filter struct {
-	DenyOnly bool      // decisions with outcome DENY only
+	DenyOnly bool      // refusals only: decisions with outcome DENY, DEFER or STEP_UP
 	AgentID  string    // records of this agent only ("" = all)
 	Since    time.Time // records at or after this time only (zero = all)
 }
@@ -185,7 +185,7 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 	if !f.Since.IsZero() && ev.Time.Before(f.Since) {
 		return nil, false
 	}
-	if f.DenyOnly && (ev.Kind != KindDecision || ev.Decision == nil || ev.Decision.Outcome != "DENY") {
+	if f.DenyOnly && (ev.Kind != KindDecision || ev.Decision == nil || !refusal(ev.Decision.Outcome)) {
 		return nil, false
 	}
 	switch {
@@ -360,8 +360,14 @@ func firstTime(path string) time.Time {
 	return ev.Time
 }
 
+// refusal reports whether a decision outcome refused the request.
+func refusal(outcome string) bool {
+	return outcome == "DENY" || outcome == "DEFER" || outcome == "STEP_UP"
+}
+
 // FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome, action,
-// host/path, policy ids and reason. Completion records show bytes, duration and upstream status.
+// host/path, policy ids, the fields that decided and reason. Completion records show bytes,
+// duration and upstream status.
 func FormatHuman(ev *Event, loc *time.Location) string {
 	var b strings.Builder
 	b.WriteString(ev.Time.In(loc).Format("2006-01-02 15:04:05.000"))
@@ -417,6 +423,12 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 	if d := ev.Decision; d != nil {
 		if len(d.MatchedPolicies) > 0 {
 			fmt.Fprintf(&b, "  [%s]", strings.Join(d.MatchedPolicies, ","))
+		}
+		if len(d.Fields) > 0 {
+			fmt.Fprintf(&b, "  fields=%s", strings.Join(d.Fields, ","))
+		}
+		if d.Enforced != nil && !*d.Enforced {
+			b.WriteString("  (not enforced)")
 		}
 		if d.Reason != "" {
 			fmt.Fprintf(&b, "  %q", d.Reason)

@@ -137,6 +137,13 @@ func TestFormatHuman(t *testing.T) {
 			t.Errorf("%q lacks %q", got, want)
 		}
 	}
+	deferred := decision(5, "api.anthropic.com", "DEFER")
+	deferred.Decision.Fields = []string{"context.actions_last_hour.model"}
+	deferred.Decision.Enforced = new(bool)
+	if got := FormatHuman(deferred, time.UTC); !strings.Contains(got, "DEFER") ||
+		!strings.Contains(got, "fields=context.actions_last_hour.model  (not enforced)") {
+		t.Errorf("deferred: %q", got)
+	}
 	mitm := decision(4, "api.openai.com", "ALLOW")
 	mitm.Envelope.Intent.Resource = Resource{Host: "api.openai.com", Path: "/v1/models", Method: "GET"}
 	if got := FormatHuman(mitm, time.UTC); !strings.Contains(got, "GET api.openai.com/v1/models") {
@@ -157,5 +164,28 @@ func TestFormatHuman(t *testing.T) {
 	line, _ := encodeJSON(sup)
 	if _, ok := tl.match(line); !ok {
 		t.Error("tail --agent does not show the agent's suppressed record")
+	}
+}
+
+// TestTailDenyShowsEveryRefusal: --deny shows DEFER and STEP_UP decisions too, not ALLOW or MODIFY.
+func TestTailDenyShowsEveryRefusal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	w := openTest(t, Config{FilePath: path})
+	for i, o := range []string{"ALLOW", "DENY", "MODIFY", "DEFER", "STEP_UP", "PASSTHROUGH"} {
+		if err := w.Append(decision(i, "api.example.com", o)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	var c collected
+	if err := Tail(context.Background(), path, TailOptions{Filter: Filter{DenyOnly: true}}, c.add); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range c.evs {
+		got = append(got, ev.Decision.Outcome)
+	}
+	if strings.Join(got, " ") != "DENY DEFER STEP_UP" {
+		t.Fatalf("--deny showed %v", got)
 	}
 }

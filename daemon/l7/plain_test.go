@@ -28,7 +28,12 @@ type plainEnv struct {
 
 func newPlainEnv(t *testing.T, hooks *fakeJudge, proxy bool) *plainEnv {
 	t.Helper()
-	p := &plainEnv{env: newEnv(t, envOptions{hooks: hooks})}
+	return newPlainEnvWith(t, envOptions{hooks: hooks}, proxy)
+}
+
+func newPlainEnvWith(t *testing.T, o envOptions, proxy bool) *plainEnv {
+	t.Helper()
+	p := &plainEnv{env: newEnv(t, o)}
 	p.icpt.tunnel = func(ctx context.Context, conn net.Conn, prefix []byte, f *judge.Flow, host string, port int) {
 		time.Sleep(10 * time.Millisecond) // the CONNECT handler has returned by now
 		p.mu.Lock()

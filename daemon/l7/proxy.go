@@ -186,6 +186,14 @@ func (c *agentConn) forward(w http.ResponseWriter, r *http.Request, host string,
 // client_canceled when the agent went away first).
 func (e *Engine) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateFrom(r.Context())
+	if bodyLimitHit(r.Context()) {
+		// Not the upstream's failure: the sidecar cut the body off at max_request_body_bytes.
+		st.mu.Lock()
+		st.class, st.err = judge.ErrorBodyLimit, err
+		st.mu.Unlock()
+		writeText(w, http.StatusRequestEntityTooLarge, "firma: refused: "+judge.ReasonBodyLimit)
+		return
+	}
 	status, class := http.StatusBadGateway, judge.ErrorNetwork
 	switch {
 	case r.Context().Err() != nil && !isTimeout(err):
