@@ -266,7 +266,7 @@ func TestGuideHTTPSMITM(t *testing.T) {
 				want: []string{"subject: O=firma; CN=api.openai.com", "issuer: O=firma; OU=", "CN=Firma Sidecar CA"}},
 			{block: `sudo firma run -- curl -v https://api.openai.com/v1/models 2>&1 | grep -E "issuer:"`, want: []string{"CN=Firma Sidecar CA"}},
 			{block: `.envelope.transport.mode == "mitm"`, want: []string{
-				`{"action_class":"model.inference.chat","resource":{"host":"api.openai.com","path":"/v1/models","provider":"openai","method":"GET"},"raw_transport":"https"}`}},
+				`{"action_class":"model.inference.chat","resource":{"host":"api.openai.com","path":"/v1/models","provider":"openai","method":"GET"},"raw_transport":"https","content":{"body_size":0}}`}},
 			{block: `.envelope.transport.mode == "connect"`, want: []string{
 				`{"action_class":"communication.external.send","resource":{"host":"api.openai.com:443"},"raw_transport":"tls"}`}},
 			{block: "https://api.stripe.com/", want: []string{"DENY", "mitm handshake failed (strict host)"},
@@ -359,12 +359,13 @@ func TestGuideSecureACodingAgent(t *testing.T) {
 	for _, line := range strings.Split(d.readFile(t, repoDir+"/.local/audit.jsonl"), "\n") {
 		if strings.Contains(line, `"outcome":"ALLOW"`) && strings.Contains(line, `"mode":"mitm"`) &&
 			strings.Contains(line, `"path":"/v1/messages"`) && strings.Contains(line, `"agent_id":"claude-code"`) &&
-			strings.Contains(line, `"token_id":"`) {
+			strings.Contains(line, `"token_id":"`) &&
+			strings.Contains(line, `"content":{"content_type":"application/json","body_size":18}`) {
 			allowed = true
 		}
 	}
 	if !allowed {
-		t.Error("no ALLOW record for POST /v1/messages by claude-code with its capability")
+		t.Error("no ALLOW record for POST /v1/messages by claude-code with its capability and its content, as docs/audit.md shows it")
 	}
 }
 
