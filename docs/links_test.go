@@ -15,7 +15,6 @@ import (
 // pending are pages other branches are writing: a link to one is checked once the page exists.
 // Remove an entry when its page lands.
 var pending = map[string]bool{
-	"docs/policies.md":                       true, // branch l7-policy
 	"docs/guides/from-monitor-to-enforce.md": true, // branch monitor-loop
 }
 

@@ -121,3 +121,31 @@ func TestConfigurationDocumented(t *testing.T) {
 		t.Errorf("docs/configuration.md documents keys firma.toml does not have:\n  %s", strings.Join(stale, "\n  "))
 	}
 }
+
+// TestConfigurationExamplesParse fails when an example of docs/configuration.md (a ```toml block)
+// would not be read: a misspelled or removed key, a wrong type, a bare number for a duration.
+func TestConfigurationExamplesParse(t *testing.T) {
+	data, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	in, start, n := false, 0, 0
+	for i, line := range strings.Split(string(data), "\n") {
+		switch {
+		case !in && strings.TrimSpace(line) == "```toml":
+			in, start, block = true, i+1, nil
+		case in && strings.TrimSpace(line) == "```":
+			in = false
+			n++
+			if _, err := parseConfig("configuration.md", []byte(strings.Join(block, "\n"))); err != nil {
+				t.Errorf("docs/configuration.md:%d: the example does not parse: %v", start, err)
+			}
+		case in:
+			block = append(block, line)
+		}
+	}
+	if n < 15 {
+		t.Fatalf("found only %d toml examples: the scan is broken", n)
+	}
+}
