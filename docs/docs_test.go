@@ -269,18 +269,23 @@ func TestGuideHTTPSMITM(t *testing.T) {
 				`{"action_class":"model.inference.chat","resource":{"host":"api.openai.com","path":"/v1/models","provider":"openai","method":"GET"},"raw_transport":"https","content":{"body_size":0}}`}},
 			{block: `.envelope.transport.mode == "connect"`, want: []string{
 				`{"action_class":"communication.external.send","resource":{"host":"api.openai.com:443"},"raw_transport":"tls"}`}},
-			{block: "https://api.stripe.com/", want: []string{"DENY", "mitm handshake failed (strict host)"},
+			{block: "--cacert /etc/ssl/certs/ca-certificates.crt https://api.openai.com/v1/models || true", want: []string{
+				"unable to get local issuer certificate", "hello from api.openai.com /v1/models",
+				"mitm handshake failed: ", "; CONNECT-only for this agent for 10m0s", "mitm fallback: permitted by policy"},
 				then: func(t *testing.T, d *docRun, out string) {
-					if logs := d.m.terms["sidecar"].out.String(); !strings.Contains(logs, "mitm_handshake_failed") || !strings.Contains(logs, "host=api.stripe.com") {
-						t.Errorf("the sidecar did not log mitm_handshake_failed for api.stripe.com:\n%s", logs)
+					if logs := d.m.terms["sidecar"].out.String(); !strings.Contains(logs, "mitm_handshake_failed") || !strings.Contains(logs, "strict=false") {
+						t.Errorf("the sidecar did not log mitm_handshake_failed for api.openai.com:\n%s", logs)
 					}
 				}},
+			{block: "curl -sS --proxy http://127.0.0.1:8080 https://api.stripe.com/", want: []string{
+				"alert access denied", "DENY", "api.stripe.com:443", "no policy permits"}},
 		},
 	})
 	// One request through the CONNECT tunnel (before Step 1), three MITM requests (firma run in
-	// Step 3, the explicit proxy and firma run in Step 4); api.stripe.com's handshake failed.
-	if reqs := d.fakes["api.openai.com"].Requests(); len(reqs) != 4 {
-		t.Errorf("api.openai.com saw %d requests, want 4", len(reqs))
+	// Step 3, the explicit proxy and firma run in Step 4), one through the fallback tunnel after the
+	// refused handshake (which sent nothing).
+	if reqs := d.fakes["api.openai.com"].Requests(); len(reqs) != 5 {
+		t.Errorf("api.openai.com saw %d requests, want 5", len(reqs))
 	}
 	t.Logf("sidecar:\n%s", d.m.terms["sidecar"].out.String())
 	// The audit log reference checks this guide's log, with openssl alone, then tampers with it.
