@@ -14,9 +14,7 @@ import (
 
 // pending are pages other branches are writing: a link to one is checked once the page exists.
 // Remove an entry when its page lands.
-var pending = map[string]bool{
-	"docs/guides/from-monitor-to-enforce.md": true, // branch monitor-loop
-}
+var pending = map[string]bool{}
 
 var mdLink = regexp.MustCompile(`\]\(([^)\s]+)(?:\s+"[^"]*")?\)`)
 
