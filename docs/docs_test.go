@@ -266,9 +266,9 @@ func TestGuideHTTPSMITM(t *testing.T) {
 				want: []string{"subject: O=firma; CN=api.openai.com", "issuer: O=firma; OU=", "CN=Firma Sidecar CA"}},
 			{block: `sudo firma run -- curl -v https://api.openai.com/v1/models 2>&1 | grep -E "issuer:"`, want: []string{"CN=Firma Sidecar CA"}},
 			{block: `.envelope.transport.mode == "mitm"`, want: []string{
-				`{"action_class":"model.inference.chat","resource":{"host":"api.openai.com","path":"/v1/models","provider":"openai","method":"GET"},"raw_transport":"https","content":{"body_size":0}}`}},
+				`{"action_class":"model.inference.chat","resource":{"host":"api.openai.com","path":"/v1/models","provider":"openai","method":"GET","port":443},"raw_transport":"https","content":{"body_size":0}}`}},
 			{block: `.envelope.transport.mode == "connect"`, want: []string{
-				`{"action_class":"communication.external.send","resource":{"host":"api.openai.com:443"},"raw_transport":"tls"}`}},
+				`{"action_class":"communication.external.send","resource":{"host":"api.openai.com:443","port":443},"raw_transport":"tls"}`}},
 			{block: "--cacert /etc/ssl/certs/ca-certificates.crt https://api.openai.com/v1/models || true", want: []string{
 				"unable to get local issuer certificate", "hello from api.openai.com /v1/models",
 				"mitm handshake failed: ", "; CONNECT-only for this agent for 10m0s", "mitm fallback: permitted by policy"},
