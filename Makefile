@@ -1,5 +1,9 @@
 # firma — see README.md. `make test` is what CI runs (as root).
-GO      ?= go
+# sudo resets PATH to secure_path, which rarely holds Go: `sudo make demo` and `sudo make test`
+# then use the go that go.dev's archive installs in /usr/local/go, and recipes (tests build their
+# helpers with `go`) find it first on PATH.
+GO      ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+export PATH := $(if $(filter /%,$(GO)),$(patsubst %/,%,$(dir $(GO))):)$(PATH)
 BIN     ?= firma
 PREFIX  ?= /usr/local
 UNITDIR ?= /etc/systemd/system
