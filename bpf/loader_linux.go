@@ -206,7 +206,7 @@ func (p *Programs) attachGuard(cgroupID uint64) {
 		}})
 	}
 	if err != nil {
-		f.Missing = append(f.Missing, fmt.Sprintf("loading BPF LSM programs: %v", verifierDetail(err)))
+		f.Missing = append(f.Missing, "loading BPF LSM programs: "+guardLoadError(err))
 		return
 	}
 	progs := []namedProgram{
@@ -661,6 +661,21 @@ func boolByte(b bool) uint8 {
 }
 
 // verifierDetail includes the verifier log's tail in a load error, which is otherwise just EACCES.
+// memlockHint is what cilium/ebpf appends to every EPERM from a program load with an empty verifier
+// log. On the kernels firma supports (5.11+) BPF memory is charged to the memory cgroup, not to
+// RLIMIT_MEMLOCK, so the hint sends an operator the wrong way.
+const memlockHint = " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)"
+
+// guardLoadError says why the BPF LSM programs did not load. An EPERM before the verifier ran
+// means the kernel (or the VM around it) refuses BPF LSM/trampoline programs outright.
+func guardLoadError(err error) string {
+	msg := strings.Replace(verifierDetail(err).Error(), memlockHint, "", 1)
+	if errors.Is(err, unix.EPERM) {
+		msg += " (this kernel refuses BPF LSM programs before verifying them)"
+	}
+	return msg
+}
+
 func verifierDetail(err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {

@@ -144,6 +144,18 @@ func TestExplicitProxy(t *testing.T) {
 	if len(w.plain.Requests()) != before {
 		t.Fatal("an unknown proxy client reached the upstream")
 	}
+	// Its CONNECT is refused as such, with the key to set in the answer, before any tunnel.
+	conns := w.allowed.Conns()
+	out, err = curlOutside(t, w, "--proxy", proxy, "-v", "https://allowed.test/outside")
+	if err == nil || !strings.Contains(out, "< HTTP/1.1 403") || !strings.Contains(out, "set [sidecar.interceptor] agent_id") {
+		t.Fatalf("outside, CONNECT: %v %q", err, out)
+	}
+	w.WaitEvent(t, "the unknown client's CONNECT", func(ev audit.Event) bool {
+		return decisionFor("allowed.test")(ev) && ev.Decision.Outcome == "DENY" && strings.Contains(ev.Decision.Reason, "outside every enforced cgroup")
+	})
+	if w.allowed.Conns() != conns {
+		t.Fatal("an unknown proxy client's CONNECT reached the upstream")
+	}
 }
 
 // The kernel gives the agent its original peer back, and the ways around connect(2) that a

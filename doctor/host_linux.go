@@ -216,12 +216,12 @@ func bpfLSM() Check {
 		// Active is not enough: some kernels (and VMs) refuse to load LSM programs all the same.
 		if err := features.HaveProgramType(ebpf.LSM); err != nil {
 			return warn(name, "use a kernel that can load BPF LSM programs",
-				"active (%s) but LSM programs cannot be loaded (%v): other socket families, bpf() and tun/tap are refused only by firma run's sandbox, not for agents systemd starts", active, err)
+				"active (%s) but LSM programs cannot be loaded (%v): other socket families, bpf() and tun/tap are refused only by firma run's sandbox and by hardened units (RestrictAddressFamilies=, SystemCallFilter=, PrivateDevices=), not for other processes placed in the enforced cgroup", active, err)
 		}
 		return ok(name, "active (%s)", active)
 	}
 	return warn(name, "add bpf to the kernel's lsm= boot parameter",
-		"not active (%s): other socket families are refused only by firma run's seccomp filter, not for agents systemd starts", active)
+		"not active (%s): other socket families, bpf() and tun/tap are refused only by firma run's sandbox and by hardened units (RestrictAddressFamilies=, SystemCallFilter=, PrivateDevices=), not for other processes placed in the enforced cgroup", active)
 }
 
 func landlock() Check {

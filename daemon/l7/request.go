@@ -160,6 +160,15 @@ func (c *agentConn) connect(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusMethodNotAllowed, "firma: refused: CONNECT is not served here")
 		return
 	}
+	if c.f.Unknown != nil {
+		// Nothing in the tunnel could change the answer: refuse the CONNECT itself, so that the
+		// client sees a 403 whose reason names what to set, not a TLS alert after a 200.
+		in := judge.Intent{Method: policies.MethodConnect, Host: host, Port: port, Transport: "tcp", Mode: judge.ModeConnect}
+		v := c.e.judge.Decide(r.Context(), c.f, in)
+		w.Header().Set("X-Firma-Reason", v.Reason)
+		writeRefusal(w, v.Decision)
+		return
+	}
 	// Count the tunnel before hijacking: the hijack ends the server's Serve, and serve must not
 	// return (closing the connection) before the tunnel is registered.
 	c.tunnels.Add(1)
