@@ -34,6 +34,7 @@ type Config struct {
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          l7.CAConfig            `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
+	Debug       DebugConfig            `toml:"debug"`
 
 	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
 	// key, its policy and issuance dirs) that `firma run` hides from agents or keeps read-only, on
@@ -65,6 +66,13 @@ type TransparentConfig struct {
 	// and at once); what they suppress is counted in a record of its own.
 	RefusalRate  uint32 `toml:"refusal_rate"`
 	RefusalBurst uint32 `toml:"refusal_burst"`
+	// IdleTimeout ends a tunnel once one side has closed (or half-closed) and the other has sent
+	// nothing for this long, with its completion record. Tunnels whose both sides are open are never
+	// timed out.
+	IdleTimeout duration.Duration `toml:"idle_timeout"`
+	// Offload lets the kernel carry allowed TLS tunnels' bytes from the sidecar straight into the
+	// agent's socket (see bpf/offload.c); false keeps every tunnel on plain TCP.
+	Offload bool `toml:"offload"`
 }
 
 // InterceptorConfig is [sidecar.interceptor]: the explicit HTTP/CONNECT proxy.
@@ -75,6 +83,13 @@ type InterceptorConfig struct {
 	// HTTPSMITM is [sidecar.interceptor.https_mitm]: which hosts are TLS-terminated and judged per
 	// request, for the transparent path and the explicit proxy alike.
 	HTTPSMITM l7.Config `toml:"https_mitm"`
+}
+
+// DebugConfig is [sidecar.debug]: an opt-in listener for profiling the running sidecar.
+type DebugConfig struct {
+	// ListenAddr serves net/http/pprof under /debug/pprof/ on a loopback address:port; "" (the
+	// default) serves nothing. FIRMA_PPROF in the environment sets it too.
+	ListenAddr string `toml:"listen_addr"`
 }
 
 // ControlConfig is [sidecar.control]: the root-only socket `firma run` registers agents through.
@@ -98,6 +113,8 @@ func DefaultConfig() Config {
 			ServerFirstPorts: []uint16{21, 25, 110, 119, 143, 587, 2525, 3306, 4190},
 			RefusalRate:      bpf.DefaultRefusalRate,
 			RefusalBurst:     bpf.DefaultRefusalBurst,
+			IdleTimeout:      duration.Of(5 * time.Minute),
+			Offload:          true,
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: l7.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
@@ -143,6 +160,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Transparent.SniffTimeout.Duration <= 0 {
 		bad("transparent.sniff_timeout", "must be positive")
+	}
+	if c.Transparent.IdleTimeout.Duration < 0 {
+		bad("transparent.idle_timeout", "must not be negative (0 never ends an idle tunnel)")
+	}
+	if c.Debug.ListenAddr != "" {
+		if err := validateDebugAddr(c.Debug.ListenAddr); err != nil {
+			bad("debug.listen_addr", "%v", err)
+		}
 	}
 	errs = append(errs, prefixed("sidecar.", agents.Validate(c.Agents))...)
 	if c.Interceptor.ListenAddr != "" {
