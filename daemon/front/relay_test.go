@@ -166,12 +166,12 @@ func TestRelayHoldsNoPipeWhileIdle(t *testing.T) {
 
 // fakeQueue stands in for an offloaded agent socket.
 type fakeQueue struct {
-	mu        sync.Mutex
-	switchOK  bool
-	switches  int
-	queued    int
-	gone      bool
-	demoted   atomic.Bool
+	mu       sync.Mutex
+	switchOK bool
+	switches int
+	queued   int
+	gone     bool
+	demoted  atomic.Bool
 }
 
 func (q *fakeQueue) Switch() (bool, error) {
