@@ -96,6 +96,8 @@ type SidecarOptions struct {
 	ProxyAgentID string
 	// AuditTOML is added inside [sidecar.audit] (signing_key_path, fsync_interval, …).
 	AuditTOML string
+	// TransparentTOML is added inside [sidecar.transparent] (idle_timeout, offload, …).
+	TransparentTOML string
 	// AuditPath replaces the audit log's path (default: audit.jsonl in the sidecar's dir).
 	AuditPath string
 	// NoAgent leaves out the harness's [[sidecar.agents]] entry.
@@ -225,6 +227,7 @@ port = %d
 dns_port = %d
 ipv6 = true
 pin_dir = %q
+%s
 
 [sidecar.interceptor]
 listen_addr = "127.0.0.1:%d"
@@ -246,7 +249,7 @@ file_path = %q
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
+`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.opts.TransparentTOML, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
