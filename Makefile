@@ -12,7 +12,7 @@ MODIFIED ?= $(shell git status --porcelain --untracked-files=no 2>/dev/null | gr
 VPKG      = github.com/openfirma/firma/version
 LDFLAGS   = -X $(VPKG).Version=$(VERSION) -X $(VPKG).Commit=$(COMMIT) -X $(VPKG).Modified=$(MODIFIED)
 
-.PHONY: all deps build generate check-generate lint test bench demo install clean
+.PHONY: all deps build generate check-generate lint test bench bench-quick bench-micro demo install clean
 
 all: build
 
@@ -39,8 +39,22 @@ lint:
 test: build lint
 	$(GO) test -count=1 -timeout 20m ./...
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
+# The comparison harness (root): firma against a direct connection, tinyproxy and squid, written to
+# bench/results.md. BENCHFLAGS narrows it, e.g. BENCHFLAGS='-systems firma-mitm -workloads new
+# -rounds 1 -profile /tmp/prof'; see bench/doc.go.
+BENCHFLAGS ?=
+BENCH = $(GO) test -count=1 -timeout 0 -run '^$$' -bench '^BenchmarkCompare$$' -benchtime 1x ./bench -args
+
+bench:
+	$(BENCH) $(BENCHFLAGS)
+
+# Every system and workload in under two minutes; fails only when something does not work.
+bench-quick:
+	$(BENCH) -quick $(BENCHFLAGS)
+
+# Go micro-benchmarks: policy decisions, audit append, MITM requests.
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s $$($(GO) list ./... | grep -v '/bench$$')
 
 demo: build
 	./$(BIN) demo

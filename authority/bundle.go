@@ -21,6 +21,9 @@ import (
 // ErrBadBundle is wrapped by every bundle verification failure.
 var ErrBadBundle = errors.New("bad policy bundle")
 
+// errVersionMismatch: a bundle whose version is not the hash of its content.
+var errVersionMismatch = errors.New("version does not match the content")
+
 // Bundle is a policy set as the authority serves it: every *.cedar file of policy_dir by base name,
 // and the schema they were validated against. The daemon hands Files and Schema to
 // policies.(*Engine).LoadBundle.
@@ -144,19 +147,22 @@ func signBundle(key Signer, b *Bundle, now time.Time) (string, error) {
 func VerifyBundle(pub ed25519.PublicKey, raw string) (*Bundle, error) {
 	var c bundleClaims
 	if err := verifyMessage(pub, raw, implicitBundle, &c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadBundle, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadBundle, err)
+	}
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %w: %s", ErrBadBundle, errMalformed, fmt.Sprintf(format, a...))
 	}
 	if c.Issuer != IssuerName {
-		return nil, fmt.Errorf("%w: issuer %q", ErrBadBundle, c.Issuer)
+		return nil, bad("issuer %q", c.Issuer)
 	}
 	if c.TTLSeconds <= 0 || c.TTLSeconds > maxBundleTTL {
-		return nil, fmt.Errorf("%w: bundle_ttl_seconds %d", ErrBadBundle, c.TTLSeconds)
+		return nil, bad("bundle_ttl_seconds %d", c.TTLSeconds)
 	}
 	if c.IssuedAt.IsZero() {
-		return nil, fmt.Errorf("%w: no iat", ErrBadBundle)
+		return nil, bad("no iat")
 	}
 	if c.Schema.Name == "" || strings.ContainsAny(c.Schema.Name, "/\\") {
-		return nil, fmt.Errorf("%w: schema name %q", ErrBadBundle, c.Schema.Name)
+		return nil, bad("schema name %q", c.Schema.Name)
 	}
 	b := &Bundle{
 		Files:      map[string][]byte{},
@@ -167,16 +173,16 @@ func VerifyBundle(pub ed25519.PublicKey, raw string) (*Bundle, error) {
 	}
 	for _, f := range c.Files {
 		if !strings.HasSuffix(f.Name, ".cedar") || strings.ContainsAny(f.Name, "/\\") || f.Name[0] == '.' {
-			return nil, fmt.Errorf("%w: file name %q", ErrBadBundle, f.Name)
+			return nil, bad("file name %q", f.Name)
 		}
 		if _, dup := b.Files[f.Name]; dup {
-			return nil, fmt.Errorf("%w: file %q twice", ErrBadBundle, f.Name)
+			return nil, bad("file %q twice", f.Name)
 		}
 		b.Files[f.Name] = []byte(f.Content)
 	}
 	b.Version = bundleVersion(b.SchemaName, b.Schema, b.Files)
 	if b.Version != c.Version {
-		return nil, fmt.Errorf("%w: version %s does not match its content (%s)", ErrBadBundle, c.Version, b.Version)
+		return nil, fmt.Errorf("%w: %w: %s, content is %s", ErrBadBundle, errVersionMismatch, c.Version, b.Version)
 	}
 	return b, nil
 }
@@ -190,23 +196,59 @@ func signFreshness(key Signer, version string, ttl time.Duration, now time.Time)
 func verifyFreshness(pub ed25519.PublicKey, raw string) (*freshnessClaims, error) {
 	var c freshnessClaims
 	if err := verifyMessage(pub, raw, implicitFreshness, &c); err != nil {
-		return nil, fmt.Errorf("%w: freshness: %v", ErrBadBundle, err)
+		return nil, fmt.Errorf("%w: freshness: %w", ErrBadBundle, err)
 	}
 	if c.Issuer != IssuerName || c.IssuedAt.IsZero() || c.Version == "" {
-		return nil, fmt.Errorf("%w: freshness token incomplete", ErrBadBundle)
+		return nil, fmt.Errorf("%w: %w: freshness token incomplete", ErrBadBundle, errMalformed)
 	}
 	return &c, nil
 }
 
-// revocationClaims is one signed page of the revocation list: entries [From, Next) of the list
-// identified by Epoch. From = 0 means the whole list.
+// revocationClaims is one signed page of the revocation list: entries [From, Next). Prefix is the
+// chain hash of the entries before From, Head that of all entries up to Next (revocationChain), so
+// a client can tell whether a page continues the list it holds whichever replica signed it.
+//
+// Epoch repeats Head for sidecars of earlier versions, which name their list by an epoch and
+// send it back; the server answers them with whole lists (see handleRevocations).
 type revocationClaims struct {
-	Epoch    string       `json:"epoch"`
 	From     int          `json:"from"`
 	Next     int          `json:"next"`
+	Prefix   string       `json:"prefix"`
+	Head     string       `json:"head"`
+	Epoch    string       `json:"epoch"`
 	Entries  []Revocation `json:"entries"`
 	IssuedAt time.Time    `json:"iat"`
 	Issuer   string       `json:"iss"`
+}
+
+// revocationChainStart is the chain hash of the empty list.
+var revocationChainStart = func() string {
+	sum := sha256.Sum256([]byte("firma revocation list v1"))
+	return hex.EncodeToString(sum[:])
+}()
+
+// revocationChain extends the chain hash prev over recs: each step hashes the previous hash and the
+// record's fields, length-framed. Replicas reading the same file compute the same hashes.
+func revocationChain(prev string, recs []Revocation) string {
+	h := prev
+	for _, r := range recs {
+		d := sha256.New()
+		var n [8]byte
+		for _, field := range []string{h, r.TokenID, formatRevokedAt(r.RevokedAt), r.Reason} {
+			binary.BigEndian.PutUint64(n[:], uint64(len(field)))
+			d.Write(n[:])
+			d.Write([]byte(field))
+		}
+		h = hex.EncodeToString(d.Sum(nil))
+	}
+	return h
+}
+
+func formatRevokedAt(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 func signRevocations(key Signer, c revocationClaims) (string, error) {
@@ -219,11 +261,20 @@ func verifyRevocations(pub ed25519.PublicKey, raw string) (*revocationClaims, er
 	if err := verifyMessage(pub, raw, implicitRevocation, &c); err != nil {
 		return nil, fmt.Errorf("revocation list: %w", err)
 	}
-	if c.Issuer != IssuerName || c.IssuedAt.IsZero() || c.Epoch == "" {
-		return nil, errors.New("revocation list: incomplete")
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("revocation list: %w: %s", errMalformed, fmt.Sprintf(format, a...))
+	}
+	if c.Issuer != IssuerName || c.IssuedAt.IsZero() || c.Prefix == "" {
+		return nil, bad("incomplete")
 	}
 	if c.From < 0 || c.Next != c.From+len(c.Entries) {
-		return nil, fmt.Errorf("revocation list: entries [%d, %d) but %d given", c.From, c.Next, len(c.Entries))
+		return nil, bad("entries [%d, %d) but %d given", c.From, c.Next, len(c.Entries))
+	}
+	if c.From == 0 && c.Prefix != revocationChainStart {
+		return nil, bad("a list from 0 with a prefix")
+	}
+	if revocationChain(c.Prefix, c.Entries) != c.Head {
+		return nil, bad("head does not match the entries")
 	}
 	return &c, nil
 }

@@ -31,7 +31,8 @@ type CapabilityStore struct {
 
 // NewCapabilityStore returns a store that verifies tokens under pub, asks revocations (required:
 // pass a *Client, a *RevocationFile, or NoRevocations when there is no revocation source at all)
-// and tolerates skew of clock difference on both ends of a token's validity window.
+// and tolerates skew of clock difference on both ends of a token's validity window (clock_skew,
+// 0 by default: an expired token is refused at once).
 func NewCapabilityStore(pub ed25519.PublicKey, revocations RevocationChecker, skew time.Duration, log zerolog.Logger) (*CapabilityStore, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return nil, errors.New("capability store: no authority public key")
@@ -71,11 +72,16 @@ type Capability struct {
 var _ policies.Capability = (*Capability)(nil)
 
 // Open loads and verifies the capability file at path (signature and mirrors; the time window is
-// checked per decision) and watches it. An unreadable or unverifiable file is an error naming it.
+// checked per decision) and watches it. An unreadable or unverifiable file is an error naming it,
+// and so is a token already on the revocation list (wrapping ErrCapabilityRevoked), so that
+// `firma run` refuses to launch an agent whose every request would be denied.
 func (s *CapabilityStore) Open(path string) (*Capability, error) {
 	claims, _, err := LoadCapabilityFile(path, s.pub)
 	if err != nil {
 		return nil, err
+	}
+	if s.revocations.Revoked(claims.TokenID) {
+		return nil, fmt.Errorf("%s: %w: token %s", path, ErrCapabilityRevoked, claims.TokenID)
 	}
 	c := &Capability{store: s, path: path, claims: claims}
 	cancel, err := s.watcher.watch(path, c.reload)
@@ -102,6 +108,10 @@ func (c *Capability) reload() {
 	if old.TokenID != claims.TokenID {
 		log.Info().Str(logfields.TokenID, claims.TokenID).Str(logfields.PreviousTokenID, old.TokenID).
 			Str(logfields.Agent, claims.AgentID).Time(logfields.Expires, claims.Expires).Msg("capability reloaded")
+		if c.store.revocations.Revoked(claims.TokenID) {
+			log.Error().Str(logfields.TokenID, claims.TokenID).Str(logfields.Agent, claims.AgentID).
+				Msg("the new capability is revoked: every request of this agent will be denied")
+		}
 	}
 }
 

@@ -158,3 +158,75 @@ func TestMissingCapabilityDenies(t *testing.T) {
 		t.Fatalf("%v, want ErrCapabilityMissing", err)
 	}
 }
+
+// `firma run` registers through Open: a revoked capability is refused there, before anything is
+// launched, rather than launched and then denied on every request.
+func TestCapabilityStoreOpenRefusesRevoked(t *testing.T) {
+	key, pub, _ := newTestKey(t)
+	claims := testClaims(time.Now(), time.Hour)
+	path := filepath.Join(t.TempDir(), "capability.toml")
+	writeCap(t, key, path, claims)
+	revs := &fakeRevocations{ids: map[string]bool{claims.TokenID: true}}
+	store, err := NewCapabilityStore(pub, revs, 0, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	_, err = store.Open(path)
+	if !errors.Is(err, ErrCapabilityRevoked) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), claims.TokenID) {
+		t.Fatalf("Open of a revoked capability: %v", err)
+	}
+	delete(revs.ids, claims.TokenID)
+	if _, err := store.Open(path); err != nil {
+		t.Fatalf("Open once no longer revoked: %v", err)
+	}
+
+	// The same through a revocation file, as a sidecar without an authority has it.
+	revFile := filepath.Join(t.TempDir(), "revocations.txt")
+	if err := AppendRevocation(revFile, Revocation{TokenID: claims.TokenID, Reason: "lost"}); err != nil {
+		t.Fatal(err)
+	}
+	rf, err := OpenRevocationFile(revFile, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	store2, _ := NewCapabilityStore(pub, rf, 0, testLogger(t))
+	defer store2.Close()
+	if _, err := store2.Open(path); !errors.Is(err, ErrCapabilityRevoked) {
+		t.Fatalf("Open with the id in the revocation file: %v", err)
+	}
+}
+
+// No clock-skew grace unless configured: a capability is refused from its expiry on.
+func TestCapabilityExpiresWithoutGrace(t *testing.T) {
+	key, pub, _ := newTestKey(t)
+	now := time.Now()
+	claims := testClaims(now.Add(-time.Hour), time.Hour) // expired a moment ago (exp is truncated to the second)
+	path := filepath.Join(t.TempDir(), "capability.toml")
+	writeCap(t, key, path, claims)
+	cfg := DefaultClientConfig()
+	store, err := NewCapabilityStore(pub, NoRevocations, cfg.ClockSkew(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	c, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const send = "communication.external.send"
+	if _, err := c.Authorize("claude-code", send, "api.anthropic.com/v1", claims.Expires); !errors.Is(err, ErrCapabilityExpired) {
+		t.Errorf("at exp with the default skew: %v, want expired", err)
+	}
+	if _, err := c.Authorize("claude-code", send, "api.anthropic.com/v1", claims.Expires.Add(-time.Millisecond)); err != nil {
+		t.Errorf("just before exp: %v", err)
+	}
+	// With clock_skew = "30s" configured, the old grace is back, and only then.
+	skewed, _ := NewCapabilityStore(pub, NoRevocations, 30*time.Second, testLogger(t))
+	defer skewed.Close()
+	c2, _ := skewed.Open(path)
+	if _, err := c2.Authorize("claude-code", send, "api.anthropic.com/v1", claims.Expires.Add(10*time.Second)); err != nil {
+		t.Errorf("10 s after exp with clock_skew 30s: %v", err)
+	}
+}

@@ -18,15 +18,17 @@ import (
 // CapabilityFile is the TOML file `firma authority issue --output F` writes. Only RawToken is
 // trusted; the other fields mirror the token's claims for people reading the file. A mirror that is
 // present must agree with the token.
+//
+// Without the token, the same fields are one line of the issuance record (JSON; see RecordIssued).
 type CapabilityFile struct {
-	RawToken      string    `toml:"raw_token"`
-	TokenID       string    `toml:"token_id,omitempty"`
-	AgentID       string    `toml:"agent_id,omitempty"`
-	SessionID     string    `toml:"session_id,omitempty"`
-	Actions       []string  `toml:"actions,omitempty"`
-	ResourceScope string    `toml:"resource_scope,omitempty"`
-	IssuedAt      time.Time `toml:"issued_at,omitempty"`
-	ExpiresAt     time.Time `toml:"expires_at,omitempty"`
+	RawToken      string    `toml:"raw_token" json:"-"`
+	TokenID       string    `toml:"token_id,omitempty" json:"token_id"`
+	AgentID       string    `toml:"agent_id,omitempty" json:"agent_id"`
+	SessionID     string    `toml:"session_id,omitempty" json:"session_id"`
+	Actions       []string  `toml:"actions,omitempty" json:"actions"`
+	ResourceScope string    `toml:"resource_scope,omitempty" json:"resource_scope"`
+	IssuedAt      time.Time `toml:"issued_at,omitempty" json:"issued_at"`
+	ExpiresAt     time.Time `toml:"expires_at,omitempty" json:"expires_at"`
 }
 
 // NewCapabilityFile returns the file contents for a signed token and its claims.
@@ -79,20 +81,8 @@ func ReadCapabilityFile(path string) (*CapabilityFile, error) {
 		return nil, err
 	}
 	var f CapabilityFile
-	dec := toml.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		var strict *toml.StrictMissingError
-		if errors.As(err, &strict) && len(strict.Errors) > 0 {
-			row, col := strict.Errors[0].Position()
-			return nil, fmt.Errorf("%s:%d:%d: unknown key %q", path, row, col, strict.Errors[0].Key())
-		}
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := decodeStrict(path, data, &f); err != nil {
+		return nil, err
 	}
 	if f.RawToken == "" {
 		return nil, fmt.Errorf("%s: raw_token is missing", path)

@@ -267,7 +267,10 @@ func TestProcessGuideStep3AndAuthority(t *testing.T) {
 	}
 }
 
-func TestProcessAuthorityRefusesBadStart(t *testing.T) {
+// guideWorkdir lays out a scratch directory as the guide's Step 3 leaves it: the authority key,
+// the issuance policy and an empty examples/policies, but no firma.toml yet.
+func guideWorkdir(t *testing.T) string {
+	t.Helper()
 	work := t.TempDir()
 	os.MkdirAll(filepath.Join(work, ".local/issuance"), 0o755)
 	os.MkdirAll(filepath.Join(work, "examples/policies"), 0o755)
@@ -275,6 +278,11 @@ func TestProcessAuthorityRefusesBadStart(t *testing.T) {
 		t.Fatal(r.stderr)
 	}
 	os.WriteFile(filepath.Join(work, ".local/issuance/issuance.cedar"), []byte(guideIssuance), 0o644)
+	return work
+}
+
+func TestProcessAuthorityRefusesBadStart(t *testing.T) {
+	work := guideWorkdir(t)
 	os.WriteFile(filepath.Join(work, "examples/policies/bad.cedar"), []byte("permit (\n  principal,\n  action == Firma::Action::\"nope\",\n  resource\n);\n"), 0o644)
 	os.WriteFile(filepath.Join(work, ".local/firma.toml"), []byte(fmt.Sprintf(guideAuthoritySection, "127.0.0.1:0", 60)), 0o644)
 
@@ -381,5 +389,86 @@ func (p *firmaProcess) terminate(t *testing.T) int {
 	case <-ctx.Done():
 		t.Fatalf("authority still running 10 s after SIGTERM:\n%s", p.logs())
 		return -1
+	}
+}
+
+// revoke checks the id against the issuance record: a typo is an error (exit 1), --force
+// overrides, and revoking twice adds nothing.
+func TestProcessRevokeRefusesUnknownIDs(t *testing.T) {
+	t.Parallel()
+	work := guideWorkdir(t)
+	os.WriteFile(filepath.Join(work, ".local/firma.toml"), []byte(fmt.Sprintf(guideAuthoritySection, "127.0.0.1:0", 60)), 0o644)
+	r := runFirma(t, work, "authority", "-c", ".local/firma.toml", "issue", "--agent-id", "claude-code", "--session-id", "s-1",
+		"--action", "communication.external.send", "--resource-scope", "*.anthropic.com*", "--ttl-seconds", "600", "--output", ".local/cap.toml")
+	if r.code != 0 {
+		t.Fatalf("issue: %d %s", r.code, r.stderr)
+	}
+	f, err := ReadCapabilityFile(filepath.Join(work, ".local/cap.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger := filepath.Join(work, ".local/issued.jsonl")
+	if rec, err := FindIssued(ledger, f.TokenID); err != nil || rec.AgentID != "claude-code" || rec.SessionID != "s-1" {
+		t.Fatalf("issuance record: %+v %v", rec, err)
+	}
+	if data, _ := os.ReadFile(ledger); strings.Contains(string(data), f.RawToken) {
+		t.Fatal("the issuance record holds the token itself")
+	}
+
+	revocations := filepath.Join(work, ".local/revocations.txt")
+	typo := f.TokenID[:len(f.TokenID)-1] + "0"
+	if typo == f.TokenID {
+		typo = f.TokenID[:len(f.TokenID)-1] + "1"
+	}
+	r = runFirma(t, work, "authority", "-c", ".local/firma.toml", "revoke", typo, "--reason", "typo")
+	if r.code != 1 || !strings.Contains(r.stderr, "not issued by this authority") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("revoke of an unknown id: exit %d: %s", r.code, r.stderr)
+	}
+	if data, _ := os.ReadFile(revocations); strings.Contains(string(data), typo) {
+		t.Fatal("an unknown id was written to the revocation file")
+	}
+	r = runFirma(t, work, "authority", "-c", ".local/firma.toml", "revoke", "--force", typo, "--reason", "other authority's token")
+	if r.code != 0 || !strings.Contains(r.stderr, "warning") {
+		t.Fatalf("revoke --force: exit %d: %s", r.code, r.stderr)
+	}
+	r = runFirma(t, work, "authority", "-c", ".local/firma.toml", "revoke", f.TokenID, "--reason", "laptop lost")
+	if r.code != 0 || !strings.Contains(r.stdout, "agent claude-code") {
+		t.Fatalf("revoke: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	r = runFirma(t, work, "authority", "-c", ".local/firma.toml", "revoke", f.TokenID)
+	if r.code != 0 || !strings.Contains(r.stdout, "already revoked") {
+		t.Fatalf("second revoke: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	recs, _, err := ReadRevocations(revocations)
+	if err != nil || len(recs) != 2 || recs[0].TokenID != typo || recs[1].TokenID != f.TokenID || recs[1].Reason != "laptop lost" {
+		t.Fatalf("revocation file: %+v %v", recs, err)
+	}
+}
+
+// init-tls writes what the authority and its sidecars need, prints the config to use, and keeps
+// everything on a second run.
+func TestProcessInitTLS(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	r := runFirma(t, work, "authority", "init-tls", "--dir", "tls", "--hosts", "127.0.0.1,localhost", "--sidecars", "web-1,web-2", "--auth", "both")
+	if r.code != 0 {
+		t.Fatalf("init-tls: exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"wrote tls/ca.key", "wrote tls/sidecars/web-2.token", `tls_cert_file = "tls/authority.crt"`,
+		`client_ca_file = "tls/ca.crt"`, `tokens_file = "tls/tokens.toml"`, `client_cert_file = "tls/sidecars/web-1.crt"`,
+		`token_file = "tls/sidecars/web-2.token"`, `urls = ["https://127.0.0.1:50051"]`} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("init-tls output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = runFirma(t, work, "authority", "init-tls", "--dir", "tls", "--sidecars", "web-1", "--auth", "both")
+	if r.code != 0 || strings.Contains(r.stdout, "wrote") || !strings.Contains(r.stdout, "kept  tls/sidecars/web-1.crt") {
+		t.Fatalf("second init-tls: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := runFirma(t, work, "authority", "init-tls", "--dir", "tls", "--auth", "passwords"); r.code != 2 {
+		t.Fatalf("--auth passwords: exit %d: %s", r.code, r.stderr)
+	}
+	if r := runFirma(t, work, "authority", "-c", "x.toml", "init-tls", "--dir", "tls"); r.code != 2 {
+		t.Fatalf("init-tls with -c: exit %d: %s", r.code, r.stderr)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/openfirma/firma/internal/testutil"
+	"github.com/rs/zerolog"
 )
 
 // guidePolicy is examples/policies/claude-code.cedar from the guide.
@@ -86,11 +86,17 @@ func authorityFiles(t *testing.T, bundleTTL int64) Config {
 
 func startAuthority(t *testing.T, cfg Config) *testAuthority {
 	t.Helper()
+	return startAuthorityLog(t, cfg, testLogger(t))
+}
+
+// startAuthorityLog is startAuthority logging to log.
+func startAuthorityLog(t *testing.T, cfg Config, log zerolog.Logger) *testAuthority {
+	t.Helper()
 	key, err := LoadPrivateKey(cfg.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(cfg, key, testLogger(t).With().Str("side", "authority").Logger())
+	srv, err := NewServer(cfg, key, log.With().Str("side", "authority").Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +107,11 @@ func startAuthority(t *testing.T, cfg Config) *testAuthority {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	ta := &testAuthority{cfg: cfg, srv: srv, pub: srv.PublicKey(), url: "http://" + ln.Addr().String()}
+	scheme := "http://"
+	if cfg.TLS() {
+		scheme = "https://"
+	}
+	ta := &testAuthority{cfg: cfg, srv: srv, pub: srv.PublicKey(), url: scheme + ln.Addr().String()}
 	var stopped atomic.Bool
 	ta.stop = func() {
 		if stopped.Swap(true) {
@@ -128,10 +138,16 @@ func startClient(t *testing.T, url, pubPath, cacheDir string) (*Client, *[]strin
 	cfg.URL = url
 	cfg.PublicKeyPath = pubPath
 	cfg.CacheDir = cacheDir
+	return startClientConfig(t, cfg, testLogger(t))
+}
+
+// startClientConfig runs a Client with cfg, logging to log.
+func startClientConfig(t *testing.T, cfg ClientConfig, log zerolog.Logger) (*Client, *[]string, func()) {
+	t.Helper()
 	var adopted []string
 	var mu = make(chan struct{}, 1)
 	mu <- struct{}{}
-	c, err := NewClient(cfg, testLogger(t).With().Str("side", "client").Logger(), func(b Bundle) error {
+	c, err := NewClient(cfg, log.With().Str("side", "client").Logger(), func(b Bundle) error {
 		<-mu
 		adopted = append(adopted, b.Version)
 		mu <- struct{}{}
@@ -427,27 +443,5 @@ func TestIssueOverHTTPTrustsOnlyLocalRootOrSelf(t *testing.T) {
 	}
 	if string(got) != "403" {
 		t.Fatalf("uid 65534: status %q, want 403", got)
-	}
-}
-
-func TestFindSocketOwner(t *testing.T) {
-	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:C350 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:9C40 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 2 1 0000000000000000 20 4 30 10 -1
-`
-	local, remote := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:50000")
-	uid, found, err := findSocketOwner(strings.NewReader(table), local, remote)
-	if err != nil || !found || uid != 1000 {
-		t.Fatalf("uid %d found %v err %v, want 1000", uid, found, err)
-	}
-	if _, found, _ := findSocketOwner(strings.NewReader(table), remote, local); found {
-		t.Error("matched the reversed 4-tuple")
-	}
-	v6 := `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:9C40 00000000000000000000000001000000:C383 01 00000000:00000000 00:00000000 00000000    33        0 3 1
-`
-	uid, found, err = findSocketOwner(strings.NewReader(v6), netip.MustParseAddrPort("[::1]:40000"), netip.MustParseAddrPort("[::1]:50051"))
-	if err != nil || !found || uid != 33 {
-		t.Fatalf("v6: uid %d found %v err %v, want 33", uid, found, err)
 	}
 }

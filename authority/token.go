@@ -129,6 +129,15 @@ func signMessage(key Signer, claims any, implicit []byte) (string, error) {
 	return key.signV4(tok, implicit), nil
 }
 
+// What a signed message that fails verification is: signed by another key (its footer names
+// another key id), not a valid signature under ours, or not a well-formed message at all. Every
+// verification error wraps exactly one of these.
+var (
+	errWrongKey     = errors.New("signed by another key")
+	errBadSignature = errors.New("signature does not verify")
+	errMalformed    = errors.New("malformed")
+)
+
 // verifyMessage checks raw's signature under pub with the implicit assertion and decodes its claims
 // into out. Time claims are not checked here: each caller applies its own window and skew.
 func verifyMessage(pub ed25519.PublicKey, raw string, implicit []byte, out any) error {
@@ -136,15 +145,34 @@ func verifyMessage(pub ed25519.PublicKey, raw string, implicit []byte, out any) 
 	if err != nil {
 		return fmt.Errorf("public key: %w", err)
 	}
+	raw = strings.TrimSpace(raw)
 	parser := paseto.MakeParser(nil)
-	tok, err := parser.ParseV4Public(pk, strings.TrimSpace(raw), implicit)
+	tok, err := parser.ParseV4Public(pk, raw, implicit)
 	if err != nil {
-		return fmt.Errorf("verifying signature: %w", err)
+		return fmt.Errorf("verifying signature: %w: %v", whyUnverified(parser, pub, raw), err)
 	}
 	if err := json.Unmarshal(tok.ClaimsJSON(), out); err != nil {
-		return fmt.Errorf("decoding claims: %w", err)
+		return fmt.Errorf("%w: decoding claims: %v", errMalformed, err)
 	}
 	return nil
+}
+
+// whyUnverified tells a message signed by another authority (its authenticated footer names
+// another key; read here unverified, only to explain the failure) from a bad signature and from
+// something that is not a v4.public message.
+func whyUnverified(parser paseto.Parser, pub ed25519.PublicKey, raw string) error {
+	if !strings.HasPrefix(raw, "v4.public.") || strings.Count(raw, ".") < 2 {
+		return errMalformed
+	}
+	foot, err := parser.UnsafeParseFooter(paseto.V4Public, raw)
+	if err != nil {
+		return errMalformed
+	}
+	var f footer
+	if json.Unmarshal(foot, &f) == nil && f.KeyID != "" && f.KeyID != KeyID(pub) {
+		return errWrongKey
+	}
+	return errBadSignature
 }
 
 // SignCapability signs c as a capability token. It sets c.Issuer and validates the claims first.

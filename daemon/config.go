@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +28,7 @@ type Config struct {
 	Agents      []agents.Config        `toml:"agents"`
 	Interceptor InterceptorConfig      `toml:"interceptor"`
 	Control     ControlConfig          `toml:"control"`
+	Debug       DebugConfig            `toml:"debug"`
 	Policy      policies.Config        `toml:"policy"`
 	Mapping     policies.MappingConfig `toml:"mapping"`
 	Upstream    connector.Config       `toml:"upstream"`
@@ -34,7 +36,6 @@ type Config struct {
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          l7.CAConfig            `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
-	Debug       DebugConfig            `toml:"debug"`
 
 	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
 	// key, its policy and issuance dirs) that `firma run` hides from agents or keeps read-only, on
@@ -83,13 +84,6 @@ type InterceptorConfig struct {
 	// HTTPSMITM is [sidecar.interceptor.https_mitm]: which hosts are TLS-terminated and judged per
 	// request, for the transparent path and the explicit proxy alike.
 	HTTPSMITM l7.Config `toml:"https_mitm"`
-}
-
-// DebugConfig is [sidecar.debug]: an opt-in listener for profiling the running sidecar.
-type DebugConfig struct {
-	// ListenAddr serves net/http/pprof under /debug/pprof/ on a loopback address:port; "" (the
-	// default) serves nothing. FIRMA_PPROF in the environment sets it too.
-	ListenAddr string `toml:"listen_addr"`
 }
 
 // ControlConfig is [sidecar.control]: the root-only socket `firma run` registers agents through.
@@ -164,11 +158,7 @@ func (c *Config) Validate() error {
 	if c.Transparent.IdleTimeout.Duration < 0 {
 		bad("transparent.idle_timeout", "must not be negative (0 never ends an idle tunnel)")
 	}
-	if c.Debug.ListenAddr != "" {
-		if err := validateDebugAddr(c.Debug.ListenAddr); err != nil {
-			bad("debug.listen_addr", "%v", err)
-		}
-	}
+
 	errs = append(errs, prefixed("sidecar.", agents.Validate(c.Agents))...)
 	if c.Interceptor.ListenAddr != "" {
 		if _, _, err := net.SplitHostPort(c.Interceptor.ListenAddr); err != nil {
@@ -176,6 +166,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, prefixed("sidecar.upstream.", c.Upstream.Validate())...)
+	errs = append(errs, prefixed("sidecar.debug.", c.Debug.Validate())...)
 	if err := c.Authority.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -186,10 +177,26 @@ func (c *Config) Validate() error {
 		errs = append(errs, prefixed("sidecar.", c.Interceptor.HTTPSMITM.ValidateCA(c.CA))...)
 	}
 	errs = append(errs, prefixed("sidecar.", credentials.ValidateAll(c.Credentials))...)
+	maxBody := c.Policy.MaxBodyBytes
+	if maxBody == 0 {
+		maxBody = policies.DefaultMaxBodyBytes
+	}
+	if b := c.Interceptor.HTTPSMITM.BodyBufferBytes; b > 0 && b <= maxBody {
+		bad("interceptor.https_mitm.body_buffer_bytes", "%d must be more than sidecar.policy.max_body_bytes (%d): a body a policy reads could never be buffered", b, maxBody)
+	}
 	if err := c.Audit.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("sidecar.%w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// PolicyConfig is [sidecar.policy] as the sidecar's policy engine uses it: hidden_headers holds the
+// headers of [[sidecar.credentials]] too, so that no policy reads a header the sidecar puts a
+// credential in (an agent could otherwise probe a key through a policy's answers).
+func (c *Config) PolicyConfig() policies.Config {
+	p := c.Policy
+	p.HiddenHeaders = append(slices.Clone(p.HiddenHeaders), credentials.HeaderNames(c.Credentials)...)
+	return p
 }
 
 // prefixed names the section of a package's validation errors (which name keys relative to it),

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,32 +13,34 @@ import (
 	"github.com/openfirma/firma/internal/logfields"
 )
 
-// validateDebugAddr accepts only a loopback address and a port: the profiles name hosts, paths and
-// agents, and the handlers take CPU on demand.
-func validateDebugAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if port == "" {
-		return fmt.Errorf("%q: no port", addr)
-	}
-	if host == "localhost" {
+// DebugConfig is [sidecar.debug]: an opt-in listener for Go's profiler (net/http/pprof), for
+// finding out where the sidecar spends its time. Off by default; loopback only.
+type DebugConfig struct {
+	// ListenAddr serves /debug/pprof/ on a loopback address:port; "" (the default) serves nothing.
+	ListenAddr string `toml:"listen_addr"`
+}
+
+// Validate refuses anything but a loopback address: profiles show hosts, paths and memory.
+func (c *DebugConfig) Validate() error {
+	if c.ListenAddr == "" {
 		return nil
 	}
-	a, err := netip.ParseAddr(host)
-	if err != nil || !a.IsLoopback() {
-		return fmt.Errorf("%q: want a loopback address (127.0.0.1, [::1]) and a port", addr)
+	ap, err := netip.ParseAddrPort(c.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen_addr %q: want a loopback address:port: %v", c.ListenAddr, err)
+	}
+	if !ap.Addr().IsLoopback() {
+		return fmt.Errorf("listen_addr %q: only a loopback address may serve profiles", c.ListenAddr)
 	}
 	return nil
 }
 
-// serveDebug serves net/http/pprof on addr until the sidecar closes. It is off unless [sidecar.debug]
-// listen_addr (or FIRMA_PPROF) asks for it.
-func (s *Sidecar) serveDebug(addr string) (net.Addr, error) {
+// serveDebug starts the profiler listener until ctx ends.
+func (s *Sidecar) serveDebug(ctx context.Context) error {
+	addr := s.cfg.Debug.ListenAddr
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("sidecar.debug.listen_addr: %w", err)
+		return fmt.Errorf("sidecar.debug.listen_addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -51,7 +54,8 @@ func (s *Sidecar) serveDebug(addr string) (net.Addr, error) {
 			s.log.Error().Err(err).Msg("debug listener stopped")
 		}
 	}()
-	s.closers = append(s.closers, func() error { return srv.Close() })
-	s.log.Warn().Str(logfields.Listen, ln.Addr().String()).Msg("debug listener on: /debug/pprof/ serves profiles of this sidecar")
-	return ln.Addr(), nil
+	context.AfterFunc(ctx, func() { srv.Close() })
+	s.closers = append(s.closers, srv.Close)
+	s.log.Warn().Str(logfields.Listen, addr).Msg("profiler listening (sidecar.debug): turn it off when done")
+	return nil
 }

@@ -4,6 +4,8 @@ package daemon_test
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -300,4 +302,25 @@ func dumpDecisions(evs []audit.Event) string {
 		}
 	}
 	return b.String()
+}
+
+// firma run refuses to launch with a revoked capability: the sidecar's registration fails and the
+// agent never runs.
+func TestFirmaRunRefusesRevokedCapability(t *testing.T) {
+	tw := newTrustWorld(t, 60, nil)
+	tw.waitAllowed(t, tw.Agent)
+	tw.auth.Revoke(t, tw.tokenID, "e2e: revoked before launch")
+	tw.probeUntil(t, tw.Agent, time.Now().Add(5*time.Second), "the revocation to reach the sidecar", decidedAs("DENY", "capability revoked"))
+
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd := exec.Command(tw.Bin, "run", "--sidecar", tw.ControlSocket, "--capability-file", tw.capFile, "--profile", "generic",
+		"--", "sh", "-c", "echo > "+marker)
+	cmd.Env = testutil.CleanEnv()
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "capability revoked") {
+		t.Fatalf("firma run with a revoked capability: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the agent ran")
+	}
 }

@@ -55,8 +55,8 @@ func (r registry) Info() control.Info {
 // for rotated files; a runner skips a directory that holds its own workspace), credentials.
 func (s *Sidecar) hiddenPaths() []string {
 	c := s.cfg
-	paths := []string{c.Control.Socket, c.Audit.FilePath, c.Audit.SigningKeyPath, c.CA.Dir,
-		c.Authority.CacheDir}
+	paths := append([]string{c.Control.Socket, c.Audit.FilePath, c.Audit.SigningKeyPath, c.CA.Dir},
+		c.Authority.HiddenPaths()...)
 	if c.Audit.FilePath != "" {
 		paths = append(paths, filepath.Dir(c.Audit.FilePath))
 	}
@@ -70,8 +70,7 @@ func (s *Sidecar) hiddenPaths() []string {
 // its capabilities.
 func (s *Sidecar) protectedPaths() []string {
 	c := s.cfg
-	paths := []string{c.Policy.Dir, c.Policy.Schema, c.Mapping.RulesPath, c.Authority.PublicKeyPath,
-		c.Authority.RevocationFile}
+	paths := append([]string{c.Policy.Dir, c.Policy.Schema, c.Mapping.RulesPath}, c.Authority.ProtectedPaths()...)
 	for _, a := range c.Agents {
 		paths = append(paths, a.CapabilityFile)
 	}

@@ -99,7 +99,7 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	}
 
 	// Policy first: a bad policy must stop start-up before anything is created on disk.
-	if s.engine, err = policies.New(cfg.Policy, cfg.Mapping, component("policy")); err != nil {
+	if s.engine, err = policies.New(cfg.PolicyConfig(), cfg.Mapping, component("policy")); err != nil {
 		return nil, err
 	}
 	if s.audit, err = audit.Open(cfg.Audit, component("audit")); err != nil {
@@ -125,6 +125,10 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.agents.Close)
+	for _, a := range s.agents.Monitored() {
+		log.Warn().Str(logfields.Agent, a.ID).Str(logfields.Cgroup, a.Cgroup).
+			Msg("MONITOR MODE: this agent's policy denials are recorded, not enforced")
+	}
 	s.judge = judge.New(judge.Options{Engine: s.engine, Audit: s.audit, Stale: s.trust.stale, Log: component("judge")})
 
 	self := s.selfAddrs()
@@ -230,7 +234,7 @@ func (s *Sidecar) flowOf(o bpf.Origin) *judge.Flow {
 	a, cg, err := s.agents.Resolve(o.CgroupID)
 	f.Cgroup, f.Unknown = cg, err
 	if err == nil {
-		f.AgentID, f.SessionID, f.Capability = a.ID, a.SessionID, a.Capability
+		f.AgentID, f.SessionID, f.Capability, f.Monitor = a.ID, a.SessionID, a.Capability, a.Monitor
 	}
 	return f
 }
@@ -288,16 +292,16 @@ func (s *Sidecar) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if cfg.Debug.ListenAddr != "" {
-		if _, err := s.serveDebug(cfg.Debug.ListenAddr); err != nil {
-			return err
-		}
-	}
 	go func() {
 		if err := s.engine.Watch(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error().Err(err).Msg("policy watch stopped")
 		}
 	}()
+	if cfg.Debug.ListenAddr != "" {
+		if err := s.serveDebug(ctx); err != nil {
+			return err
+		}
+	}
 	go s.trust.run(ctx, s.log)
 	if s.progs != nil {
 		go s.kernelRefusals(ctx, s.progs)

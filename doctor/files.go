@@ -93,7 +93,7 @@ func sidecarPolicy(s *daemon.Config) Check {
 			dirCheck = &c
 		}
 	}
-	e, err := policies.New(s.Policy, s.Mapping, zerolog.Nop())
+	e, err := policies.New(s.PolicyConfig(), s.Mapping, zerolog.Nop())
 	if err != nil {
 		return fail(name, "fix the file and line named; `firma policy validate -c` lists every problem", "%v", err)
 	}

@@ -210,9 +210,15 @@ func bpfLSM() Check {
 	}
 	active := strings.TrimSpace(string(data))
 	for _, l := range strings.Split(active, ",") {
-		if l == "bpf" {
-			return ok(name, "active (%s)", active)
+		if l != "bpf" {
+			continue
 		}
+		// Active is not enough: some kernels (and VMs) refuse to load LSM programs all the same.
+		if err := features.HaveProgramType(ebpf.LSM); err != nil {
+			return warn(name, "use a kernel that can load BPF LSM programs",
+				"active (%s) but LSM programs cannot be loaded (%v): other socket families, bpf() and tun/tap are refused only by firma run's sandbox, not for agents systemd starts", active, err)
+		}
+		return ok(name, "active (%s)", active)
 	}
 	return warn(name, "add bpf to the kernel's lsm= boot parameter",
 		"not active (%s): other socket families are refused only by firma run's seccomp filter, not for agents systemd starts", active)

@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cilium/ebpf/link"
-
 	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon"
 	"github.com/openfirma/firma/internal/cgroup"
@@ -46,8 +44,9 @@ func pins(pinDir string) Check {
 	return ok(name, "%d links and maps %s under %s", len(entries), strings.Join(mapNames, ", "), pinDir)
 }
 
-// programs reads every pinned link and checks that it is attached to the configured cgroup.
-// TODO(lead): move into the bpf package (bpf.Attached(pinDir, cgroup)) with its program list.
+// programs asks the bpf package whether every program is pinned, attached to the configured
+// cgroup and of this firma build (bpf.Inspect), and reports which optional protections (BPF LSM)
+// are missing.
 func programs(s *daemon.Config) Check {
 	const name = "sidecar.programs"
 	rel, err := cgroupPath(s)
@@ -59,45 +58,12 @@ func programs(s *daemon.Config) Check {
 		return fail(name, "mount cgroup2", "%v", err)
 	}
 	parent := filepath.Join(mount, filepath.FromSlash(rel))
-	want, err := bpf.CgroupID(parent)
-	if err != nil {
-		return fail(name, "start the sidecar: it creates the enforced cgroup", "enforced cgroup: %v", err)
+	st := bpf.Inspect(bpf.Config{Cgroup: parent, PinDir: s.Transparent.PinDir})
+	if err := st.Err(); err != nil {
+		return fail(name, "start (or restart) the sidecar with this config: it attaches, re-pins and repairs its programs", "%v", err)
 	}
-	dir := filepath.Join(s.Transparent.PinDir, "links")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fail(name, "start the sidecar", "%v", err)
-	}
-	var attached, elsewhere, broken []string
-	for _, e := range entries {
-		l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil)
-		if err != nil {
-			broken = append(broken, fmt.Sprintf("%s (%v)", e.Name(), err))
-			continue
-		}
-		info, err := l.Info()
-		l.Close()
-		switch {
-		case err != nil:
-			broken = append(broken, fmt.Sprintf("%s (%v)", e.Name(), err))
-		case info.Cgroup() == nil:
-			attached = append(attached, e.Name()) // not a cgroup link (LSM): nothing to compare
-		case info.Cgroup().CgroupId != want:
-			elsewhere = append(elsewhere, fmt.Sprintf("%s (cgroup id %d)", e.Name(), info.Cgroup().CgroupId))
-		default:
-			attached = append(attached, e.Name())
-		}
-	}
-	switch {
-	case len(broken) > 0:
-		return fail(name, "restart the sidecar: it re-pins what it cannot read", "unreadable links: %s", strings.Join(broken, ", "))
-	case len(elsewhere) > 0:
-		return fail(name, "restart the sidecar with this config: it moves the links to the configured cgroup",
-			"attached to another cgroup than %s (id %d): %s", parent, want, strings.Join(elsewhere, ", "))
-	case len(attached) == 0:
-		return fail(name, "start the sidecar", "no program attached to %s", parent)
-	}
-	return ok(name, "%d programs attached to %s", len(attached), parent)
+	// What BPF LSM would add is the bpf_lsm check's to report.
+	return ok(name, "%d programs attached to %s; %s", len(st.Links), parent, st.Features)
 }
 
 // listeners checks that something listens on every address the sidecar serves, and says who.

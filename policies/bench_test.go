@@ -3,6 +3,7 @@ package policies
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -57,28 +58,33 @@ func BenchmarkDecide(b *testing.B) {
 			if err := e.LoadBundle(benchPolicies(n), nil); err != nil {
 				b.Fatal(err)
 			}
-			ctx, r := context.Background(), benchRequest()
-			if d, err := e.Decide(ctx, r); err != nil || d.Outcome != Allow {
-				b.Fatalf("benchmark request not allowed: %+v, %v", d, err)
-			}
-			samples := make([]time.Duration, 0, min(b.N, 1<<20))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				start := time.Now()
-				d, _ := e.Decide(ctx, r)
-				el := time.Since(start)
-				if d.Outcome != Allow {
-					b.Fatal("decision changed")
-				}
-				if len(samples) < cap(samples) {
-					samples = append(samples, el)
-				}
-			}
-			b.StopTimer()
-			reportPercentiles(b, samples)
+			benchDecide(b, e, benchRequest())
 		})
 	}
+}
+
+// benchDecide times Decide on r, which must be allowed, reporting p50, p99 and allocations.
+func benchDecide(b *testing.B, e *Engine, r Request) {
+	ctx := context.Background()
+	if d, err := e.Decide(ctx, r); err != nil || d.Outcome != Allow {
+		b.Fatalf("benchmark request not allowed: %+v, %v", d, err)
+	}
+	samples := make([]time.Duration, 0, min(b.N, 1<<20))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		d, _ := e.Decide(ctx, r)
+		el := time.Since(start)
+		if d.Outcome != Allow {
+			b.Fatal("decision changed")
+		}
+		if len(samples) < cap(samples) {
+			samples = append(samples, el)
+		}
+	}
+	b.StopTimer()
+	reportPercentiles(b, samples)
 }
 
 // BenchmarkCedarFullScan is the baseline the index avoids: Cedar evaluating all 1,000 policies.
@@ -87,10 +93,7 @@ func BenchmarkCedarFullScan(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	full := cedar.NewPolicySet()
-	for _, p := range set.policies {
-		full.Add(cedar.PolicyID(p.id), p.cedar)
-	}
+	full := cedarSet(set.policies...)
 	r := benchRequest()
 	n, _ := normalize(&r)
 	ents := &requestEntities{resource: resourceEntity(&n, "anthropic"), actions: set.schema.actions}
@@ -98,7 +101,7 @@ func BenchmarkCedarFullScan(b *testing.B) {
 		Principal: types.NewEntityUID(AgentType, types.String(n.agent)),
 		Action:    types.NewEntityUID(ActionType, "model.inference.chat"),
 		Resource:  ents.resource.UID,
-		Context:   contextRecord(&n, 0),
+		Context:   testContext(&n),
 	}
 	samples := make([]time.Duration, 0, min(b.N, 1<<20))
 	b.ReportAllocs()
@@ -122,4 +125,54 @@ func reportPercentiles(b *testing.B, samples []time.Duration) {
 	at := func(q float64) float64 { return float64(samples[int(q*float64(len(samples)-1))].Nanoseconds()) }
 	b.ReportMetric(at(0.50), "p50-ns")
 	b.ReportMetric(at(0.99), "p99-ns")
+}
+
+// BenchmarkDecideL7 is BenchmarkDecide at 1,000 policies plus the L7 features on the request's own
+// candidates: a JSON-body forbid ("only this model"), a session forbid (deny_count) and a rate
+// forbid (actions_last_hour), on a chat request with a 1 KiB JSON body. Its session has history.
+func BenchmarkDecideL7(b *testing.B) {
+	files := benchPolicies(1000)
+	files["l7.cedar"] = []byte(`
+forbid (principal, action == Firma::Action::"model.inference.chat", resource)
+unless { context.json has model && context.json.model == "claude-haiku-4-5" };
+forbid (principal, action, resource) when { context.deny_count > 3 };
+@defer("1000")
+forbid (principal, action in Firma::Action::"model", resource)
+when { context.actions_last_hour.hasTag("model") && context.actions_last_hour.getTag("model") >= 1000000 };
+`)
+	e, err := New(Config{}, DefaultMappingConfig(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := e.LoadBundle(files, nil); err != nil {
+		b.Fatal(err)
+	}
+	r := benchRequest()
+	body := []byte(`{"model":"claude-haiku-4-5","max_tokens":1024,"messages":[{"role":"user","content":"` + strings.Repeat("x", 900) + `"}]}`)
+	r.Content = Content{Header: http.Header{"Content-Type": {"application/json"}}, BodySize: int64(len(body)), Body: body}
+	for i := 0; i < 50; i++ {
+		d, _ := e.Decide(context.Background(), r)
+		e.Observe(d)
+	}
+	benchDecide(b, e, r)
+}
+
+// BenchmarkNeedsBody is the per-request cost of asking whether to buffer the body.
+func BenchmarkNeedsBody(b *testing.B) {
+	e, err := New(Config{}, DefaultMappingConfig(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := e.LoadBundle(benchPolicies(1000), nil); err != nil {
+		b.Fatal(err)
+	}
+	r := benchRequest()
+	r.Content.BodySize = 1024
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if e.NeedsBody(r) {
+			b.Fatal("no policy reads the body")
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cedar-policy/cedar-go/types"
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/internal/testutil"
@@ -329,12 +330,7 @@ func TestLoadBundle(t *testing.T) {
 		t.Error("reload dropped the bundle")
 	}
 	// A bundle schema that lacks a class the local rules use is refused: the rules must validate.
-	small := `namespace Firma {
-    entity Agent;
-    entity Resource { host: String, path: String, method: String, port: Long, provider?: String };
-    type Context = { session_id: String, timestamp_ms: Long, raw_transport: String, pid: Long, exe: String, uid: Long, cgroup: String };
-    action "communication.external.send" appliesTo { principal: Agent, resource: Resource, context: Context };
-}`
+	small := schemaWith(`action "communication.external.send" appliesTo { principal: Agent, resource: Resource, context: Context };`)
 	err := e.LoadBundle(map[string][]byte{"b.cedar": []byte(permitB)}, []byte(small))
 	if err == nil || !strings.Contains(err.Error(), "mapping rules under the bundle's schema") {
 		t.Errorf("bundle schema without the rules' classes: %v", err)
@@ -394,4 +390,21 @@ func TestWatch(t *testing.T) {
 	if e.Version() != v2 {
 		t.Error("a non-policy file changed the set")
 	}
+}
+
+// testContext is the full Cedar context of a normalized request with no content.
+func testContext(n *normalized) types.Record {
+	f := &facts{n: n, r: &Request{}, lim: &limits{maxBody: DefaultMaxBodyBytes}, schema: EmbeddedSchema()}
+	rec, _, err := f.context(allAttrs)
+	if err != nil {
+		panic(err)
+	}
+	return rec
+}
+
+// schemaWith is the embedded schema's entity types and context with only the given action
+// declarations.
+func schemaWith(actions ...string) string {
+	text := string(embeddedSchemaText)
+	return text[:strings.Index(text, "    // Groups.")] + strings.Join(actions, "\n") + "\n}\n"
 }

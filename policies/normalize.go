@@ -23,6 +23,7 @@ type normalized struct {
 	host           string
 	port           int
 	path           string // "" for connection-level and DNS intents
+	query          string // the raw query of an HTTP intent, without '?'
 	resource       string // host + path
 	transport      string
 	pid, uid       int
@@ -96,6 +97,9 @@ func normalize(r *Request) (normalized, error) {
 	if n.kind != intentHTTP {
 		n.resource = n.host
 		return n, nil
+	}
+	if i := strings.IndexAny(r.Path, "?#"); i >= 0 && r.Path[i] == '?' {
+		n.query, _, _ = strings.Cut(r.Path[i+1:], "#")
 	}
 	if n.path, err = NormalizePath(r.Path); err != nil {
 		return n, fmt.Errorf("%w: %v", errMalformed, err)
@@ -199,19 +203,6 @@ func isToken(s string) bool {
 		return false
 	}
 	return s != ""
-}
-
-// contextRecord is the Cedar context of a decision.
-func contextRecord(n *normalized, timestampMS int64) types.Record {
-	return types.NewRecord(types.RecordMap{
-		"session_id":    types.String(n.session),
-		"timestamp_ms":  types.Long(timestampMS),
-		"raw_transport": types.String(n.transport),
-		"pid":           types.Long(n.pid),
-		"exe":           types.String(n.exe),
-		"uid":           types.Long(n.uid),
-		"cgroup":        types.String(n.cgroup),
-	})
 }
 
 // resourceEntity is the Cedar resource of a decision, with its attributes.

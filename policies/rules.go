@@ -87,12 +87,36 @@ func isIP(host string) bool {
 	return err == nil
 }
 
+// parseRuleHost parses a mapping rule's host: a host pattern, optionally with a port that the
+// intent's port must equal ("127.0.0.1:9100", "github.com:22", "[::1]:8080", "*.corp:443"), or ":*"
+// for any port ("localhost:*", the same as no port). It returns port 0 for any port.
+func parseRuleHost(s string) (HostPattern, int, error) {
+	host, port := s, 0
+	bareIPv6 := strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[")
+	if i := strings.LastIndexByte(s, ':'); i >= 0 && !bareIPv6 && !strings.HasSuffix(s, "]") {
+		host = s[:i]
+		if s[i+1:] != "*" {
+			p, ok := hostname.ParsePort(s[i+1:])
+			if !ok {
+				return HostPattern{}, 0, fmt.Errorf("host %q: bad port (want 1-65535 or *)", s)
+			}
+			port = p
+		}
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	p, err := ParseHostPattern(host)
+	return p, port, err
+}
+
 // Rule is one validated [[rules]] entry of a mapping-rules file.
 type Rule struct {
 	// Method is "" (any HTTP method: L7 requests only), "*" (any intent: HTTP, CONNECT and DNS),
 	// "CONNECT" (connection-level intents), "DNS" (name lookups) or one HTTP method.
 	Method      string
 	Host        HostPattern
+	Port        int    // the port the intent must have; 0 = any
 	Path        string // a glob where '*' matches any run of characters, '/' included; "" = any
 	ActionClass string
 	Provider    string
@@ -110,12 +134,18 @@ func (r *Rule) String() string {
 		b.WriteString(r.Method + " ")
 	}
 	b.WriteString(r.Host.String())
+	if r.Port != 0 {
+		fmt.Fprintf(&b, ":%d", r.Port)
+	}
 	b.WriteString(r.Path)
 	b.WriteString(" → " + r.ActionClass)
 	return b.String()
 }
 
 func (r *Rule) matches(n *normalized) bool {
+	if r.Port != 0 && r.Port != n.port {
+		return false
+	}
 	switch r.Method {
 	case "*":
 	case "":
@@ -130,9 +160,13 @@ func (r *Rule) matches(n *normalized) bool {
 	return r.Path == "" || r.glob.match(n.path)
 }
 
-// moreSpecific orders the rules of one host tier: an exact path, then a glob with more literal
-// characters, then no path; then an explicit method, then any HTTP method, then "*"; then file order.
+// moreSpecific orders the rules of one host tier: a port, then any port; an exact path, then a glob
+// with more literal characters, then no path; then an explicit method, then any HTTP method, then
+// "*"; then file order.
 func moreSpecific(a, b *Rule) bool {
+	if (a.Port != 0) != (b.Port != 0) {
+		return a.Port != 0
+	}
 	if pa, pb := a.glob.rank(), b.glob.rank(); pa != pb {
 		return pa > pb
 	}
@@ -202,7 +236,8 @@ func (g glob) match(s string) bool {
 // Rules is a validated mapping-rules file, indexed by host. Safe for concurrent use.
 //
 // Classification picks the most specific rule that matches the normalized intent:
-//  1. host: an exact host beats "*.suffix", which beats "*";
+//  1. host: an exact host beats "*.suffix", which beats "*"; then a rule with a port beats one
+//     for any port;
 //  2. then path: an exact path beats a glob, a glob with more literal characters beats one with
 //     fewer, and any path beats no path;
 //  3. then method: a named method (GET, CONNECT, DNS, …) beats no method (any HTTP method), which
@@ -263,10 +298,10 @@ func ParseRules(name string, data []byte, schema *Schema) (*Rules, error) {
 		if len(errs) > 0 {
 			continue
 		}
-		key := r.Method + " " + r.Host.String() + " " + r.Path
+		key := fmt.Sprintf("%s %s:%d %s", r.Method, r.Host, r.Port, r.Path)
 		if first, dup := seen[key]; dup {
 			problems = append(problems, Problem{File: name, Line: r.Line,
-				Msg: fmt.Sprintf("rules[%d]: same method, host and path as the rule at line %d", i, first.Line)})
+				Msg: fmt.Sprintf("rules[%d]: same method, host, port and path as the rule at line %d", i, first.Line)})
 			continue
 		}
 		seen[key] = r
@@ -303,13 +338,14 @@ func buildRule(raw rawRule, schema *Schema) (*Rule, []error) {
 	}
 	if raw.Host == "" {
 		errs = append(errs, errors.New("host is required"))
-	} else if h, err := ParseHostPattern(raw.Host); err != nil {
+	} else if h, port, err := parseRuleHost(raw.Host); err != nil {
 		errs = append(errs, err)
 	} else {
-		r.Host = h
+		r.Host, r.Port = h, port
 	}
 	switch {
-	case raw.Path == "":
+	case raw.Path == "" || raw.Path == "*":
+		// "*" matches every path, as no path does (OpenFirma's templates write it).
 	case (r.Method == MethodConnect || r.Method == MethodDNS) && raw.Path == "/":
 		// Connection-level and DNS intents have no path; "/" is accepted as "no path" there.
 	case r.Method == MethodConnect || r.Method == MethodDNS:
@@ -337,14 +373,17 @@ func buildRule(raw rawRule, schema *Schema) (*Rule, []error) {
 // checkPathGlob accepts a path glob only if its literal parts are already normalized, so that a rule
 // can never be written in a form no normalized path will match.
 func checkPathGlob(p string) error {
-	if p[0] != '/' {
-		return fmt.Errorf("path %q does not start with '/'", p)
+	if p[0] != '/' && p[0] != '*' {
+		return fmt.Errorf("path %q does not start with '/' or '*'", p)
 	}
 	if strings.ContainsAny(p, "?#") {
 		return fmt.Errorf("path %q: the query is not part of the path", p)
 	}
-	// Normalize with '*' standing in for a plain segment character.
+	// Normalize with '*' standing in for a plain segment character (a leading '*' for "/x").
 	probe := strings.ReplaceAll(p, "*", "x")
+	if p[0] == '*' {
+		probe = "/" + probe
+	}
 	want, err := NormalizePath(probe)
 	if err != nil {
 		return fmt.Errorf("path %q: %v", p, err)

@@ -199,3 +199,140 @@ func TestEmbeddedRules(t *testing.T) {
 		t.Error("the embedded rules file does not document the ordering")
 	}
 }
+
+// TestRuleHostPorts: a port in a rule's host must equal the intent's port; ":*" is any port; a rule
+// with a port beats one without on the same host.
+func TestRuleHostPorts(t *testing.T) {
+	rs, err := ParseRules("ports.toml", []byte(`
+[[rules]]
+method = "*"
+host = "localhost:*"
+action_class = "web.request"
+
+[[rules]]
+method = "*"
+host = "127.0.0.1:9100"
+action_class = "network.connect"
+
+[[rules]]
+method = "CONNECT"
+host = "github.com:22"
+action_class = "code.write"
+
+[[rules]]
+method = "CONNECT"
+host = "github.com"
+action_class = "communication.external.send"
+
+[[rules]]
+host = "[::1]:8080"
+path = "*"
+action_class = "communication.external.read"
+
+[[rules]]
+method = "CONNECT"
+host = "*.corp.example:443"
+action_class = "code.read"
+
+[[rules]]
+method = "CONNECT"
+host = "*:5432"
+action_class = "cloud.metadata.read"
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ method, host, path, want string }{
+		{"CONNECT", "localhost:443", "", "web.request"},
+		{"GET", "localhost:8080", "/x", "web.request"},
+		{"DNS", "localhost", "", "web.request"},
+		{"CONNECT", "127.0.0.1:9100", "", "network.connect"},
+		{"CONNECT", "127.0.0.1:9101", "", ""},
+		{"CONNECT", "github.com:22", "", "code.write"},                    // the port rule beats the any-port rule
+		{"CONNECT", "github.com:443", "", "communication.external.send"},  // any port
+		{"GET", "[::1]:8080", "/a/b", "communication.external.read"},      // bracketed IPv6 with a port; path "*"
+		{"GET", "[::1]:8081", "/a/b", ""},                                 //
+		{"CONNECT", "git.corp.example:443", "", "code.read"},              // wildcard host with a port
+		{"CONNECT", "git.corp.example:8443", "", ""},                      //
+		{"CONNECT", "db.internal:5432", "", "cloud.metadata.read"},        // any host, one port
+		{"CONNECT", "github.com:5432", "", "communication.external.send"}, // an exact host beats "*"
+		{"GET", "127.0.0.1:9100", "/metrics", "network.connect"},          // "*" method: every intent
+	} {
+		checkClass(t, rs, tc.method, tc.host, tc.path, tc.want)
+	}
+	for _, bad := range []string{"github.com:0", "github.com:65536", "github.com:x", "github.com:", "[::1]:*x", "a.com:22:33"} {
+		if _, _, err := parseRuleHost(bad); err == nil {
+			t.Errorf("parseRuleHost(%q) accepted", bad)
+		}
+	}
+	// The port is part of a rule's identity: the same host on two ports is not a duplicate, the same
+	// host and port twice is.
+	dup := "[[rules]]\nmethod = \"CONNECT\"\nhost = \"a.com:22\"\naction_class = \"code.write\"\n"
+	if _, err := ParseRules("d.toml", []byte(dup+strings.Replace(dup, ":22", ":443", 1)), nil); err != nil {
+		t.Errorf("two ports: %v", err)
+	}
+	if _, err := ParseRules("d.toml", []byte(dup+dup), nil); err == nil || !strings.Contains(err.Error(), "same method, host, port and path") {
+		t.Errorf("duplicate with port: %v", err)
+	}
+}
+
+// TestRulePathStar: path = "*" (OpenFirma's templates) is every path, the same rule as no path; a
+// glob may start with '*'.
+func TestRulePathStar(t *testing.T) {
+	rs, err := ParseRules("star.toml", []byte(`
+[[rules]]
+host = "api.example.com"
+path = "*"
+action_class = "web.request"
+
+[[rules]]
+method = "CONNECT"
+host = "api.example.com"
+path = "*"
+action_class = "communication.external.send"
+
+[[rules]]
+method = "POST"
+host = "git.example.com"
+path = "*/git-receive-pack"
+action_class = "code.write"
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ method, host, path, want string }{
+		{"GET", "api.example.com", "/", "web.request"},
+		{"POST", "api.example.com", "/v1/deep/path", "web.request"},
+		{"CONNECT", "api.example.com", "", "communication.external.send"},
+		{"POST", "git.example.com", "/o/r.git/git-receive-pack", "code.write"},
+		{"POST", "git.example.com", "/git-receive-pack", "code.write"},
+		{"POST", "git.example.com", "/o/r.git/info/refs", ""},
+	} {
+		checkClass(t, rs, tc.method, tc.host, tc.path, tc.want)
+	}
+	same := "[[rules]]\nhost = \"a.com\"\naction_class = \"web.request\"\n"
+	if _, err := ParseRules("s.toml", []byte(same+strings.Replace(same, "host", "path = \"*\"\nhost", 1)), nil); err == nil {
+		t.Error(`path = "*" and no path loaded as two rules`)
+	}
+	for _, bad := range []string{"v1/*", "*//x", "*/../x"} {
+		if _, err := ParseRules("b.toml", []byte("[[rules]]\nhost = \"a.com\"\npath = \""+bad+"\"\naction_class = \"web.request\"\n"), nil); err == nil {
+			t.Errorf("path %q accepted", bad)
+		}
+	}
+}
+
+// checkClass asserts the action class rs gives an intent ("" for none).
+func checkClass(t *testing.T, rs *Rules, method, host, path, want string) {
+	t.Helper()
+	r, err := rs.Classify(method, host, path)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, host, path, err)
+	}
+	got := ""
+	if r != nil {
+		got = r.ActionClass
+	}
+	if got != want {
+		t.Errorf("%s %s%s: got %q (%v), want %q", method, host, path, got, r, want)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -40,6 +39,17 @@ type Schema struct {
 	// within maps an action uid to the action classes it covers in an `action in` scope: itself and
 	// every action below it.
 	within map[types.EntityUID][]string
+	// contextNames are the context attributes any action declares.
+	contextNames map[string]bool
+}
+
+// shapeNames lists the attributes an entity type declares.
+func (s *Schema) shapeNames(et types.EntityType) map[string]bool {
+	out := map[string]bool{}
+	for name := range s.resolved.Entities[et].Shape {
+		out[string(name)] = true
+	}
+	return out
 }
 
 // EmbeddedSchema returns firma.cedarschema as built into the binary.
@@ -144,16 +154,24 @@ func (s *Schema) check() []error {
 	if attr, ok := res.Shape["provider"]; ok && attr.Type != (resolved.StringType{}) {
 		errs = append(errs, fmt.Errorf("%s attribute \"provider\" must be a String", ResourceType))
 	}
+	errs = append(errs, checkTagEntities(s.resolved)...)
 	sample := types.Request{
 		Principal: types.NewEntityUID(AgentType, "sample"),
 		Resource:  types.NewEntityUID(ResourceType, "example.com/"),
-		Context:   contextRecord(&normalized{}, 0),
 	}
+	f := &facts{n: &normalized{}, r: &Request{}, lim: &limits{maxBody: DefaultMaxBodyBytes}, schema: s}
+	sample.Context, _, _ = f.context(allAttrs)
 	for uid, a := range s.resolved.Actions {
 		if uid.Type != ActionType || a.AppliesTo == nil {
 			continue
 		}
 		sample.Action = uid
+		if ctxErrs := checkContext(a.AppliesTo.Context); len(ctxErrs) > 0 {
+			for _, err := range ctxErrs {
+				errs = append(errs, fmt.Errorf("action %q cannot take firma's requests: %v", string(uid.ID), err))
+			}
+			continue
+		}
 		if err := s.validator.Request(sample); err != nil {
 			errs = append(errs, fmt.Errorf("action %q cannot take firma's requests: %v", string(uid.ID), err))
 			continue
@@ -187,7 +205,13 @@ func (s *Schema) index() {
 		}
 		return out
 	}
-	for uid := range s.resolved.Actions {
+	s.contextNames = map[string]bool{}
+	for uid, a := range s.resolved.Actions {
+		if a.AppliesTo != nil {
+			for name := range a.AppliesTo.Context {
+				s.contextNames[string(name)] = true
+			}
+		}
 		anc := ancestors(uid)
 		s.actions[uid] = cedar.Entity{UID: uid, Parents: types.NewEntityUIDSet(anc...)}
 		if uid.Type != ActionType || !s.HasActionClass(string(uid.ID)) {
@@ -202,18 +226,6 @@ func (s *Schema) index() {
 	}
 }
 
-func typeName(t resolved.IsType) string {
-	switch t.(type) {
-	case resolved.StringType:
-		return "String"
-	case resolved.LongType:
-		return "Long"
-	case resolved.BoolType:
-		return "Bool"
-	}
-	return fmt.Sprintf("%T", t)
-}
-
 // schemaFor returns the schema a loader should use: s, or the embedded one when s is nil.
 func schemaFor(s *Schema) *Schema {
 	if s == nil {
@@ -221,6 +233,3 @@ func schemaFor(s *Schema) *Schema {
 	}
 	return s
 }
-
-// displayName shortens a path for ids and messages: policy ids use the file's base name.
-func displayName(path string) string { return filepath.Base(path) }

@@ -102,9 +102,11 @@ type policy struct {
 	forbid bool
 	named  bool // the id comes from an @id annotation
 	cedar  *cedar.Policy
-	// Whether the conditions read the context or the resource: when no candidate does, a decision
-	// skips building that record (the dearest part of a decision).
-	usesContext, usesResource bool
+	// What the conditions read, so that a decision builds only those context attributes (and the
+	// resource's attributes only when a candidate reads them) and names them in the audit record.
+	reads reads
+	// remediation is a forbid's @modify, @defer or @step_up; nil for a plain forbid.
+	remediation *Remediation
 }
 
 func (p *policy) position() string { return fmt.Sprintf("%s:%d:%d", p.file, p.line, p.column) }
@@ -255,9 +257,9 @@ func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 	var problems []Problem
 	for _, cp := range list {
 		pos := cp.Position()
-		line, col := effectPosition(f.data, pos)
+		line, col, annotations := scanAnnotations(f.data, pos)
 		p := &policy{file: f.path, line: line, column: col, forbid: cp.Effect() == cedar.Forbid, cedar: cp}
-		p.usesContext, p.usesResource = variablesUsed(cp)
+		p.reads = analyze(cp)
 		effect := "permit"
 		if p.forbid {
 			effect = "forbid"
@@ -270,32 +272,35 @@ func parseFile(f sourceFile, schema *Schema) ([]*policy, []Problem) {
 			}
 			p.id, p.named = string(id), true
 		}
+		bad := false
 		if err := schema.validator.Policy(p.id, (*xast.Policy)(cp.AST())); err != nil {
 			for _, e := range flatten(err) {
 				msg := strings.TrimPrefix(e.Error(), fmt.Sprintf("for policy `%s`, ", p.id))
 				problems = append(problems, Problem{File: f.path, Line: line, Column: col,
 					Msg: fmt.Sprintf("policy %s: %s", p.id, msg)})
 			}
-			continue
+			bad = true
 		}
-		out = append(out, p)
+		for _, path := range p.reads.tests {
+			if err := schema.checkHas(path); err != nil {
+				problems = append(problems, Problem{File: f.path, Line: line, Column: col, Msg: fmt.Sprintf("policy %s: %v", p.id, err)})
+				bad = true
+			}
+		}
+		var errs map[RemediationKind]error
+		if p.remediation, errs = parseRemediation(cp, p.forbid); len(errs) > 0 {
+			for kind, err := range errs {
+				at := annotations[string(kind)]
+				problems = append(problems, Problem{File: f.path, Line: at.Line, Column: at.Column,
+					Msg: fmt.Sprintf("policy %s: %v", p.id, err)})
+			}
+			bad = true
+		}
+		if !bad {
+			out = append(out, p)
+		}
 	}
 	return out, problems
-}
-
-// variablesUsed reports whether a policy's conditions mention context and resource. Scopes do not
-// read either record: they compare uids and walk entity parents.
-func variablesUsed(p *cedar.Policy) (usesContext, usesResource bool) {
-	for _, c := range p.AST().Conditions {
-		xast.Inspect(xast.NewNode(c.Body), func(n xast.IsNode) bool {
-			if v, ok := n.(xast.NodeTypeVariable); ok {
-				usesContext = usesContext || v.Name == "context"
-				usesResource = usesResource || v.Name == "resource"
-			}
-			return true
-		})
-	}
-	return usesContext, usesResource
 }
 
 func flatten(err error) []error {
@@ -309,9 +314,27 @@ func flatten(err error) []error {
 	return []error{err}
 }
 
-// effectPosition finds the permit/forbid keyword of the policy starting at pos, skipping its
-// annotations, so that an id names the line a reader looks for.
-func effectPosition(src []byte, pos cedar.Position) (line, col int) {
+// scanAnnotations finds the permit/forbid keyword of the policy starting at pos, skipping its
+// annotations, so that an id names the line a reader looks for, and the position of each
+// annotation by name, so that a bad one is reported where it is written.
+func scanAnnotations(src []byte, pos cedar.Position) (line, col int, annotations map[string]cedar.Position) {
+	annotations = map[string]cedar.Position{}
+	if pos.Offset < 0 || pos.Offset > len(src) {
+		return pos.Line, pos.Column, annotations
+	}
+	// at converts an offset at or after the last one converted to a position.
+	cur, from := cedar.Position{Line: pos.Line, Column: pos.Column}, pos.Offset
+	at := func(to int) cedar.Position {
+		for _, r := range string(src[from:to]) {
+			if r == '\n' {
+				cur.Line, cur.Column = cur.Line+1, 1
+			} else if r != utf8.RuneError {
+				cur.Column++
+			}
+		}
+		from = to
+		return cur
+	}
 	i := pos.Offset
 	skipSpace := func() {
 		for i < len(src) {
@@ -328,10 +351,12 @@ func effectPosition(src []byte, pos cedar.Position) (line, col int) {
 		}
 	}
 	for i < len(src) && src[i] == '@' {
+		start := i
 		i++
 		for i < len(src) && (src[i] == '_' || src[i] >= 'a' && src[i] <= 'z' || src[i] >= 'A' && src[i] <= 'Z' || src[i] >= '0' && src[i] <= '9') {
 			i++
 		}
+		annotations[string(src[start+1:i])] = at(start)
 		skipSpace()
 		if i < len(src) && src[i] == '(' {
 			inString := false
@@ -355,18 +380,11 @@ func effectPosition(src []byte, pos cedar.Position) (line, col int) {
 		}
 		skipSpace()
 	}
-	if pos.Offset < 0 || i > len(src) || i < pos.Offset {
-		return pos.Line, pos.Column
+	if i > len(src) {
+		return pos.Line, pos.Column, annotations
 	}
-	line, col = pos.Line, pos.Column
-	for _, r := range string(src[pos.Offset:i]) {
-		if r == '\n' {
-			line, col = line+1, 1
-		} else if r != utf8.RuneError {
-			col++
-		}
-	}
-	return line, col
+	p := at(i)
+	return p.Line, p.Column, annotations
 }
 
 // contentHash identifies a set by what it was built from: the schema and every file's name and bytes.
@@ -497,12 +515,13 @@ func (s *Set) candidates(agent, action string) candidates {
 	return c
 }
 
-// needs reports whether any candidate reads the context or the resource's attributes.
-func (c *candidates) needs() (context, resource bool) {
+// needs returns the context attributes the candidates read, and whether any reads the resource's
+// attributes.
+func (c *candidates) needs() (context attrMask, resource bool) {
 	for _, list := range c {
 		for _, p := range list {
-			context = context || p.usesContext
-			resource = resource || p.usesResource
+			context |= p.reads.context
+			resource = resource || p.reads.resource
 		}
 	}
 	return context, resource
@@ -524,20 +543,42 @@ func (c *candidates) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
 // verdict is Cedar's answer with firma's fail-closed reading of evaluation errors.
 type verdict struct {
 	allowed  bool
-	policies []string // determining: the forbids for a forbid-deny, the permits for an allow
-	errored  bool     // a forbid could not be evaluated, so the request is denied
-	errs     []string // "id: message" for every policy that failed to evaluate
+	policies []string  // determining: the forbids for a forbid-deny, the permits for an allow
+	matched  []*policy // the determining policies, in policies' order
+	permits  []*policy // for a remediable verdict: the permits that would allow the request
+	errored  bool      // a forbid could not be evaluated, so the request is denied
+	errs     []string  // "id: message" for every policy that failed to evaluate
 }
 
-// requestEntities is the entity store of one request: the resource and the schema's actions.
+// remediable reports whether the request is denied only by forbids that carry a remediation.
+func (v *verdict) remediable() bool {
+	if v.allowed || v.errored || len(v.matched) == 0 {
+		return false
+	}
+	for _, p := range v.matched {
+		if p.remediation == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// requestEntities is the entity store of one request: the resource, the per-request entities the
+// context refers to (query, headers, json, session counts) and the schema's actions.
 type requestEntities struct {
 	resource types.Entity
+	extra    []types.Entity
 	actions  types.EntityMap
 }
 
 func (e *requestEntities) Get(uid types.EntityUID) (types.Entity, bool) {
 	if uid == e.resource.UID {
 		return e.resource, true
+	}
+	for i := range e.extra {
+		if e.extra[i].UID == uid {
+			return e.extra[i], true
+		}
 	}
 	ent, ok := e.actions[uid]
 	return ent, ok
@@ -558,23 +599,53 @@ func (s *Set) authorizeCandidates(c *candidates, ents *requestEntities, req type
 		v.errs = append(v.errs, fmt.Sprintf("%s: %s", e.PolicyID, e.Message))
 		if p := s.byID[string(e.PolicyID)]; p != nil && p.forbid {
 			v.errored = true
-			v.policies = append(v.policies, p.id)
+			v.matched = append(v.matched, p)
 		}
 	}
 	if v.errored {
 		for _, r := range diag.Reasons {
 			if p := s.byID[string(r.PolicyID)]; p != nil && p.forbid {
-				v.policies = append(v.policies, p.id)
+				v.matched = append(v.matched, p)
 			}
 		}
 	} else {
 		v.allowed = dec == cedar.Allow
 		for _, r := range diag.Reasons {
-			v.policies = append(v.policies, string(r.PolicyID))
+			v.matched = append(v.matched, s.byID[string(r.PolicyID)])
 		}
 	}
-	sort.Strings(v.policies)
+	sort.Slice(v.matched, func(i, j int) bool { return v.matched[i].id < v.matched[j].id })
+	for _, p := range v.matched {
+		v.policies = append(v.policies, p.id)
+	}
 	return v
+}
+
+// permitsOnly iterates the permits among candidates.
+type permitsOnly struct{ c *candidates }
+
+func (p permitsOnly) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
+	return func(yield func(cedar.PolicyID, *cedar.Policy) bool) {
+		for id, cp := range p.c.All() {
+			if cp.Effect() == cedar.Permit && !yield(id, cp) {
+				return
+			}
+		}
+	}
+}
+
+// permits returns the permits among the candidates that are satisfied, as when no forbid applied:
+// whether a request that only @modify forbids stop would be allowed once modified.
+func (s *Set) permits(c *candidates, ents *requestEntities, req types.Request) []*policy {
+	dec, diag := cedar.Authorize(permitsOnly{c}, ents, req)
+	if dec != cedar.Allow {
+		return nil
+	}
+	out := make([]*policy, 0, len(diag.Reasons))
+	for _, r := range diag.Reasons {
+		out = append(out, s.byID[string(r.PolicyID)])
+	}
+	return out
 }
 
 // Query is one generic evaluation against a Set, e.g. an authority issuance request.

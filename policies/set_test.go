@@ -237,10 +237,7 @@ func TestIndexMatchesFullEvaluation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := cedar.NewPolicySet()
-	for _, p := range set.policies {
-		full.Add(cedar.PolicyID(p.id), p.cedar)
-	}
+	full := cedarSet(set.policies...)
 	classes := append(EmbeddedSchema().ActionClasses(), "model", "network")
 	checked := 0
 	for _, agent := range []string{"a", "b", "c"} {
@@ -253,7 +250,7 @@ func TestIndexMatchesFullEvaluation(t *testing.T) {
 						Principal: types.NewEntityUID(AgentType, types.String(agent)),
 						Action:    types.NewEntityUID(ActionType, types.String(class)),
 						Resource:  ents.resource.UID,
-						Context:   contextRecord(&nr, 0),
+						Context:   testContext(&nr),
 					}
 					got := set.authorize(agent, class, ents, req)
 					dec, diag := cedar.Authorize(full, ents, req)
@@ -282,4 +279,13 @@ func TestIndexMatchesFullEvaluation(t *testing.T) {
 	if total >= set.Len()/2 {
 		t.Errorf("index kept %d of %d policies for one agent and class", total, set.Len())
 	}
+}
+
+// cedarSet is a plain Cedar policy set of ps, for comparing firma's evaluation with Cedar's.
+func cedarSet(ps ...*policy) *cedar.PolicySet {
+	set := cedar.NewPolicySet()
+	for _, p := range ps {
+		set.Add(cedar.PolicyID(p.id), p.cedar)
+	}
+	return set
 }

@@ -1,7 +1,5 @@
 package runner
 
-import "strings"
-
 // Capability numbers from linux/capability.h, for the ones the runner names.
 const (
 	capChown          = 0
@@ -45,25 +43,4 @@ const (
 var rootKeep = []int{
 	capChown, capDacOverride, capFowner, capFsetid, capKill, capSetgid, capSetuid,
 	capNetBindService, capSysChroot, capAuditWrite,
-}
-
-// capNames is for transcripts and messages.
-var capNames = map[int]string{
-	capChown: "chown", capDacOverride: "dac_override", capDacReadSearch: "dac_read_search",
-	capFowner: "fowner", capFsetid: "fsetid", capKill: "kill", capSetgid: "setgid", capSetuid: "setuid",
-	capSetpcap: "setpcap", capNetBindService: "net_bind_service", capNetAdmin: "net_admin",
-	capNetRaw: "net_raw", capSysModule: "sys_module", capSysRawio: "sys_rawio",
-	capSysChroot: "sys_chroot", capSysPtrace: "sys_ptrace", capSysAdmin: "sys_admin",
-	capMknod: "mknod", capAuditWrite: "audit_write", capPerfmon: "perfmon", capBPF: "bpf",
-}
-
-func capList(caps []int) string {
-	if len(caps) == 0 {
-		return "none"
-	}
-	names := make([]string, len(caps))
-	for i, c := range caps {
-		names[i] = capNames[c]
-	}
-	return strings.Join(names, ",")
 }

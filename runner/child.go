@@ -10,9 +10,11 @@ import (
 	"strings"
 )
 
-// childSpec is everything the init step (`firma run __init`, running as root inside the agent's
-// cgroup and a fresh mount namespace) needs to prepare the namespace and exec the agent. The runner
-// sends it as JSON over a pipe.
+// childSpec is everything the two steps inside the sandbox need: the init step (`firma run __init`,
+// PID 1 of a fresh PID namespace, root, in the agent's cgroup and a fresh mount namespace) prepares
+// the namespace and stays to reap and forward signals; the exec step (`firma run __exec`, its child)
+// drops privileges, closes inherited descriptors, applies Landlock and seccomp, and execs the agent.
+// The runner sends it to init as one JSON line over a pipe; init passes it on to the exec step.
 type childSpec struct {
 	Argv []string `json:"argv"`
 	Env  []string `json:"env"`
@@ -42,6 +44,23 @@ type childSpec struct {
 
 	// Keep is the set of capabilities left in every set (empty when switching user).
 	Keep []int `json:"keep"`
+
+	// Devices are host device nodes (or directories of them) bound into the agent's private /dev
+	// besides the standard ones (devNodes).
+	Devices []string `json:"devices,omitempty"`
+	// Landlock scopes abstract unix sockets and signals to the agent's own domain (the runner sets
+	// it when the kernel's Landlock ABI has scopes, and says so when it has not).
+	Landlock bool `json:"landlock,omitempty"`
+}
+
+// devNodes are the host devices every agent gets in its private /dev: the ones a program expects,
+// none that reaches hardware, kernel memory or another process's terminal.
+var devNodes = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+
+// devLinks are the symlinks of a standard /dev.
+var devLinks = [][2]string{
+	{"pts/ptmx", "/dev/ptmx"}, {"/proc/self/fd", "/dev/fd"},
+	{"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"},
 }
 
 // caBundles are the system CA bundle paths the common TLS stacks read (Go's list, which covers
@@ -65,8 +84,13 @@ type childOS interface {
 	ReadFile(path string) ([]byte, error)
 	WriteFile(path string, data []byte, perm os.FileMode) error
 
+	Mkdir(path string, perm os.FileMode) error
+	Symlink(target, path string) error
+
 	MakePrivate() error                            // mount --make-rprivate /
+	MountProc() error                              // the host's /proc detached, the PID namespace's own mounted
 	MountTmpfs(target, opts string, ro bool) error // nosuid,nodev,noexec
+	MountDevpts(target string) error               // a new devpts instance: the agent's own ptys
 	Bind(source, target string) error              // recursive bind
 	SetReadOnly(target string, ro, recursive bool) error
 	Detach(target string) error // umount -l
@@ -76,34 +100,43 @@ type childOS interface {
 	DropBounding(keep []int) error // every capability not in keep leaves the bounding set
 	ClearAmbient() error
 	SetUser(uid, gid int, groups []int) error
-	ParentDeathSignal() error      // SIGKILL when firma run dies (re-armed: setuid clears it)
+	ParentDeathSignal() error      // SIGKILL when the parent dies (re-armed: setuid clears it)
 	SetCaps(keep []int) error      // effective = permitted = keep, inheritable = none
 	NoNewPrivs() error             // PR_SET_NO_NEW_PRIVS
+	CloseInherited() error         // every descriptor but stdin, stdout and stderr closes at exec
+	ScopeLandlock() error          // abstract unix sockets and signals limited to the agent's domain
+	Seccomp() error                // the filter of seccomp.go, on this thread
 	Exec(argv, env []string) error // only returns on failure
 }
 
-// setupChild builds the agent's mount namespace and drops its privileges, in this order:
+// setupNamespace builds the agent's mount namespace (init step, PID 1 of the agent's PID
+// namespace), in this order:
 //
 //  1. make every mount private, so nothing done here reaches the host;
-//  2. profile read-only paths, then the workspace read-write again;
-//  3. a staging tmpfs with the CA bundles, resolv.conf and an empty unreadable file;
-//  4. CA bundles and resolv.conf bound over the system ones;
-//  5. hidden paths covered (directories by an empty tmpfs, files by the empty file) — after the
+//  2. the host's /proc detached and the PID namespace's own mounted: the agent sees its own
+//     processes and no others;
+//  3. profile read-only paths, then the workspace read-write again;
+//  4. a staging tmpfs with the CA bundles, resolv.conf and an empty unreadable file;
+//  5. a private /dev: the standard devices, the profile's devices, a pty instance of its own, an
+//     empty /dev/shm — no disks, no kernel memory, no other session's terminal;
+//  6. CA bundles and resolv.conf bound over the system ones;
+//  7. hidden paths covered (directories by an empty tmpfs, files by the empty file) — after the
 //     workspace, so a masked path inside it stays masked;
-//  6. /sys, the cgroup mounts, /proc/sys and the like made read-only;
-//  7. the staging tmpfs detached, the working directory re-entered through the new mounts (a
+//  8. /sys, the cgroup mounts, /proc/sys and the like made read-only;
+//  9. the staging tmpfs detached, the working directory re-entered through the new mounts (a
 //     directory handle kept from before would still see what is now hidden);
-//  8. a cgroup namespace rooted at the agent's cgroup;
-//  9. capabilities dropped from the bounding and ambient sets, the user switched, the remaining
-//     sets reduced to Keep, no_new_privs set, and exec.
+//  10. a cgroup namespace rooted at the agent's cgroup (inherited by the exec step).
 //
 // Any error stops the setup: the agent is never started in a half-built namespace.
-func setupChild(spec childSpec, sys childOS) error {
+func setupNamespace(spec childSpec, sys childOS) error {
 	if len(spec.Argv) == 0 {
 		return errors.New("no command")
 	}
 	if err := sys.MakePrivate(); err != nil {
 		return fmt.Errorf("making mounts private: %w", err)
+	}
+	if err := sys.MountProc(); err != nil {
+		return fmt.Errorf("mounting the PID namespace's /proc: %w", err)
 	}
 	for _, p := range spec.ReadOnly {
 		if err := bindReadOnly(sys, p, true); err != nil {
@@ -125,6 +158,9 @@ func setupChild(spec childSpec, sys childOS) error {
 	empty := filepath.Join(spec.Staging, "hidden")
 	if err := sys.WriteFile(empty, nil, 0); err != nil {
 		return fmt.Errorf("staging: %w", err)
+	}
+	if err := privateDev(spec, sys); err != nil {
+		return err
 	}
 	if err := installCABundles(spec, sys); err != nil {
 		return err
@@ -151,10 +187,24 @@ func setupChild(spec childSpec, sys childOS) error {
 	if err := sys.UnshareCgroup(); err != nil {
 		return fmt.Errorf("cgroup namespace: %w", err)
 	}
-	return dropPrivileges(spec, sys)
+	return nil
 }
 
-func dropPrivileges(spec childSpec, sys childOS) error {
+// execAgent is the exec step: it drops privileges and seals the process, then execs the agent.
+//
+//  1. capabilities leave the bounding and ambient sets, the user is switched, the remaining sets
+//     are reduced to Keep, no_new_privs is set;
+//  2. every descriptor but stdin, stdout and stderr is marked close-on-exec: nothing the invoking
+//     shell (or firma) left open reaches the agent;
+//  3. Landlock scopes abstract unix sockets and signals to the agent's own domain (where the
+//     kernel has scopes);
+//  4. the seccomp filter, last: from here on only exec is left to do.
+//
+// Any error stops the step before exec.
+func execAgent(spec childSpec, sys childOS) error {
+	if len(spec.Argv) == 0 {
+		return errors.New("no command")
+	}
 	if err := sys.DropBounding(spec.Keep); err != nil {
 		return fmt.Errorf("dropping bounding capabilities: %w", err)
 	}
@@ -175,10 +225,101 @@ func dropPrivileges(spec childSpec, sys childOS) error {
 	if err := sys.NoNewPrivs(); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
+	if err := sys.CloseInherited(); err != nil {
+		return fmt.Errorf("closing inherited descriptors: %w", err)
+	}
+	if spec.Landlock {
+		if err := sys.ScopeLandlock(); err != nil {
+			return fmt.Errorf("landlock scopes: %w", err)
+		}
+	}
+	if err := sys.Seccomp(); err != nil {
+		return fmt.Errorf("seccomp filter: %w", err)
+	}
 	if err := sys.Exec(spec.Argv, spec.Env); err != nil {
 		return fmt.Errorf("exec %s: %w", spec.Argv[0], err)
 	}
 	return nil
+}
+
+// privateDev mounts the agent's /dev: a tmpfs holding the standard device nodes and the profile's
+// devices, bound from the host's /dev (reached through the staging directory once /dev is
+// covered), a devpts instance of its own, an empty /dev/shm and the usual symlinks. The tmpfs
+// itself ends read-only. A device the host lacks is skipped.
+func privateDev(spec childSpec, sys childOS) error {
+	host := filepath.Join(spec.Staging, "dev")
+	if err := sys.Mkdir(host, 0o700); err != nil {
+		return fmt.Errorf("private /dev: %w", err)
+	}
+	if err := sys.Bind("/dev", host); err != nil {
+		return fmt.Errorf("private /dev: keeping the host's /dev: %w", err)
+	}
+	type node struct {
+		path string
+		dir  bool
+	}
+	var nodes []node
+	for _, p := range dedupe(append(append([]string(nil), devNodes...), spec.Devices...)) {
+		fi, err := sys.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("private /dev: %w", err)
+		}
+		nodes = append(nodes, node{p, fi.IsDir()})
+	}
+	if err := sys.MountTmpfs("/dev", "mode=0755,size=64k", false); err != nil {
+		return fmt.Errorf("private /dev: %w", err)
+	}
+	for _, n := range nodes {
+		if err := makeMountPoint(sys, n.path, n.dir); err != nil {
+			return fmt.Errorf("private /dev: %w", err)
+		}
+		if err := sys.Bind(filepath.Join(host, strings.TrimPrefix(n.path, "/dev/")), n.path); err != nil {
+			return fmt.Errorf("private /dev: binding %s: %w", n.path, err)
+		}
+	}
+	for _, d := range []string{"/dev/pts", "/dev/shm"} {
+		if err := sys.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("private /dev: %w", err)
+		}
+	}
+	if err := sys.MountDevpts("/dev/pts"); err != nil {
+		return fmt.Errorf("private /dev: ptys: %w", err)
+	}
+	if err := sys.MountTmpfs("/dev/shm", "mode=1777,size=64m", false); err != nil {
+		return fmt.Errorf("private /dev: /dev/shm: %w", err)
+	}
+	for _, l := range devLinks {
+		if err := sys.Symlink(l[0], l[1]); err != nil {
+			return fmt.Errorf("private /dev: %w", err)
+		}
+	}
+	if err := sys.SetReadOnly("/dev", true, false); err != nil {
+		return fmt.Errorf("private /dev: %w", err)
+	}
+	return nil
+}
+
+// makeMountPoint creates p (and the directories above it, below /dev) for a bind mount.
+func makeMountPoint(sys childOS, p string, dir bool) error {
+	var parents []string
+	for d := filepath.Dir(p); d != "/dev" && d != "/" && d != "."; d = filepath.Dir(d) {
+		parents = append([]string{d}, parents...)
+	}
+	for _, d := range parents {
+		if _, err := sys.Stat(d); err == nil {
+			continue
+		}
+		if err := sys.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if dir {
+		return sys.Mkdir(p, 0o755)
+	}
+	return sys.WriteFile(p, nil, 0o644)
 }
 
 // bindReadOnly binds p over itself and makes it read-only; a missing p is skipped.

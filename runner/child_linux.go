@@ -1,35 +1,84 @@
 package runner
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// Init is the init step, `firma run __init`: started by the runner as root inside the agent's
-// cgroup and a new mount namespace, it reads the spec from fd 3, prepares the namespace and the
-// privileges, and execs the agent. It returns only on failure, after writing the reason to fd 4
-// (close-on-exec: the runner reads EOF there once the agent is exec'd).
-func Init() error {
-	// Capabilities, no_new_privs and the cgroup namespace are per thread: everything from here to
-	// the exec happens on this one.
+// Init is the init step, `firma run __init`: started by the runner as root, PID 1 of a new PID
+// namespace, inside the agent's cgroup and a new mount namespace. It reads the spec from fd 3,
+// prepares the namespace, starts the exec step (`firma run __exec`) as its child, and then stays
+// as the namespace's init (init.go): it reaps, forwards the signals the runner writes to fd 3, and
+// returns the agent's status (128+n for signal n). Setup errors go to fd 4 (close-on-exec in the
+// agent: the runner reads EOF there once the agent is exec'd); the status is then 1.
+func Init() int {
+	// Mounts are per process, but the cgroup namespace is per thread: everything from here to the
+	// start of the exec step happens on this one, and the exec step is forked from it.
 	runtime.LockOSThread()
-	ppid := os.Getppid()
+	// Nothing inherited beyond stdio, the spec and the report pipes may reach the exec step.
+	markInheritedCloexec(3)
+	// Named for ps (on the host and in the agent's /proc), not after /proc/self/exe.
+	os.WriteFile("/proc/self/comm", []byte(initComm), 0)
 	report := os.NewFile(4, "firma-run-errors")
 	specFile := os.NewFile(3, "firma-run-spec")
 	if report == nil || specFile == nil {
-		return errors.New("firma run __init is internal to firma run")
+		fmt.Fprintln(os.Stderr, "firma run __init is internal to firma run")
+		return 1
 	}
-	unix.CloseOnExec(4)
+	fail := func(err error) int {
+		report.WriteString(err.Error())
+		report.Close()
+		return 1
+	}
+	// Signals sent to init are caught (and dropped) rather than left to the Go runtime, which
+	// would end init — and with it the namespace — on a terminal's SIGINT meant for the agent.
+	signal.Notify(make(chan os.Signal, 1))
+	in := bufio.NewReader(specFile)
+	line, err := in.ReadBytes('\n')
+	if err != nil {
+		return fail(fmt.Errorf("reading the spec: %w", err))
+	}
+	var spec childSpec
+	if err := json.Unmarshal(line, &spec); err != nil {
+		return fail(fmt.Errorf("reading the spec: %w", err))
+	}
+	if err := setupNamespace(spec, &realChildOS{}); err != nil {
+		return fail(err)
+	}
+	code, err := superviseAgent(&realInit{spec: line, report: report}, readSignals(in))
+	if err != nil {
+		return fail(err)
+	}
+	return code
+}
+
+// ExecAgent is the exec step, `firma run __exec`: PID 2 of the agent's PID namespace, started by
+// init with the spec on fd 3 and the runner's report pipe on fd 4. It drops privileges, seals the
+// process and execs the agent (child.go, execAgent); it returns only on failure, after writing the
+// reason to fd 4.
+func ExecAgent() error {
+	// Capabilities, the user, no_new_privs, Landlock and seccomp are per thread: everything from
+	// here to the exec happens on this one.
+	runtime.LockOSThread()
+	report := os.NewFile(4, "firma-run-errors")
+	specFile := os.NewFile(3, "firma-run-spec")
+	if report == nil || specFile == nil {
+		return errors.New("firma run __exec is internal to firma run")
+	}
 	fail := func(err error) error {
 		report.WriteString(err.Error())
 		report.Close()
@@ -41,21 +90,69 @@ func Init() error {
 	if err != nil {
 		return fail(fmt.Errorf("reading the spec: %w", err))
 	}
-	return fail(setupChild(spec, &realChildOS{ppid: ppid}))
+	return fail(execAgent(spec, &realChildOS{ppid: os.Getppid()}))
 }
+
+// initComm is the init step's process name.
+const initComm = "firma-init"
+
+// realInit is initProc on the kernel.
+type realInit struct {
+	spec   []byte   // the spec's JSON line, passed on to the exec step
+	report *os.File // fd 4, passed on to the exec step and closed here once it has started
+}
+
+func (r *realInit) Start() (int, error) {
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer specR.Close()
+	pid, err := syscall.ForkExec(selfExe, []string{"firma", "run", ExecArg}, &syscall.ProcAttr{
+		Env:   []string{},
+		Files: []uintptr{0, 1, 2, specR.Fd(), r.report.Fd()},
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	})
+	if err != nil {
+		specW.Close()
+		return 0, fmt.Errorf("starting the exec step: %w", err)
+	}
+	// The exec step reports its own errors; init keeps no write end of the report pipe, so the
+	// runner sees EOF as soon as the agent is exec'd.
+	r.report.Close()
+	_, err = specW.Write(r.spec)
+	specW.Close()
+	if err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		return pid, fmt.Errorf("passing the spec to the exec step: %w", err)
+	}
+	return pid, nil
+}
+
+func (*realInit) Wait() (int, syscall.WaitStatus, error) {
+	var ws syscall.WaitStatus
+	pid, err := syscall.Wait4(-1, &ws, 0, nil)
+	return pid, ws, err
+}
+
+func (*realInit) Kill(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }
 
 // realChildOS is childOS on the kernel.
 type realChildOS struct {
 	ppid int
 }
 
-func (*realChildOS) Stat(p string) (fs.FileInfo, error)    { return os.Stat(p) }
-func (*realChildOS) EvalSymlinks(p string) (string, error) { return filepath.EvalSymlinks(p) }
-func (*realChildOS) ReadFile(p string) ([]byte, error)     { return os.ReadFile(p) }
-func (*realChildOS) Chdir(dir string) error                { return unix.Chdir(dir) }
-func (*realChildOS) UnshareCgroup() error                  { return unix.Unshare(unix.CLONE_NEWCGROUP) }
-func (*realChildOS) NoNewPrivs() error                     { return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }
-func (*realChildOS) Detach(target string) error            { return unix.Unmount(target, unix.MNT_DETACH) }
+func (*realChildOS) Stat(p string) (fs.FileInfo, error)     { return os.Stat(p) }
+func (*realChildOS) EvalSymlinks(p string) (string, error)  { return filepath.EvalSymlinks(p) }
+func (*realChildOS) ReadFile(p string) ([]byte, error)      { return os.ReadFile(p) }
+func (*realChildOS) Chdir(dir string) error                 { return unix.Chdir(dir) }
+func (*realChildOS) Mkdir(p string, perm os.FileMode) error { return os.Mkdir(p, perm) }
+func (*realChildOS) Symlink(target, p string) error         { return os.Symlink(target, p) }
+func (*realChildOS) CloseInherited() error                  { return markInheritedCloexec(3) }
+func (*realChildOS) ScopeLandlock() error                   { return landlockScope() }
+func (*realChildOS) UnshareCgroup() error                   { return unix.Unshare(unix.CLONE_NEWCGROUP) }
+func (*realChildOS) NoNewPrivs() error                      { return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }
+func (*realChildOS) Detach(target string) error             { return unix.Unmount(target, unix.MNT_DETACH) }
 func (*realChildOS) MakePrivate() error {
 	return unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")
 }
@@ -66,6 +163,43 @@ func (*realChildOS) ClearAmbient() error {
 	return unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 }
 func (*realChildOS) WriteFile(p string, b []byte, m os.FileMode) error { return os.WriteFile(p, b, m) }
+
+// MountProc replaces the host's /proc (and everything mounted below it) with the PID namespace's
+// own: the agent sees its init, itself and its children, nothing else.
+func (*realChildOS) MountProc() error {
+	if err := unix.Unmount("/proc", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detaching the host's /proc: %w", err)
+	}
+	return unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+}
+
+// MountDevpts mounts a devpts instance of the agent's own: ptys it opens are its own, and no other
+// session's terminal is reachable.
+func (*realChildOS) MountDevpts(target string) error {
+	return unix.Mount("devpts", target, "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+}
+
+// Seccomp installs the filter of seccomp.go on this thread (the exec that follows keeps it).
+func (*realChildOS) Seccomp() error {
+	arch, err := nativeSeccompArch()
+	if err != nil {
+		return err
+	}
+	ins, err := seccompFilter(arch)
+	if err != nil {
+		return err
+	}
+	filter, err := assembleSeccomp(ins)
+	if err != nil {
+		return err
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return errno
+	}
+	runtime.KeepAlive(filter)
+	return nil
+}
 
 func (*realChildOS) MountTmpfs(target, opts string, ro bool) error {
 	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)

@@ -25,6 +25,8 @@ import (
 //	mask = ["~/.ssh", "~/.aws"]         # hidden: an empty directory or an empty unreadable file
 //	unset_env = ["*_API_KEY"]           # environment variables removed (shell-style patterns)
 //	env = { EDITOR = "vi" }             # environment variables set
+//	devices = ["/dev/dri"]              # host devices in the agent's private /dev, besides
+//	                                    # null, zero, full, random, urandom and tty
 //
 // "~" in paths is the home of the user the agent runs as and, under sudo, of the invoking user too.
 // A key a [run.profiles.<name>] table leaves out keeps the built-in profile's value.
@@ -36,9 +38,10 @@ type Config struct {
 	Profiles           map[string]Profile `toml:"profiles"`
 }
 
-// Profile shapes the agent's mount namespace and environment. What firma itself hides (its
-// sockets, keys, audit log), the read-only cgroup and sysfs mounts, the CA trust and the removal of
-// proxy variables apply to every profile and cannot be turned off here.
+// Profile shapes the agent's mount namespace and environment. The sandbox itself applies to every
+// profile and cannot be turned off here: what firma hides (its sockets, keys, audit log), the
+// read-only cgroup and sysfs mounts, the private /dev and PID namespace, the CA trust, the removal
+// of proxy variables, the dropped capabilities, Landlock scopes and the seccomp filter.
 type Profile struct {
 	AgentID   string            `toml:"agent_id"`
 	Workspace bool              `toml:"workspace"`
@@ -46,6 +49,7 @@ type Profile struct {
 	Mask      []string          `toml:"mask"`
 	UnsetEnv  []string          `toml:"unset_env"`
 	Env       map[string]string `toml:"env"`
+	Devices   []string          `toml:"devices"`
 }
 
 // homeSecrets are the credential stores a coding agent has no business reading.
@@ -136,6 +140,11 @@ func (p Profile) validate(key string) []error {
 			if !path.IsAbs(q) && q != "~" && !strings.HasPrefix(q, "~/") {
 				bad(fmt.Sprintf("%s[%d]", f.key, i), "%q is neither absolute nor under ~/", q)
 			}
+		}
+	}
+	for i, d := range p.Devices {
+		if rest, ok := strings.CutPrefix(d, "/dev/"); !ok || rest == "" || path.Clean(d) != d {
+			bad(fmt.Sprintf("devices[%d]", i), "%q is not a path below /dev/", d)
 		}
 	}
 	for i, pat := range p.UnsetEnv {

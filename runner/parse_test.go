@@ -30,6 +30,7 @@ func TestConfigValidate(t *testing.T) {
 		Mask:     []string{"~user/x"},
 		UnsetEnv: []string{"["},
 		Env:      map[string]string{"HTTPS_PROXY": "x", "SSL_CERT_FILE": "y", "1BAD": "z"},
+		Devices:  []string{"/dev/dri", "/etc/shadow", "/dev/../etc/shadow", "/dev/", "dev/kvm"},
 	}
 	err := cfg.Validate()
 	if err == nil {
@@ -46,10 +47,17 @@ func TestConfigValidate(t *testing.T) {
 		`HTTPS_PROXY: firma run never sets proxy variables`,
 		`SSL_CERT_FILE is set by firma run`,
 		`"1BAD" is not a variable name`,
+		`run.profiles.bad.devices[1]: "/etc/shadow" is not a path below /dev/`,
+		`run.profiles.bad.devices[2]`,
+		`run.profiles.bad.devices[3]`,
+		`run.profiles.bad.devices[4]`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
+	}
+	if strings.Contains(err.Error(), "devices[0]") {
+		t.Errorf("/dev/dri refused: %v", err)
 	}
 }
 

@@ -21,13 +21,16 @@ import (
 
 // Options is one `firma run` invocation.
 type Options struct {
-	Profile        string   // "" = Config.Profile
-	AgentID        string   // "" = from the capability, else the profile
-	CapabilityFile string   // "" = none
-	Sidecar        string   // control socket; "" = Config.Sidecar
-	Cgroup         string   // parent for the agent's cgroup; "" = Config.Cgroup, else the sidecar's
-	User           string   // name, uid or uid:gid to run as; "" = as invoked
-	Command        []string // argv
+	Profile        string // "" = Config.Profile
+	AgentID        string // "" = from the capability, else the profile
+	CapabilityFile string // "" = none
+	Sidecar        string // control socket; "" = Config.Sidecar
+	Cgroup         string // parent for the agent's cgroup; "" = Config.Cgroup, else the sidecar's
+	User           string // name, uid or uid:gid to run as; "" = as invoked
+	// Monitor asks the sidecar for monitor mode: the agent's policy denials are recorded, not
+	// enforced (the kernel path stays sealed and the sandbox is the same).
+	Monitor bool
+	Command []string // argv
 
 	Dir    string   // working directory (the workspace); "" = the current one
 	Env    []string // the environment to start from; nil = this process's
@@ -111,7 +114,11 @@ type host struct {
 	getwd        func() (string, error)
 	pid          int
 	suffix       func() string // random part of cgroup names
+	landlockABI  func() int    // the kernel's Landlock ABI version, 0 without Landlock
 }
+
+// landlockScopeABI is the first Landlock ABI with scopes (Linux 6.12).
+const landlockScopeABI = 6
 
 // Run places opts.Command under enforcement and runs it to completion. It returns the status firma
 // run should exit with: the agent's, or 128+n when signal n killed it. A non-nil error means the
@@ -220,6 +227,13 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	if err != nil {
 		return 1, err
 	}
+	if abi := h.landlockABI(); abi >= landlockScopeABI {
+		spec.Landlock = true
+	} else {
+		// The PID namespace already keeps signals in; abstract unix sockets are per network
+		// namespace, which the agent shares with the host so that the sidecar can serve it.
+		log.Warn().Int(logfields.RunLandlock, abi).Msg("no Landlock scopes on this kernel (they need Landlock ABI 6, Linux 6.12): the agent can connect to abstract unix sockets outside its sandbox")
+	}
 
 	var undo cleanup
 	defer func() {
@@ -243,9 +257,12 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 	log = log.With().Str(logfields.Cgroup, pl.Rel).Logger()
 
 	reg := control.Registration{Cgroup: pl.Rel, AgentID: id.AgentID, SessionID: id.SessionID,
-		CapabilityFile: id.CapabilityFile, PID: h.pid}
+		CapabilityFile: id.CapabilityFile, PID: h.pid, Monitor: opts.Monitor}
 	if err := sc.Register(ctx, reg); err != nil {
 		return 1, fmt.Errorf("registering %s as %s: %w", pl.Rel, id.AgentID, err)
+	}
+	if opts.Monitor {
+		log.Warn().Str(logfields.Agent, id.AgentID).Msg("MONITOR MODE: policy denials are recorded, not enforced")
 	}
 	sc.Close()
 	undo.add(func(ctx context.Context) error { return h.unregister(ctx, socket, pl.Rel, log) })
@@ -376,21 +393,26 @@ type specInput struct {
 
 // alwaysHidden are host sockets that hand out more power than an agent may have: container
 // runtimes (run a privileged container), the system bus and systemd's private socket (start a unit
-// outside the agents' slice), systemd-resolved's varlink API (resolve around the sidecar).
+// outside the agents' slice), the per-user runtime directories (each user's session bus and
+// systemd --user manager start processes outside the agent's cgroup too), and resolvers that
+// would look names up around the sidecar: systemd-resolved's varlink API, nscd, avahi (mDNS).
 var alwaysHidden = []string{
 	"/run/docker.sock", "/var/run/docker.sock",
 	"/run/containerd/containerd.sock", "/run/podman/podman.sock",
 	"/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket",
-	"/run/systemd/private",
+	"/run/systemd/private", "/run/user",
 	"/run/systemd/resolve/io.systemd.Resolve", "/run/systemd/resolve/io.systemd.Resolve.Monitor",
+	"/run/nscd/socket", "/var/run/nscd/socket",
+	"/run/avahi-daemon/socket", "/var/run/avahi-daemon/socket",
 }
 
 // alwaysProtected are made read-only for every agent: sysfs (cgroup and bpffs included, so pinned
-// programs cannot be unlinked), every cgroup mount, and the sysctl and sysrq files root could write.
-var alwaysProtected = []string{"/sys", "/proc/sys", "/proc/sysrq-trigger"}
+// programs cannot be unlinked), every cgroup mount, and the files of /proc root could write to
+// (sysctls, sysrq, interrupt and bus settings — the list container runtimes keep read-only).
+var alwaysProtected = []string{"/sys", "/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"}
 
 func buildSpec(in specInput) (childSpec, error) {
-	spec := childSpec{Argv: in.Command, Dir: in.Dir, UID: -1, GID: -1, Keep: rootKeep}
+	spec := childSpec{Argv: in.Command, Dir: in.Dir, UID: -1, GID: -1, Keep: rootKeep, Devices: in.Profile.Devices}
 	if in.User != nil {
 		spec.UID, spec.GID, spec.Groups = in.User.UID, in.User.GID, in.User.Groups
 		if in.User.UID != 0 {

@@ -21,8 +21,9 @@ import (
 	"github.com/openfirma/firma/internal/testutil"
 )
 
-// firmaBin and goClient are built once for the root tests.
-var firmaBin, goClient string
+// firmaBin, goClient and escapeBin are built once for the root tests, in a directory every user
+// may read (the agents run as nobody too).
+var firmaBin, goClient, escapeBin string
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -36,8 +37,8 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		os.Chmod(dir, 0o755)
-		firmaBin, goClient = filepath.Join(dir, "firma"), filepath.Join(dir, "goclient")
-		for bin, pkg := range map[string]string{firmaBin: "../cmd/firma", goClient: "./testdata/goclient"} {
+		firmaBin, goClient, escapeBin = filepath.Join(dir, "firma"), filepath.Join(dir, "goclient"), filepath.Join(dir, "escape")
+		for bin, pkg := range map[string]string{firmaBin: "../cmd/firma", goClient: "./testdata/goclient", escapeBin: "../internal/e2e/cmd/sandboxescape"} {
 			out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
@@ -116,7 +117,7 @@ func (f *fakeSidecar) stillRegistered() []string {
 	return out
 }
 
-func newFakeSidecar(t *testing.T) *fakeSidecar {
+func newFakeSidecar(t testing.TB) *fakeSidecar {
 	t.Helper()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
@@ -158,7 +159,7 @@ type result struct {
 }
 
 // firmaRun runs `firma run --sidecar S <args>` and waits for it.
-func (f *fakeSidecar) run(t *testing.T, dir string, env []string, args ...string) result {
+func (f *fakeSidecar) run(t testing.TB, dir string, env []string, args ...string) result {
 	t.Helper()
 	cmd := f.command(t, dir, env, args...)
 	var stdout, stderr bytes.Buffer
@@ -171,7 +172,7 @@ func (f *fakeSidecar) run(t *testing.T, dir string, env []string, args ...string
 	return result{Code: cmd.ProcessState.ExitCode(), Stdout: stdout.String(), Stderr: stderr.String()}
 }
 
-func (f *fakeSidecar) command(t *testing.T, dir string, env []string, args ...string) *exec.Cmd {
+func (f *fakeSidecar) command(t testing.TB, dir string, env []string, args ...string) *exec.Cmd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -182,7 +183,7 @@ func (f *fakeSidecar) command(t *testing.T, dir string, env []string, args ...st
 }
 
 // noCgroupLeft asserts the test parent has no child cgroup and firma run unregistered everything.
-func (f *fakeSidecar) noCgroupLeft(t *testing.T) {
+func (f *fakeSidecar) noCgroupLeft(t testing.TB) {
 	t.Helper()
 	entries, err := os.ReadDir(f.Parent.Path)
 	if err != nil {

@@ -31,11 +31,13 @@ import (
 	"github.com/openfirma/firma/internal/cgroup"
 )
 
-// InitArg and HoldArg are the hidden `firma run` modes the runner re-executes itself in:
-// `firma run __init` prepares the agent's namespace and execs it; `firma run __hold` is the
+// InitArg, ExecArg and HoldArg are the hidden `firma run` modes the runner re-executes itself in:
+// `firma run __init` prepares the agent's namespaces and stays as their init; `firma run __exec`
+// (its child) drops privileges, seals the process and execs the agent; `firma run __hold` is the
 // placeholder a systemd scope is created around.
 const (
 	InitArg = "__init"
+	ExecArg = "__exec"
 	HoldArg = "__hold"
 )
 
@@ -46,7 +48,13 @@ func realHost(log zerolog.Logger) (*host, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("firma run needs root: it creates cgroups and mount namespaces (try sudo, with --user to run the agent as yourself)")
 	}
+	// What the invoking shell left open without close-on-exec (a socket made outside every
+	// enforced cgroup, say) stays with firma run: nothing it starts inherits it.
+	if err := markInheritedCloexec(3); err != nil {
+		return nil, err
+	}
 	h := &host{
+		landlockABI: landlockABI,
 		dial: func(ctx context.Context, socket string) (sidecar, error) {
 			return control.Dial(ctx, socket)
 		},
@@ -135,8 +143,9 @@ func (realCgroupFS) Populated(dir string) (bool, error) {
 
 func (realCgroupFS) Rmdir(dir string) error { return unix.Rmdir(dir) }
 
-// startAgent starts the init step (`firma run __init`) cloned into the agent's cgroup with a new
-// mount namespace, sends it the spec, and returns once it has either exec'd the agent or failed.
+// startAgent starts the init step (`firma run __init`) cloned into the agent's cgroup with new
+// mount and PID namespaces, sends it the spec, and returns once the agent is exec'd or the setup
+// failed. The spec pipe stays open: signals for the agent go down it.
 func startAgent(l launch) (agent, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
@@ -161,11 +170,11 @@ func startAgent(l launch) (agent, error) {
 		SysProcAttr: &syscall.SysProcAttr{
 			UseCgroupFD: true,
 			CgroupFD:    l.CgroupFD,
-			Cloneflags:  syscall.CLONE_NEWNS,
+			Cloneflags:  syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
 			Pdeathsig:   syscall.SIGKILL,
 		},
 	}
-	p := &agentProc{cmd: cmd, exited: make(chan struct{})}
+	p := &agentProc{cmd: cmd, signals: specW, exited: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		// The parent-death signal fires when the forking thread exits, so this goroutine keeps its
@@ -179,6 +188,7 @@ func startAgent(l launch) (agent, error) {
 		started <- nil
 		cmd.Wait()
 		p.status = statusOf(cmd.ProcessState)
+		specW.Close()
 		close(p.exited)
 	}()
 	err = <-started
@@ -188,9 +198,8 @@ func startAgent(l launch) (agent, error) {
 		specW.Close()
 		return nil, fmt.Errorf("%w: starting the init step: %v", ErrSetup, err)
 	}
-	werr := json.NewEncoder(specW).Encode(l.Spec)
-	specW.Close()
-	msg, rerr := io.ReadAll(errR) // EOF when the agent is exec'd (the pipe is close-on-exec there)
+	werr := json.NewEncoder(specW).Encode(l.Spec) // one line: init reads signals after it
+	msg, rerr := io.ReadAll(errR)                 // EOF when the agent is exec'd (the pipe is close-on-exec there)
 	if werr != nil || rerr != nil || len(msg) > 0 {
 		cmd.Process.Kill()
 		<-p.exited
@@ -202,15 +211,29 @@ func startAgent(l launch) (agent, error) {
 	return p, nil
 }
 
+// agentProc is the init step, which stands for the agent: its status is the agent's, and signals
+// for the agent are written to it.
 type agentProc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-	status exitStatus
+	cmd     *exec.Cmd
+	signals *os.File // the spec pipe: init forwards each signal number written here to the agent
+	exited  chan struct{}
+	status  exitStatus
 }
 
 func (p *agentProc) PID() int { return p.cmd.Process.Pid }
 
-func (p *agentProc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+func (p *agentProc) Signal(sig os.Signal) error {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		return fmt.Errorf("cannot forward %v", sig)
+	}
+	select {
+	case <-p.exited:
+		return os.ErrProcessDone
+	default:
+	}
+	return writeSignal(p.signals, s)
+}
 
 func (p *agentProc) Wait() exitStatus {
 	<-p.exited

@@ -116,7 +116,16 @@ func (f *fakeChildOS) WriteFile(p string, data []byte, perm os.FileMode) error {
 	return f.do("write %s %04o %q", p, perm, data)
 }
 
-func (f *fakeChildOS) MakePrivate() error { return f.do("mount --make-rprivate /") }
+func (f *fakeChildOS) Mkdir(p string, perm os.FileMode) error {
+	f.files[p] = fakeFile{dir: true}
+	return f.do("mkdir %s %04o", p, perm)
+}
+func (f *fakeChildOS) Symlink(target, p string) error { return f.do("symlink %s -> %s", p, target) }
+func (f *fakeChildOS) MakePrivate() error             { return f.do("mount --make-rprivate /") }
+func (f *fakeChildOS) MountProc() error               { return f.do("mount proc /proc") }
+func (f *fakeChildOS) MountDevpts(target string) error {
+	return f.do("mount devpts %s", target)
+}
 func (f *fakeChildOS) MountTmpfs(target, opts string, ro bool) error {
 	return f.do("mount tmpfs %s %s ro=%v", target, opts, ro)
 }
@@ -137,6 +146,11 @@ func (f *fakeChildOS) SetUser(uid, gid int, groups []int) error {
 func (f *fakeChildOS) ParentDeathSignal() error { return f.do("pdeathsig KILL") }
 func (f *fakeChildOS) SetCaps(keep []int) error { return f.do("capset %s", capList(keep)) }
 func (f *fakeChildOS) NoNewPrivs() error        { return f.do("no_new_privs") }
+func (f *fakeChildOS) CloseInherited() error    { return f.do("cloexec 3-") }
+func (f *fakeChildOS) ScopeLandlock() error {
+	return f.do("landlock scope abstract_unix_socket,signal")
+}
+func (f *fakeChildOS) Seccomp() error { return f.do("seccomp") }
 func (f *fakeChildOS) Exec(argv, env []string) error {
 	return f.do("exec %s env=%s", strings.Join(argv, " "), strings.Join(env, ","))
 }
@@ -160,6 +174,14 @@ func hostFiles() map[string]fakeFile {
 		"/proc/sys":                          {dir: true},
 		"/proc/sysrq-trigger":                {},
 		"/sys/fs/cgroup/unified":             {dir: true},
+		"/dev":                               {dir: true},
+		"/dev/null":                          {},
+		"/dev/zero":                          {},
+		"/dev/full":                          {},
+		"/dev/random":                        {},
+		"/dev/urandom":                       {},
+		"/dev/tty":                           {},
+		"/dev/dri":                           {dir: true},
 	}
 }
 
@@ -179,17 +201,19 @@ func testSpec() childSpec {
 		UID:        -1,
 		GID:        -1,
 		Keep:       rootKeep,
+		Landlock:   true,
 	}
 }
 
-func TestSetupChildTranscript(t *testing.T) {
+func TestSetupNamespaceTranscript(t *testing.T) {
 	tr := &transcript{}
 	sys := &fakeChildOS{tr: tr, files: hostFiles()}
-	if err := setupChild(testSpec(), sys); err != nil {
+	if err := setupNamespace(testSpec(), sys); err != nil {
 		t.Fatal(err)
 	}
 	assertTranscript(t, tr, `
 		mount --make-rprivate /
+		mount proc /proc
 		bind /etc /etc
 		setattr /etc ro=true recursive=true
 		bind /usr /usr
@@ -198,6 +222,31 @@ func TestSetupChildTranscript(t *testing.T) {
 		setattr /work/proj ro=false recursive=false
 		mount tmpfs /tmp/firma-run-1 mode=0700,size=16m ro=false
 		write /tmp/firma-run-1/hidden 0000 ""
+		mkdir /tmp/firma-run-1/dev 0700
+		bind /dev /tmp/firma-run-1/dev
+		mount tmpfs /dev mode=0755,size=64k ro=false
+		write /dev/null 0644 ""
+		bind /tmp/firma-run-1/dev/null /dev/null
+		write /dev/zero 0644 ""
+		bind /tmp/firma-run-1/dev/zero /dev/zero
+		write /dev/full 0644 ""
+		bind /tmp/firma-run-1/dev/full /dev/full
+		write /dev/random 0644 ""
+		bind /tmp/firma-run-1/dev/random /dev/random
+		write /dev/urandom 0644 ""
+		bind /tmp/firma-run-1/dev/urandom /dev/urandom
+		write /dev/tty 0644 ""
+		bind /tmp/firma-run-1/dev/tty /dev/tty
+		mkdir /dev/pts 0755
+		mkdir /dev/shm 0755
+		mount devpts /dev/pts
+		mount tmpfs /dev/shm mode=1777,size=64m ro=false
+		symlink /dev/ptmx -> pts/ptmx
+		symlink /dev/fd -> /proc/self/fd
+		symlink /dev/stdin -> /proc/self/fd/0
+		symlink /dev/stdout -> /proc/self/fd/1
+		symlink /dev/stderr -> /proc/self/fd/2
+		setattr /dev ro=true recursive=false
 		write /tmp/firma-run-1/ca-bundle-0.pem 0444 "SYSTEM ROOTS\n# firma run: the firma CA\n-----BEGIN CERTIFICATE-----\nFIRMA\n-----END CERTIFICATE-----\n"
 		bind /tmp/firma-run-1/ca-bundle-0.pem /etc/ssl/certs/ca-certificates.crt
 		setattr /etc/ssl/certs/ca-certificates.crt ro=true recursive=false
@@ -223,63 +272,108 @@ func TestSetupChildTranscript(t *testing.T) {
 		umount -l /tmp/firma-run-1
 		chdir /work/proj
 		unshare cgroup
+	`)
+}
+
+func TestExecAgentTranscript(t *testing.T) {
+	tr := &transcript{}
+	if err := execAgent(testSpec(), &fakeChildOS{tr: tr, files: hostFiles()}); err != nil {
+		t.Fatal(err)
+	}
+	assertTranscript(t, tr, `
 		capbset keep chown,dac_override,fowner,fsetid,kill,setgid,setuid,net_bind_service,sys_chroot,audit_write
 		ambient clear
 		pdeathsig KILL
 		capset chown,dac_override,fowner,fsetid,kill,setgid,setuid,net_bind_service,sys_chroot,audit_write
 		no_new_privs
+		cloexec 3-
+		landlock scope abstract_unix_socket,signal
+		seccomp
 		exec claude code env=PATH=/usr/bin
 	`)
 }
 
-func TestSetupChildAsUser(t *testing.T) {
+// TestPrivateDevWithProfileDevices: a profile's devices are bound in as they are on the host
+// (directories as directories, with their parents made), and a device the host lacks is skipped.
+func TestPrivateDevWithProfileDevices(t *testing.T) {
 	tr := &transcript{}
 	spec := testSpec()
-	spec.UID, spec.GID, spec.Groups, spec.Keep = 1000, 1000, []int{1000, 27}, nil
-	spec.CAPEM, spec.Nameserver, spec.ReadOnly, spec.Workspace, spec.Hide, spec.Protect = "", "", nil, "", nil, nil
-	if err := setupChild(spec, &fakeChildOS{tr: tr, files: hostFiles()}); err != nil {
+	spec.Devices = []string{"/dev/dri", "/dev/nvidia0", "/dev/null"}
+	files := hostFiles()
+	files["/dev/input/event0"] = fakeFile{}
+	spec.Devices = append(spec.Devices, "/dev/input/event0")
+	if err := privateDev(spec, &fakeChildOS{tr: tr, files: files}); err != nil {
+		t.Fatal(err)
+	}
+	got := tr.String()
+	for _, want := range []string{
+		"mkdir /dev/dri 0755\nbind /tmp/firma-run-1/dev/dri /dev/dri\n",
+		"mkdir /dev/input 0755\nwrite /dev/input/event0 0644 \"\"\nbind /tmp/firma-run-1/dev/input/event0 /dev/input/event0\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "nvidia0") || strings.Count(got, "bind /tmp/firma-run-1/dev/null /dev/null") != 1 {
+		t.Errorf("missing device bound or a device bound twice:\n%s", got)
+	}
+}
+
+func TestExecAgentAsUserWithoutLandlock(t *testing.T) {
+	tr := &transcript{}
+	spec := testSpec()
+	spec.UID, spec.GID, spec.Groups, spec.Keep, spec.Landlock = 1000, 1000, []int{1000, 27}, nil, false
+	if err := execAgent(spec, &fakeChildOS{tr: tr, files: hostFiles()}); err != nil {
 		t.Fatal(err)
 	}
 	assertTranscript(t, tr, `
-		mount --make-rprivate /
-		mount tmpfs /tmp/firma-run-1 mode=0700,size=16m ro=false
-		write /tmp/firma-run-1/hidden 0000 ""
-		umount -l /tmp/firma-run-1
-		chdir /work/proj
-		unshare cgroup
 		capbset keep none
 		ambient clear
 		setuser 1000:1000 groups=[1000 27]
 		pdeathsig KILL
 		capset none
 		no_new_privs
+		cloexec 3-
+		seccomp
 		exec claude code env=PATH=/usr/bin
 	`)
 }
 
-// TestSetupChildStopsAtTheFirstFailure: whatever fails, nothing after it runs — above all not exec.
-func TestSetupChildStopsAtTheFirstFailure(t *testing.T) {
-	for _, step := range []string{"mount --make-rprivate", "bind /etc", "setattr /work/proj", "mount tmpfs /tmp",
+// TestSetupStopsAtTheFirstFailure: whatever fails, nothing after it runs — above all not exec.
+func TestSetupStopsAtTheFirstFailure(t *testing.T) {
+	for _, step := range []string{"mount --make-rprivate", "mount proc", "bind /etc", "setattr /work/proj", "mount tmpfs /tmp",
+		"mkdir /tmp/firma-run-1/dev", "bind /dev ", "mount tmpfs /dev ", "bind /tmp/firma-run-1/dev/tty", "mount devpts",
+		"mount tmpfs /dev/shm", "symlink /dev/stdin", "setattr /dev ",
 		"bind /tmp/firma-run-1/ca-bundle-0.pem", "bind /tmp/firma-run-1/resolv.conf", "mount tmpfs /root/.ssh",
-		"setattr /sys", "umount -l", "chdir", "unshare cgroup", "capbset", "ambient", "pdeathsig", "capset", "no_new_privs"} {
+		"setattr /sys", "umount -l", "chdir", "unshare cgroup"} {
 		tr := &transcript{}
-		err := setupChild(testSpec(), &fakeChildOS{tr: tr, files: hostFiles(), fail: step})
+		err := setupNamespace(testSpec(), &fakeChildOS{tr: tr, files: hostFiles(), fail: step})
 		if err == nil {
 			t.Errorf("failing %q: no error", step)
 			continue
 		}
-		last := tr.lines[len(tr.lines)-1]
-		if !strings.HasPrefix(last, step) {
+		if last := tr.lines[len(tr.lines)-1]; !strings.HasPrefix(last, step) {
 			t.Errorf("failing %q: went on to %q", step, last)
 		}
-		if strings.Contains(tr.String(), "exec ") {
+	}
+	for _, step := range []string{"capbset", "ambient", "pdeathsig", "capset", "no_new_privs", "cloexec", "landlock", "seccomp"} {
+		tr := &transcript{}
+		err := execAgent(testSpec(), &fakeChildOS{tr: tr, files: hostFiles(), fail: step})
+		if err == nil {
+			t.Errorf("failing %q: no error", step)
+			continue
+		}
+		if last := tr.lines[len(tr.lines)-1]; !strings.HasPrefix(last, step) {
+			t.Errorf("failing %q: went on to %q", step, last)
+		}
+		if strings.Contains("\n"+tr.String(), "\nexec ") {
 			t.Errorf("failing %q: exec ran", step)
 		}
 	}
 	// No system bundle at all: refuse rather than start an agent that cannot trust the sidecar.
 	files := hostFiles()
 	delete(files, "/etc/ssl/certs/ca-certificates.crt")
-	err := setupChild(testSpec(), &fakeChildOS{tr: &transcript{}, files: files})
+	err := setupNamespace(testSpec(), &fakeChildOS{tr: &transcript{}, files: files})
 	if err == nil || !strings.Contains(err.Error(), "no system CA bundle") {
 		t.Fatalf("no bundle: %v", err)
 	}
@@ -402,7 +496,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 		mountinfo: func() ([]cgroup.Mount, error) { return cgroup.ParseMountinfo(strings.NewReader(hybridMountinfo)) },
 		fs:        fh.fs,
 		launch: func(l launch) (agent, error) {
-			tr.add("launch fd=%d argv=%s uid=%d workspace=%s", l.CgroupFD, strings.Join(l.Spec.Argv, " "), l.Spec.UID, l.Spec.Workspace)
+			tr.add("launch fd=%d argv=%s uid=%d workspace=%s landlock=%v", l.CgroupFD, strings.Join(l.Spec.Argv, " "), l.Spec.UID, l.Spec.Workspace, l.Spec.Landlock)
 			if fh.launchE != nil {
 				return nil, fh.launchE
 			}
@@ -416,13 +510,14 @@ func newFakeHost(t *testing.T) *fakeHost {
 		lookupUser: func(spec string) (agentUser, error) {
 			return agentUser{UID: 1000, GID: 1000, Groups: []int{1000}, Name: spec, Home: "/home/" + spec}, nil
 		},
-		homes:     func(u *agentUser) []string { return []string{"/root"} },
-		exists:    func(p string) bool { return p == "/etc/ssl/certs/ca-certificates.crt" },
-		mkdirTemp: func() (string, error) { tr.add("mkdtemp /tmp/firma-run-1"); return "/tmp/firma-run-1", nil },
-		removeAll: func(p string) error { tr.add("rm %s", p); return nil },
-		getwd:     func() (string, error) { return "/work/proj", nil },
-		pid:       99,
-		suffix:    func() string { return "abcd" },
+		homes:       func(u *agentUser) []string { return []string{"/root"} },
+		exists:      func(p string) bool { return p == "/etc/ssl/certs/ca-certificates.crt" },
+		mkdirTemp:   func() (string, error) { tr.add("mkdtemp /tmp/firma-run-1"); return "/tmp/firma-run-1", nil },
+		removeAll:   func(p string) error { tr.add("rm %s", p); return nil },
+		getwd:       func() (string, error) { return "/work/proj", nil },
+		pid:         99,
+		suffix:      func() string { return "abcd" },
+		landlockABI: func() int { return 7 },
 	}
 	return fh
 }
@@ -448,7 +543,7 @@ func TestRunTranscript(t *testing.T) {
 		open /sys/fs/cgroup/unified/firma-agents.slice/firma-run-99-abcd
 		sidecar register /firma-agents.slice/firma-run-99-abcd agent=codex session=`+sessionOf(fh.tr)+` capability="" pid=99
 		mkdtemp /tmp/firma-run-1
-		launch fd=7 argv=claude code uid=-1 workspace=/work/proj
+		launch fd=7 argv=claude code uid=-1 workspace=/work/proj landlock=true
 		rm /tmp/firma-run-1
 		dial /run/firma/control.sock
 		sidecar unregister /firma-agents.slice/firma-run-99-abcd
@@ -621,12 +716,12 @@ func TestBuildSpec(t *testing.T) {
 	}
 	hide := strings.Join(spec.Hide, " ")
 	for _, want := range []string{"/run/firma/control.sock", "/var/lib/firma/ca", "/var/log/firma/audit.jsonl", "/run/docker.sock",
-		"/run/dbus/system_bus_socket", "/home/alice/.ssh", "/root/.ssh", "/home/alice/.aws", "/root/.git-credentials"} {
+		"/run/dbus/system_bus_socket", "/run/user", "/run/nscd/socket", "/run/avahi-daemon/socket", "/home/alice/.ssh", "/root/.ssh", "/home/alice/.aws", "/root/.git-credentials"} {
 		if !strings.Contains(" "+hide+" ", " "+want+" ") {
 			t.Errorf("hide lacks %s", want)
 		}
 	}
-	if strings.Join(spec.Protect, " ") != "/sys /proc/sys /proc/sysrq-trigger /sys/fs/cgroup/unified" {
+	if strings.Join(spec.Protect, " ") != "/sys /proc/sys /proc/sysrq-trigger /proc/irq /proc/bus /proc/fs /sys/fs/cgroup/unified" {
 		t.Errorf("protect %v", spec.Protect)
 	}
 
@@ -716,7 +811,7 @@ func TestRunInSystemdScope(t *testing.T) {
 		open /sys/fs/cgroup/unified/firma.slice/firma-agents.slice/firma-run-99-abcd.scope
 		sidecar register /firma.slice/firma-agents.slice/firma-run-99-abcd.scope agent=generic session=`+sessionOf(fh.tr)+` capability="" pid=99
 		mkdtemp /tmp/firma-run-1
-		launch fd=7 argv=claude uid=-1 workspace=
+		launch fd=7 argv=claude uid=-1 workspace= landlock=true
 		placeholder release
 		rm /tmp/firma-run-1
 		dial /run/firma/control.sock
@@ -752,4 +847,45 @@ func TestRunFallsBackFromSystemd(t *testing.T) {
 	if strings.Contains(fh.tr.String(), "systemd") {
 		t.Fatalf("systemd asked for a non-slice parent:\n%s", fh.tr)
 	}
+}
+
+// TestRunWithoutLandlockScopes: on a kernel whose Landlock has no scopes the agent still runs
+// (PID namespace and seccomp stand), and firma run says what is missing.
+func TestRunWithoutLandlockScopes(t *testing.T) {
+	fh := newFakeHost(t)
+	fh.host.landlockABI = func() int { return 5 }
+	fh.agent.status = exitStatus{Code: 0}
+	close(fh.agent.exit)
+	var logs strings.Builder
+	code, err := fh.host.run(context.Background(), DefaultConfig(), Options{Command: []string{"true"}}, zerolog.New(&logs))
+	if err != nil || code != 0 {
+		t.Fatalf("run = %d, %v", code, err)
+	}
+	if !strings.Contains(fh.tr.String(), "landlock=false") {
+		t.Errorf("landlock requested without scopes:\n%s", fh.tr)
+	}
+	if !strings.Contains(logs.String(), `"landlock_abi":5`) || !strings.Contains(logs.String(), "abstract unix sockets") {
+		t.Errorf("no warning naming the Landlock ABI and what is missing: %s", logs.String())
+	}
+}
+
+// capNames names capabilities in transcripts.
+var capNames = map[int]string{
+	capChown: "chown", capDacOverride: "dac_override", capDacReadSearch: "dac_read_search",
+	capFowner: "fowner", capFsetid: "fsetid", capKill: "kill", capSetgid: "setgid", capSetuid: "setuid",
+	capSetpcap: "setpcap", capNetBindService: "net_bind_service", capNetAdmin: "net_admin",
+	capNetRaw: "net_raw", capSysModule: "sys_module", capSysRawio: "sys_rawio",
+	capSysChroot: "sys_chroot", capSysPtrace: "sys_ptrace", capSysAdmin: "sys_admin",
+	capMknod: "mknod", capAuditWrite: "audit_write", capPerfmon: "perfmon", capBPF: "bpf",
+}
+
+func capList(caps []int) string {
+	if len(caps) == 0 {
+		return "none"
+	}
+	names := make([]string, len(caps))
+	for i, c := range caps {
+		names[i] = capNames[c]
+	}
+	return strings.Join(names, ",")
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,9 +16,10 @@ import (
 )
 
 const auditUsage = `usage:
-  firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]
-      Check the hash chain (and, with --pubkey, every signature) of the audit log: exit 0 when every
-      line checks out, 1 naming the first altered, dropped or reordered line.
+  firma audit verify [--pubkey audit.pub] [--format auto|file|journal|syslog] [--host H] [--app A] [-c firma.toml | FILE… | -]
+      Check the hash chain (and, with --pubkey, every signature) of the audit log, or of its lines as
+      exported from journald or a syslog file: exit 0 when every line checks out, 1 naming the first
+      altered, dropped or reordered line. "-" reads the export from stdin.
   firma audit tail [-c firma.toml | FILE] [--follow] [--deny] [--agent ID] [--since 15m] [-n N] [--json]
       Print records, human-readable unless --json; --follow keeps printing across rotations.
   firma audit keygen [--out audit.key | -c firma.toml]
@@ -39,17 +41,41 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 
 // auditVerifyCmd exits 0 when every line checks out, 1 naming the first bad line otherwise.
 func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("audit verify", "usage: firma audit verify [--pubkey audit.pub] [-c firma.toml | FILE…]\n\n"+
-		"Checks the hash chain of the audit files (the live file and its rotations, oldest first) and, with\n"+
-		"--pubkey, every signature. Exit 0 when every line checks out, 1 naming the first bad line.")
+	fs := newFlagSet("audit verify", "usage: firma audit verify [--pubkey audit.pub] [--format auto|file|journal|syslog] [--host H] [--app A] [-c firma.toml | FILE… | -]\n\n"+
+		"Checks the hash chain of the audit files (the live file and its rotations, oldest first), or of\n"+
+		"the records in a journald or syslog export, and, with --pubkey, every signature. Exit 0 when\n"+
+		"every line checks out, 1 naming the first bad line. \"-\" reads the input from stdin.")
 	pubPath := fs.String("pubkey", "", "PEM public key (openssl pkey -pubout); without it only the chain is checked")
 	cfgPath := configFlag(fs)
+	formatName := fs.String("format", "auto", "how the input carries the records: file (the log files), journal (journalctl -o cat|json|short), syslog (a syslog daemon's file), auto")
+	host := fs.String("host", "", "journal/syslog: only records sent from this host name (one chain when a receiver holds several)")
+	app := fs.String("app", "", "journal/syslog: only records with this APP-NAME / SYSLOG_IDENTIFIER")
 	files, err := parseInterleaved(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
+	format, err := audit.ParseFormat(*formatName)
+	if err != nil {
+		return fmt.Errorf("%w: --format: %w", errUsage, err)
+	}
 	if *cfgPath != "" && len(files) > 0 {
 		return fmt.Errorf("%w: give -c or files, not both", errUsage)
+	}
+	// "-" reads an export from stdin (journalctl … | firma audit verify -): it is spooled to a
+	// temporary file, which verify rereads to tell a reordered line from a removed one.
+	stdinFile := ""
+	for i, f := range files {
+		if f != "-" {
+			continue
+		}
+		if stdinFile != "" {
+			return fmt.Errorf("%w: - given twice", errUsage)
+		}
+		if stdinFile, err = spoolStdin(); err != nil {
+			return err
+		}
+		defer os.Remove(stdinFile)
+		files[i] = stdinFile
 	}
 	if len(files) == 0 {
 		live, err := auditLivePath(configPath(*cfgPath))
@@ -85,15 +111,27 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintln(stderr, "warning: no --pubkey: checking the hash chain only, not who wrote it")
 	}
-	rep, err := audit.Verify(pub, files...)
+	rep, err := audit.VerifyWith(pub, audit.VerifyOptions{Format: format, Host: *host, App: *app}, files...)
+	name := func(f string) string {
+		if f == stdinFile && f != "" {
+			return "-"
+		}
+		return f
+	}
 	if err != nil {
+		if stdinFile != "" {
+			return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), stdinFile, "-"))
+		}
 		return err
 	}
 	for _, n := range rep.Notes {
+		if stdinFile != "" {
+			n = strings.ReplaceAll(n, stdinFile, "-")
+		}
 		fmt.Fprintf(stderr, "note: %s\n", n)
 	}
 	if p := rep.Problem; p != nil {
-		fmt.Fprintf(stdout, "FAIL %s:%d: %s: %s\n", p.File, p.Line, p.Kind, p.Detail)
+		fmt.Fprintf(stdout, "FAIL %s:%d: %s: %s\n", name(p.File), p.Line, p.Kind, p.Detail)
 		if rep.Records > 0 {
 			fmt.Fprintf(stdout, "  %d records before it verified (seq %d..%d)\n", rep.Records, rep.FirstSeq, rep.LastSeq)
 		}
@@ -103,9 +141,32 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	if pub != nil {
 		how = fmt.Sprintf("chain and signatures verified with key %.16s…", keyID)
 	}
+	if rep.Format != audit.FormatFile {
+		how += fmt.Sprintf(", read as a %s export", rep.Format)
+	}
 	fmt.Fprintf(stdout, "OK %d records, seq %d..%d, %d file(s): %s\n", rep.Records, rep.FirstSeq, rep.LastSeq, len(rep.Files), how)
 	fmt.Fprintf(stdout, "  last line: seq %d hash %s\n", rep.LastSeq, rep.LastHash)
 	return nil
+}
+
+// auditStdin is what `firma audit verify -` reads.
+var auditStdin io.Reader = os.Stdin
+
+// spoolStdin copies stdin to a private temporary file and returns its path.
+func spoolStdin() (string, error) {
+	f, err := os.CreateTemp("", "firma-audit-verify-stdin-")
+	if err != nil {
+		return "", fmt.Errorf("spooling stdin: %w", err)
+	}
+	_, err = io.Copy(f, auditStdin)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("spooling stdin: %w", err)
+	}
+	return f.Name(), nil
 }
 
 // auditTailCmd prints records, human-readable unless --json, and with --follow keeps printing them
@@ -117,7 +178,7 @@ func auditTailCmd(args []string, stdout, stderr io.Writer) error {
 	cfgPath := configFlag(fs)
 	follow := fs.Bool("follow", false, "keep printing new records, across rotations")
 	fs.BoolVar(follow, "f", false, "short for --follow")
-	deny := fs.Bool("deny", false, "only DENY decisions")
+	deny := fs.Bool("deny", false, "only refusals (DENY, DEFER and STEP_UP decisions)")
 	agent := fs.String("agent", "", "only records of this agent id")
 	since := fs.String("since", "", "only records from this long ago (15m, 2h) or since this RFC 3339 time")
 	last := fs.Int("n", 10, "how many of the newest records to print first (0 = all); ignored with --since")

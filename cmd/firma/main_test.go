@@ -31,12 +31,12 @@ func TestMain(m *testing.M) {
 // helpCases is every command and subcommand; TestHelp checks that it lists them all.
 var helpCases = [][]string{
 	{"audit"}, {"audit", "verify"}, {"audit", "tail"}, {"audit", "keygen"},
-	{"authority"}, {"authority", "generate-key"}, {"authority", "serve"}, {"authority", "issue"}, {"authority", "revoke"},
+	{"authority"}, {"authority", "generate-key"}, {"authority", "init-tls"}, {"authority", "serve"}, {"authority", "issue"}, {"authority", "revoke"},
 	{"ca"}, {"ca", "show"},
 	{"check"}, {"check", "config"},
 	{"demo"},
 	{"doctor"},
-	{"policy"}, {"policy", "validate"}, {"policy", "test"},
+	{"policy"}, {"policy", "validate"}, {"policy", "test"}, {"policy", "schema"},
 	{"run"},
 	{"sidecar"},
 	{"version"},

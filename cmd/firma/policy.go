@@ -22,17 +22,24 @@ const policyUsage = `usage:
       defaults. Exit 1 naming file:line:col of every problem.
   firma policy test [-c firma.toml] [--policy-dir DIR] [--schema FILE] [--rules FILE]
                     [--default-protected true|false] [-v] FIXTURE…
-      Decide every [[case]] of the fixture files and compare with its expectation. The policy set
-      is the fixture file's own setup unless -c or a flag names another. Exit 1 on a mismatch,
-      printing the decision and the policy ids.`
+      Decide every [[case]] of the fixture files and compare with its expectation (outcome,
+      reason, action class, policy ids, the fields that decided). Cases carry request content
+      (body, body_file, context.json, context.headers, context.body_size) and session state; the
+      cases of a file run in order, each seeing what the earlier ones did in its session. The
+      policy set is the fixture file's own setup unless -c or a flag names another. Exit 1 on a
+      mismatch, printing the decision and the policy ids.
+  firma policy schema
+      Print the embedded firma.cedarschema: every action class and context attribute a policy
+      may use, and the starting point of a replacement schema.`
 
 // policySubcommands are the subcommands of `firma policy`.
 var policySubcommands = map[string]func([]string, io.Writer, io.Writer) error{
 	"validate": policyValidateCmd,
 	"test":     policyTestCmd,
+	"schema":   policySchemaCmd,
 }
 
-// policyCmd is `firma policy validate|test`.
+// policyCmd is `firma policy validate|test|schema`.
 func policyCmd(args []string, stdout, stderr io.Writer) error {
 	return subcommands(args, stdout, stderr, policyUsage, policySubcommands)
 }
@@ -43,7 +50,7 @@ func policyConfig(path string) (policies.Config, policies.MappingConfig, error) 
 	if err != nil {
 		return policies.Config{}, policies.MappingConfig{}, err
 	}
-	return cfg.Sidecar.Policy, cfg.Sidecar.Mapping, nil
+	return cfg.Sidecar.PolicyConfig(), cfg.Sidecar.Mapping, nil
 }
 
 // printProblems writes a load error one problem per line, so each names its file and position.
@@ -287,4 +294,17 @@ func policyTestCmd(args []string, stdout, stderr io.Writer) error {
 		return exitCode(1)
 	}
 	return nil
+}
+
+func policySchemaCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("policy schema", policyUsage)
+	rest, err := parseInterleaved(fs, args, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("%w: policy schema takes no arguments\n%s", errUsage, policyUsage)
+	}
+	_, err = stdout.Write(policies.EmbeddedSchema().Source())
+	return err
 }

@@ -17,7 +17,7 @@ func runPolicy(t *testing.T, args ...string) (int, string, string) {
 
 func TestPolicyValidate(t *testing.T) {
 	code, out, errs := runPolicy(t, "validate")
-	if code != 0 || !strings.Contains(out, "ok  (embedded policies): 5 policies") || !strings.Contains(out, "ok  (embedded rules):") {
+	if code != 0 || !strings.Contains(out, "ok  (embedded policies): 6 policies") || !strings.Contains(out, "ok  (embedded rules):") {
 		t.Errorf("embedded: %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = runPolicy(t, "validate", "-v", "../../examples/policies",
@@ -84,5 +84,16 @@ expect = "PASSTHROUGH"
 	}
 	if code, _, _ := runPolicy(t, "frobnicate"); code != 2 {
 		t.Errorf("unknown subcommand: exit %d, want 2", code)
+	}
+}
+
+func TestPolicySchema(t *testing.T) {
+	code, out, errs := runPolicy(t, "schema")
+	if code != 0 || !strings.Contains(out, "namespace Firma {") || !strings.Contains(out, "entity Json {") ||
+		!strings.Contains(out, `action "code.destructive"`) {
+		t.Errorf("schema: %d\n%s%s", code, out, errs)
+	}
+	if code, _, _ := runPolicy(t, "schema", "extra"); code != 2 {
+		t.Errorf("schema with an argument: exit %d, want 2", code)
 	}
 }

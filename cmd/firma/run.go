@@ -25,7 +25,13 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
 		case runner.InitArg:
-			if runner.Init() != nil {
+			// The agent's status; 1 when the setup failed (the reason went to firma run).
+			if code := runner.Init(); code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		case runner.ExecArg:
+			if runner.ExecAgent() != nil {
 				return exitCode(1) // the reason went to firma run, which reports it
 			}
 			return nil
@@ -42,6 +48,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.Sidecar, "sidecar", "", "sidecar control socket (default [run] sidecar, else [sidecar.control] socket, else /run/firma/control.sock)")
 	fs.StringVar(&opts.Cgroup, "cgroup", "", "parent cgroup for the agent, relative to the cgroup2 mount; must be at or below the sidecar's enforced parent")
 	fs.StringVar(&opts.User, "user", "", "run the agent as this user (name, uid or uid:gid)")
+	fs.BoolVar(&opts.Monitor, "monitor", false, "monitor mode: the sidecar records what policy would deny but lets it through")
 	logLevel := fs.String("log-level", "warn", "firma run's own log level (debug, info, warn, error)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err

@@ -41,6 +41,8 @@ type Agent struct {
 	// Capability is the Stage 1 check for this agent; nil when capabilities are not enforced.
 	Capability policies.Capability
 	Registered bool // from `firma run`, not [[sidecar.agents]]
+	// Monitor: the agent's policy denials are recorded, not enforced (monitor mode).
+	Monitor bool
 }
 
 // entry is an agent and the release of its capability handle.
@@ -101,6 +103,12 @@ func New(o Options) (_ *Registry, err error) {
 	}()
 	for _, a := range o.Static {
 		c, release, err := r.openCapability(a.CapabilityFile)
+		if errors.Is(err, authority.ErrCapabilityRevoked) {
+			// One revoked agent must not take the sidecar — and every other agent — down with it:
+			// this agent's every decision is denied with the reason.
+			r.log.Error().Err(err).Str(logfields.Agent, a.AgentID).Msg("capability revoked: every connection of this agent is denied")
+			c, release, err = refusedCapability{err}, func() error { return nil }, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("sidecar.agents %q: capability_file %s: %w", a.AgentID, a.CapabilityFile, err)
 		}
@@ -110,7 +118,8 @@ func New(o Options) (_ *Registry, err error) {
 		}
 		cg := cgroup.Canonical(a.Cgroup)
 		r.static[cg] = entry{
-			agent:   Agent{ID: a.AgentID, SessionID: a.SessionID, Cgroup: cg, CapabilityFile: a.CapabilityFile, Capability: c},
+			agent: Agent{ID: a.AgentID, SessionID: a.SessionID, Cgroup: cg, CapabilityFile: a.CapabilityFile, Capability: c,
+				Monitor: a.Mode == ModeMonitor},
 			release: release,
 		}
 	}
@@ -135,6 +144,14 @@ func (r *Registry) openCapability(file string) (policies.Capability, func() erro
 		return nil, nil, err
 	}
 	return c, c.Close, nil
+}
+
+// refusedCapability is the Stage 1 check of a static agent whose capability was refused when the
+// sidecar started (revoked): every decision is denied with why.
+type refusedCapability struct{ err error }
+
+func (c refusedCapability) Authorize(string, string, string, time.Time) (string, error) {
+	return "", c.err
 }
 
 // tokenAgent is the agent id a verified capability names, or "".
@@ -169,14 +186,34 @@ func (r *Registry) Register(_ context.Context, reg control.Registration) error {
 	old, had := r.registered[cg]
 	r.registered[cg] = entry{
 		agent: Agent{ID: reg.AgentID, SessionID: reg.SessionID, Cgroup: cg, CapabilityFile: reg.CapabilityFile,
-			Capability: c, Registered: true},
+			Capability: c, Registered: true, Monitor: reg.Monitor},
 		release: release,
 	}
 	r.mu.Unlock()
 	if had {
 		old.release()
 	}
+	if reg.Monitor {
+		r.log.Warn().Str(logfields.Agent, reg.AgentID).Str(logfields.Cgroup, cg).
+			Msg("MONITOR MODE: this agent's policy denials are recorded, not enforced")
+	}
 	return nil
+}
+
+// Monitored lists the agents in monitor mode, static and registered, for the startup log and
+// firma doctor.
+func (r *Registry) Monitored() []Agent {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []Agent
+	for _, m := range []map[string]entry{r.static, r.registered} {
+		for _, e := range m {
+			if e.agent.Monitor {
+				out = append(out, e.agent)
+			}
+		}
+	}
+	return out
 }
 
 // Unregister forgets a registration and releases its capability; an unknown cgroup is not an error.

@@ -14,7 +14,16 @@ type Config struct {
 	AgentID        string `toml:"agent_id"`
 	SessionID      string `toml:"session_id"`
 	CapabilityFile string `toml:"capability_file"`
+	// Mode is "enforce" (the default) or "monitor": every decision is made and recorded as in
+	// enforce mode, but the agent's policy denials do not stop its flows.
+	Mode string `toml:"mode"`
 }
+
+// Modes of an agent.
+const (
+	ModeEnforce = "enforce"
+	ModeMonitor = "monitor"
+)
 
 // Validate checks every entry; errors name keys relative to [sidecar] ("agents[1].cgroup").
 func Validate(entries []Config) error {
@@ -28,6 +37,9 @@ func Validate(entries []Config) error {
 		}
 		if a.AgentID == "" {
 			errs = append(errs, fmt.Errorf("%s.agent_id: must be set", key))
+		}
+		if a.Mode != "" && a.Mode != ModeEnforce && a.Mode != ModeMonitor {
+			errs = append(errs, fmt.Errorf("%s.mode: %q, want %q or %q", key, a.Mode, ModeEnforce, ModeMonitor))
 		}
 		cg := cgroup.Canonical(a.Cgroup)
 		if seen[cg] {

@@ -84,26 +84,26 @@ type pending struct {
 }
 
 func encodePending(ev *Event) (pending, error) {
-	id, err := encodeJSON(ev.ID)
+	b := make([]byte, 0, 1024)
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, ev.ID)
+	b = append(b, `,"seq":`...)
+	h := len(b)
+	b = append(b, `,"time":`...)
+	b, err := appendJSONTime(b, ev.Time)
 	if err != nil {
 		return pending{}, err
 	}
-	t, err := encodeJSON(ev.Time)
-	if err != nil {
+	b = append(b, `,"prev_hash":"`...)
+	t := len(b)
+	b = append(b, `",`...)
+	tail := len(b)
+	if b, err = appendTail(b, ev); err != nil {
 		return pending{}, err
 	}
-	tail, err := encodeJSON(eventTail{
-		Kind: ev.Kind, DecisionID: ev.DecisionID, Envelope: ev.Envelope, Capability: ev.Capability,
-		Decision: ev.Decision, Result: ev.Result, Log: ev.Log,
-	})
-	if err != nil {
-		return pending{}, err
-	}
-	var p pending
-	p.head = append(append(append(p.head, `{"id":`...), id...), `,"seq":`...)
-	p.time = append(append(append(p.time, `,"time":`...), t...), `,"prev_hash":"`...)
-	p.tail = append(append(p.tail, `",`...), tail[1:]...)
-	return p, nil
+	// appendTail wrote the tail object's opening brace: drop it, the members follow the comma.
+	b = append(b[:tail], b[tail+1:]...)
+	return pending{head: b[:h:h], time: b[h:t:t], tail: b[t:]}, nil
 }
 
 // appendBody appends the body of p placed at seq after the line whose body hashes to prev.

@@ -3,6 +3,7 @@ package audit
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/openfirma/firma/internal/duration"
@@ -21,11 +22,25 @@ type Config struct {
 	// MaxFiles keeps at most this many files, the live one included, deleting the oldest rotated
 	// files after a rotation. 0 keeps every file.
 	MaxFiles int `toml:"max_files"`
+	// Sinks are [[sidecar.audit.sinks]]: where each line is forwarded after it is in the file.
+	Sinks []SinkConfig `toml:"sinks"`
+	// RefusalRate and RefusalBurst bound the records of one class (kernel refusals, malformed
+	// requests…) that one agent can put in the log: a token bucket per agent and class, refilled
+	// at RefusalRate records/s up to RefusalBurst. Records beyond it are counted, and a "suppressed"
+	// record says how many, for which agent and class, over which window. 0 ⇒ the defaults.
+	RefusalRate  float64 `toml:"refusal_rate"`
+	RefusalBurst int     `toml:"refusal_burst"`
+	// RefusalWindow is the longest a run of suppressed records waits for its summary record.
+	// 0 ⇒ DefaultRefusalWindow.
+	RefusalWindow duration.Duration `toml:"refusal_window"`
 }
 
 const (
 	DefaultFsyncInterval = time.Second
 	DefaultMaxSizeBytes  = 100 << 20
+	DefaultRefusalRate   = 10.0
+	DefaultRefusalBurst  = 100
+	DefaultRefusalWindow = 10 * time.Second
 )
 
 // DefaultConfig is [sidecar.audit] when the file leaves it out.
@@ -34,6 +49,9 @@ func DefaultConfig() Config {
 		FilePath:      "audit.jsonl",
 		FsyncInterval: duration.Of(DefaultFsyncInterval),
 		MaxSizeBytes:  DefaultMaxSizeBytes,
+		RefusalRate:   DefaultRefusalRate,
+		RefusalBurst:  DefaultRefusalBurst,
+		RefusalWindow: duration.Of(DefaultRefusalWindow),
 	}
 }
 
@@ -54,6 +72,18 @@ func (c Config) Validate() error {
 	if c.MaxFiles < 0 {
 		errs = append(errs, fmt.Errorf("audit.max_files: %d is negative", c.MaxFiles))
 	}
+	if c.RefusalRate < 0 || c.RefusalRate != c.RefusalRate || c.RefusalRate > 1e6 {
+		errs = append(errs, fmt.Errorf("audit.refusal_rate: %v is not between 0 and 1e6 records/s", c.RefusalRate))
+	}
+	if c.RefusalBurst < 0 || c.RefusalBurst > 1_000_000 {
+		errs = append(errs, fmt.Errorf("audit.refusal_burst: %d is not between 0 and 1000000", c.RefusalBurst))
+	}
+	if d := c.RefusalWindow.Duration; d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+		errs = append(errs, fmt.Errorf("audit.refusal_window: %v is not between 100ms and 1h", d))
+	}
+	for i, s := range c.Sinks {
+		errs = append(errs, s.validate(fmt.Sprintf("audit.sinks[%d].", i))...)
+	}
 	return errors.Join(errs...)
 }
 
@@ -65,6 +95,19 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxSizeBytes == 0 {
 		c.MaxSizeBytes = DefaultMaxSizeBytes
+	}
+	if c.RefusalRate == 0 {
+		c.RefusalRate = DefaultRefusalRate
+	}
+	if c.RefusalBurst == 0 {
+		c.RefusalBurst = DefaultRefusalBurst
+	}
+	if c.RefusalWindow.Duration == 0 {
+		c.RefusalWindow = duration.Of(DefaultRefusalWindow)
+	}
+	c.Sinks = slices.Clone(c.Sinks)
+	for i := range c.Sinks {
+		c.Sinks[i] = c.Sinks[i].withDefaults()
 	}
 	return c
 }

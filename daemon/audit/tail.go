@@ -15,7 +15,7 @@ import (
 
 // Filter selects records for Tail.
 type Filter struct {
-	DenyOnly bool      // decisions with outcome DENY only
+	DenyOnly bool      // refusals only: decisions with outcome DENY, DEFER or STEP_UP
 	AgentID  string    // records of this agent only ("" = all)
 	Since    time.Time // records at or after this time only (zero = all)
 }
@@ -185,7 +185,7 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 	if !f.Since.IsZero() && ev.Time.Before(f.Since) {
 		return nil, false
 	}
-	if f.DenyOnly && (ev.Kind != KindDecision || ev.Decision == nil || ev.Decision.Outcome != "DENY") {
+	if f.DenyOnly && (ev.Kind != KindDecision || ev.Decision == nil || !refusal(ev.Decision.Outcome)) {
 		return nil, false
 	}
 	switch {
@@ -208,10 +208,18 @@ func (t *tailer) match(line []byte) (*Event, bool) {
 			}
 		}
 	}
-	if f.AgentID != "" && (ev.Envelope == nil || ev.Envelope.Agent.AgentID != f.AgentID) {
+	if f.AgentID != "" && !ofAgent(&ev, f.AgentID) {
 		return nil, false
 	}
 	return &ev, true
+}
+
+// ofAgent reports whether ev is about agent: its envelope's, or a suppressed record's.
+func ofAgent(ev *Event, agent string) bool {
+	if ev.Envelope != nil && ev.Envelope.Agent.AgentID == agent {
+		return true
+	}
+	return ev.Log != nil && ev.Log.AgentID == agent
 }
 
 // follow reads the live file from pos on, until ctx ends. When the live file is rotated it finishes
@@ -352,8 +360,14 @@ func firstTime(path string) time.Time {
 	return ev.Time
 }
 
+// refusal reports whether a decision outcome refused the request.
+func refusal(outcome string) bool {
+	return outcome == "DENY" || outcome == "DEFER" || outcome == "STEP_UP"
+}
+
 // FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome, action,
-// host/path, policy ids and reason. Completion records show bytes, duration and upstream status.
+// host/path, policy ids, the fields that decided and reason. Completion records show bytes,
+// duration and upstream status.
 func FormatHuman(ev *Event, loc *time.Location) string {
 	var b strings.Builder
 	b.WriteString(ev.Time.In(loc).Format("2006-01-02 15:04:05.000"))
@@ -367,6 +381,10 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 		}
 		if ev.Log.Refused > 0 {
 			fmt.Fprintf(&b, " (%d records refused since %s: %s)", ev.Log.Refused, ev.Log.Since.In(loc).Format("15:04:05"), ev.Log.Error)
+		}
+		if ev.Log.Event == LogSuppressed && ev.Log.Since != nil && ev.Log.Until != nil {
+			fmt.Fprintf(&b, " %d %s records of agent %s between %s and %s", ev.Log.Suppressed, ev.Log.Class,
+				orDash(ev.Log.AgentID), ev.Log.Since.In(loc).Format("15:04:05.000"), ev.Log.Until.In(loc).Format("15:04:05.000"))
 		}
 		if ev.Log.TornBytes > 0 {
 			fmt.Fprintf(&b, " (cut %d torn bytes, saved to %s)", ev.Log.TornBytes, ev.Log.TornSavedTo)
@@ -405,6 +423,12 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 	if d := ev.Decision; d != nil {
 		if len(d.MatchedPolicies) > 0 {
 			fmt.Fprintf(&b, "  [%s]", strings.Join(d.MatchedPolicies, ","))
+		}
+		if len(d.Fields) > 0 {
+			fmt.Fprintf(&b, "  fields=%s", strings.Join(d.Fields, ","))
+		}
+		if d.Enforced != nil && !*d.Enforced {
+			b.WriteString("  (not enforced)")
 		}
 		if d.Reason != "" {
 			fmt.Fprintf(&b, "  %q", d.Reason)

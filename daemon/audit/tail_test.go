@@ -137,6 +137,13 @@ func TestFormatHuman(t *testing.T) {
 			t.Errorf("%q lacks %q", got, want)
 		}
 	}
+	deferred := decision(5, "api.anthropic.com", "DEFER")
+	deferred.Decision.Fields = []string{"context.actions_last_hour.model"}
+	deferred.Decision.Enforced = new(bool)
+	if got := FormatHuman(deferred, time.UTC); !strings.Contains(got, "DEFER") ||
+		!strings.Contains(got, "fields=context.actions_last_hour.model  (not enforced)") {
+		t.Errorf("deferred: %q", got)
+	}
 	mitm := decision(4, "api.openai.com", "ALLOW")
 	mitm.Envelope.Intent.Resource = Resource{Host: "api.openai.com", Path: "/v1/models", Method: "GET"}
 	if got := FormatHuman(mitm, time.UTC); !strings.Contains(got, "GET api.openai.com/v1/models") {
@@ -145,5 +152,40 @@ func TestFormatHuman(t *testing.T) {
 	done := &Event{Kind: KindCompletion, DecisionID: "X", Result: &Result{BytesUp: 5, BytesDown: 7, DurationMS: 9, UpstreamStatus: 200}}
 	if got := FormatHuman(done, time.UTC); !strings.Contains(got, "DONE") || !strings.Contains(got, "up=5B down=7B 9ms status=200") {
 		t.Errorf("completion: %q", got)
+	}
+	since, until := time.Date(2026, 11, 22, 4, 30, 0, 0, time.UTC), time.Date(2026, 11, 22, 4, 30, 9, 500e6, time.UTC)
+	sup := &Event{Kind: KindLog, Seq: 9, Time: until, Log: &LogRecord{Event: LogSuppressed, AgentID: "claude-code", Class: "kernel",
+		Suppressed: 41, Since: &since, Until: &until}}
+	if got := FormatHuman(sup, time.UTC); !strings.Contains(got, "audit suppressed 41 kernel records of agent claude-code between 04:30:00.000 and 04:30:09.500") {
+		t.Errorf("suppressed: %q", got)
+	}
+	var tl tailer
+	tl.opt.AgentID, tl.decisions = "claude-code", map[string]*Envelope{}
+	line, _ := encodeJSON(sup)
+	if _, ok := tl.match(line); !ok {
+		t.Error("tail --agent does not show the agent's suppressed record")
+	}
+}
+
+// TestTailDenyShowsEveryRefusal: --deny shows DEFER and STEP_UP decisions too, not ALLOW or MODIFY.
+func TestTailDenyShowsEveryRefusal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	w := openTest(t, Config{FilePath: path})
+	for i, o := range []string{"ALLOW", "DENY", "MODIFY", "DEFER", "STEP_UP", "PASSTHROUGH"} {
+		if err := w.Append(decision(i, "api.example.com", o)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	var c collected
+	if err := Tail(context.Background(), path, TailOptions{Filter: Filter{DenyOnly: true}}, c.add); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range c.evs {
+		got = append(got, ev.Decision.Outcome)
+	}
+	if strings.Join(got, " ") != "DENY DEFER STEP_UP" {
+		t.Fatalf("--deny showed %v", got)
 	}
 }

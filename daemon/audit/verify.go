@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -58,6 +59,10 @@ type Report struct {
 	Closed  bool // the last line is a close record
 	Problem *Problem
 	Notes   []string
+	// Format is how the inputs were read; Skipped counts their lines that held no record (or
+	// one from another host or program).
+	Format  Format
+	Skipped int
 }
 
 // OK reports whether no problem was found.
@@ -84,11 +89,29 @@ type record struct {
 	Sig string `json:"sig"`
 }
 
+// VerifyOptions say what Verify reads.
+type VerifyOptions struct {
+	// Format is how the inputs carry the records; "" is FormatFile.
+	Format Format
+	// Host and App keep only the lines a syslog or journal JSON export says came from this host
+	// (HOSTNAME, _HOSTNAME) and program (APP-NAME or TAG, SYSLOG_IDENTIFIER): one chain when a
+	// receiver holds several sidecars' records. "" keeps all.
+	Host, App string
+}
+
 // Verify checks the signatures (when pub is not nil) and the chain across files, given in any
 // order: they are put in chain order by the seq of their first line. It stops at the first problem
 // and says where it is. The error is for files that cannot be read; what is wrong with their
 // content is in the Report.
 func Verify(pub crypto.PublicKey, files ...string) (*Report, error) {
+	return VerifyWith(pub, VerifyOptions{Format: FormatFile}, files...)
+}
+
+// VerifyWith is Verify on inputs in any Format. An exported stream (journal, syslog) is checked
+// exactly like the files, except that lines without a record are skipped and the stream may begin
+// anywhere in the chain (a note says where): lines missing, altered or reordered in it are found
+// and named by their line in the input.
+func VerifyWith(pub crypto.PublicKey, opt VerifyOptions, files ...string) (*Report, error) {
 	var ecPub *ecdsa.PublicKey
 	if pub != nil {
 		k, ok := pub.(*ecdsa.PublicKey)
@@ -100,7 +123,24 @@ func Verify(pub crypto.PublicKey, files ...string) (*Report, error) {
 	if len(files) == 0 {
 		return nil, errors.New("verifying audit log: no files")
 	}
-	v := &verifier{pub: ecPub, report: &Report{}}
+	format := opt.Format
+	switch format {
+	case "":
+		format = FormatFile
+	case FormatAuto:
+		f, err := detectFormat(files[0])
+		if err != nil {
+			return nil, fmt.Errorf("verifying audit log: %w", err)
+		}
+		format = f
+	case FormatFile, FormatJournal, FormatSyslog:
+	default:
+		return nil, fmt.Errorf("verifying audit log: unknown format %q", format)
+	}
+	if format == FormatFile && (opt.Host != "" || opt.App != "") {
+		return nil, errors.New("verifying audit log: a host or app filter applies to journal and syslog exports, not to the log files")
+	}
+	v := &verifier{pub: ecPub, report: &Report{Format: format}, format: format, opt: opt, sources: map[string]int{}}
 	if pub != nil {
 		v.wantKeyID = KeyID(pub)
 	}
@@ -114,13 +154,20 @@ func Verify(pub crypto.PublicKey, files ...string) (*Report, error) {
 			return v.report, err
 		}
 		if v.report.Problem != nil {
+			v.hintSources()
 			return v.report, nil
 		}
 	}
 	r := v.report
+	if r.Records == 0 {
+		return r, errors.New("verifying audit log: no audit record in the input")
+	}
 	r.Signed = ecPub != nil
 	if ecPub == nil {
 		r.Notes = append(r.Notes, "signatures not checked: no public key given (chain only)")
+	}
+	if r.Skipped > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d line(s) without an audit record skipped (other messages, or other hosts and programs)", r.Skipped))
 	}
 	if r.FirstSeq > 1 {
 		note := fmt.Sprintf("the chain starts at seq %d: earlier lines were not given", r.FirstSeq)
@@ -136,11 +183,30 @@ func Verify(pub crypto.PublicKey, files ...string) (*Report, error) {
 	return r, nil
 }
 
+// hintSources adds to a problem found in a stream that holds records from several sources.
+func (v *verifier) hintSources() {
+	if len(v.sources) < 2 {
+		return
+	}
+	var names []string
+	for s, n := range v.sources {
+		names = append(names, fmt.Sprintf("%s (%d)", s, n))
+	}
+	sort.Strings(names)
+	v.report.Problem.Detail += fmt.Sprintf("; the input holds records from %d sources (host/app: %s): select one chain with --host and --app",
+		len(names), strings.Join(names, ", "))
+}
+
 type verifier struct {
 	pub       *ecdsa.PublicKey
 	wantKeyID string
 	report    *Report
 	files     []string
+	format    Format
+	opt       VerifyOptions
+	sources   map[string]int // host/app → records, for streams
+
+	recsInFile int // records seen so far in the current file
 
 	have          bool // a previous line exists
 	prevSeq       uint64
@@ -156,7 +222,7 @@ func (v *verifier) fail(file string, line int, seq uint64, kind ProblemKind, for
 	v.report.Problem = &Problem{File: file, Line: line, Seq: seq, Kind: kind, Detail: fmt.Sprintf(format, a...)}
 }
 
-// order sorts files by the seq of their first line; empty files are dropped with a note.
+// order sorts files by the seq of their first record; files without one are dropped with a note.
 func (v *verifier) order(files []string) ([]string, error) {
 	type keyed struct {
 		path string
@@ -173,20 +239,20 @@ func (v *verifier) order(files []string) ([]string, error) {
 			return nil, fmt.Errorf("verifying audit log: %s given twice (as %s)", f, other)
 		}
 		seen[abs] = f
-		line, complete, err := readFirstLine(f)
+		rec, n, complete, err := v.firstRecord(f)
 		if err != nil {
 			return nil, fmt.Errorf("verifying audit log: %w", err)
 		}
-		if len(line) == 0 && !complete {
-			v.report.Notes = append(v.report.Notes, fmt.Sprintf("%s is empty", f))
+		if rec == nil {
+			v.report.Notes = append(v.report.Notes, fmt.Sprintf("%s holds no audit record", f))
 			continue
 		}
 		var r record
-		if jerr := json.Unmarshal(line, &r); jerr != nil || r.Seq == 0 {
+		if jerr := json.Unmarshal(rec, &r); jerr != nil || r.Seq == 0 {
 			if !complete {
-				v.fail(f, 1, 0, ProblemTruncated, "the file ends inside its first line")
+				v.fail(f, n, 0, ProblemTruncated, "the file ends inside its first record")
 			} else {
-				v.fail(f, 1, 0, ProblemMalformed, "not an audit record, so the file cannot be put in chain order")
+				v.fail(f, n, 0, ProblemMalformed, "not an audit record, so the file cannot be put in chain order")
 			}
 			return nil, nil
 		}
@@ -202,9 +268,45 @@ func (v *verifier) order(files []string) ([]string, error) {
 		out[i] = k.path
 	}
 	if len(out) == 0 {
-		return nil, errors.New("verifying audit log: every file is empty")
+		return nil, errors.New("verifying audit log: no audit record in the input")
 	}
 	return out, nil
+}
+
+// record returns what raw carries in this input (rec nil: no record, or one filtered out).
+func (v *verifier) record(raw []byte) framed {
+	fr := unframe(v.format, raw)
+	if fr.rec == nil || (v.opt.Host != "" && fr.host != v.opt.Host) || (v.opt.App != "" && fr.app != v.opt.App) {
+		return framed{}
+	}
+	return fr
+}
+
+// firstRecord returns the first record of path and its line number; complete is false when it is
+// the end of a file without a newline.
+func (v *verifier) firstRecord(path string) (rec []byte, line int, complete bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	for n := 1; ; n++ {
+		raw, err := br.ReadBytes('\n')
+		eof := errors.Is(err, io.EOF)
+		if err != nil && !eof {
+			return nil, 0, false, fmt.Errorf("reading %s: %w", path, err)
+		}
+		if eof && len(raw) == 0 {
+			return nil, 0, false, nil
+		}
+		if fr := v.record(bytes.TrimSuffix(raw, []byte("\n"))); fr.rec != nil {
+			return fr.rec, n, !eof, nil
+		}
+		if eof {
+			return nil, 0, false, nil
+		}
+	}
 }
 
 // file checks every line of v.files[fi]. Lines are read in chunks whose signatures are checked on
@@ -219,23 +321,37 @@ func (v *verifier) file(fi int) error {
 	sum := FileSummary{Path: path}
 	br := bufio.NewReaderSize(f, 256<<10)
 	n := 0
+	v.recsInFile = 0
 	for {
 		chunk, torn, err := readChunk(br, 1024)
 		if err != nil {
 			return fmt.Errorf("verifying audit log: reading %s: %w", path, err)
 		}
-		sigOK := v.checkSigs(chunk)
-		for i, line := range chunk {
+		recs, lineNos := chunk[:0], make([]int, 0, len(chunk))
+		for _, raw := range chunk {
 			n++
-			if !v.line(fi, n, line, sigOK[i]) {
+			if fr := v.record(raw); fr.rec != nil {
+				recs = append(recs, fr.rec)
+				lineNos = append(lineNos, n)
+				if v.format != FormatFile {
+					v.sources[nilToDash(fr.host)+"/"+nilToDash(fr.app)]++
+				}
+			} else {
+				v.report.Skipped++
+			}
+		}
+		sigOK := v.checkSigs(recs)
+		for i, line := range recs {
+			if !v.line(fi, lineNos[i], line, sigOK[i]) {
 				return nil
 			}
 			if sum.FirstSeq == 0 {
 				sum.FirstSeq = v.prevSeq
 			}
-			sum.LastSeq, sum.Lines = v.prevSeq, n
+			sum.LastSeq = v.prevSeq
 		}
-		if torn != nil {
+		sum.Lines = n
+		if torn != nil && (v.format == FormatFile || v.record(torn).rec != nil) {
 			v.fail(path, n+1, 0, ProblemTruncated, "the file ends inside this line (%d bytes without a newline): cut short or a torn write", len(torn))
 			return nil
 		}
@@ -281,7 +397,7 @@ func (v *verifier) checkSigs(lines [][]byte) []bool {
 		wg.Go(func() {
 			for i := k; i < len(lines); i += workers {
 				body, sig := splitLine(lines[i])
-				der, err := base64.StdEncoding.DecodeString(sig)
+				der, err := base64.StdEncoding.Strict().DecodeString(sig) // Strict: one encoding per signature
 				digest := sha256.Sum256(body)
 				ok[i] = sig != "" && err == nil && ecdsa.VerifyASN1(v.pub, digest[:], der)
 			}
@@ -294,6 +410,10 @@ func (v *verifier) checkSigs(lines [][]byte) []bool {
 // line checks one line; false means a problem was recorded.
 func (v *verifier) line(fi, n int, line []byte, sigOK bool) bool {
 	path := v.files[fi]
+	if !bytes.HasPrefix(line, recordStart) {
+		v.fail(path, n, 0, ProblemMalformed, "not a record as the writer writes them (every record begins with %s)", recordStart)
+		return false
+	}
 	var r record
 	if err := json.Unmarshal(line, &r); err != nil {
 		v.fail(path, n, 0, ProblemMalformed, "not JSON: %v", err)
@@ -330,8 +450,11 @@ func (v *verifier) line(fi, n int, line []byte, sigOK bool) bool {
 	}
 
 	isOpen := r.Kind == KindLog && r.Log != nil && r.Log.Event == LogOpen
+	stream := v.format != FormatFile
+	first := v.recsInFile == 0
+	v.recsInFile++
 	if !v.have {
-		if !isOpen {
+		if !isOpen && (!stream || r.Seq == 1) {
 			v.fail(path, n, r.Seq, ProblemRemoved, "the first file does not begin with an open record: lines were cut from its head")
 			return false
 		}
@@ -340,13 +463,15 @@ func (v *verifier) line(fi, n int, line []byte, sigOK bool) bool {
 			return false
 		}
 		v.report.FirstSeq = r.Seq
-		v.firstPrevFile = r.Log.PreviousFile
+		if isOpen {
+			v.firstPrevFile = r.Log.PreviousFile
+		}
 		return v.accept(fi, n, r, body)
 	}
 
 	want := v.prevSeq + 1
 	switch {
-	case r.Seq > want && n == 1:
+	case r.Seq > want && first:
 		// A gap between files: the previous file lost its end, or a whole file is missing.
 		prevBase := filepath.Base(v.prevFile)
 		if isOpen && r.Log.PreviousFile != "" && r.Log.PreviousFile != prevBase {
@@ -379,7 +504,7 @@ func (v *verifier) line(fi, n int, line []byte, sigOK bool) bool {
 		}
 		return false
 	}
-	if n == 1 && !isOpen {
+	if first && !isOpen && !stream {
 		v.fail(path, n, r.Seq, ProblemMalformed, "the file does not begin with an open record")
 		return false
 	}
@@ -418,7 +543,14 @@ func (v *verifier) find(fi, n int, seq uint64) (at string) {
 	return at
 }
 
-// scanAfter calls fn for each complete line after line n of file fi, through the remaining files,
+func nilToDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// scanAfter calls fn for each record on a complete line after line n of file fi, through the remaining files,
 // until fn returns true. It runs only after a problem was found, so it rereads the files.
 func (v *verifier) scanAfter(fi, n int, fn func(file string, line int, raw []byte) bool) {
 	for i := fi; i < len(v.files); i++ {
@@ -432,9 +564,11 @@ func (v *verifier) scanAfter(fi, n int, fn func(file string, line int, raw []byt
 			if err != nil {
 				break
 			}
-			if (i > fi || k > n) && fn(v.files[i], k, raw[:len(raw)-1]) {
-				f.Close()
-				return
+			if i > fi || k > n {
+				if fr := v.record(raw[:len(raw)-1]); fr.rec != nil && fn(v.files[i], k, fr.rec) {
+					f.Close()
+					return
+				}
 			}
 		}
 		f.Close()

@@ -1,12 +1,16 @@
 package audit
 
 import (
+	"bytes"
+	"cmp"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -74,6 +78,11 @@ type Writer struct {
 	rotateAfter time.Time
 	buf         []byte
 	arena       []byte
+
+	sinks   []*sink       // forwarding, after the file: see sink.go
+	drain   time.Duration // how long Close lets the sinks deliver
+	limiter *limiter      // refusal records per agent and class: see limit.go
+	now     func() time.Time
 }
 
 type request struct {
@@ -107,6 +116,17 @@ type outage struct {
 // torn last line left by a crash, and writes an open or resume record before returning: a log that
 // cannot be written at start is an error.
 func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
+	return open(cfg, log, openOptions{})
+}
+
+// openOptions are the seams tests use; the zero value is what Open does.
+type openOptions struct {
+	transport func(SinkConfig) (transport, error) // nil: the real transports
+	now       func() time.Time                    // nil: time.Now
+	drain     time.Duration                       // 0: sinkDrainTimeout
+}
+
+func open(cfg Config, log zerolog.Logger, o openOptions) (*Writer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -119,7 +139,13 @@ func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
 		ctl:  make(chan ctlRequest),
 		quit: make(chan struct{}),
 		done: make(chan struct{}),
+		now:  o.now,
 	}
+	if w.now == nil {
+		w.now = time.Now
+	}
+	w.drain = cmp.Or(o.drain, sinkDrainTimeout)
+	w.limiter = newLimiter(float64(cfg.RefusalRate), cfg.RefusalBurst, cfg.RefusalWindow.Duration)
 	if cfg.SigningKeyPath != "" {
 		s, err := LoadSigningKey(cfg.SigningKeyPath)
 		if err != nil {
@@ -132,12 +158,21 @@ func Open(cfg Config, log zerolog.Logger) (*Writer, error) {
 	if err := os.MkdirAll(filepath.Dir(w.path), 0o700); err != nil {
 		return nil, fmt.Errorf("audit dir: %w", err)
 	}
-	if err := w.resume(); err != nil {
+	sinks, err := openSinks(cfg.Sinks, log, o.transport)
+	if err != nil {
 		return nil, err
+	}
+	w.sinks = sinks
+	fail := func(err error) (*Writer, error) {
+		w.closeSinks(time.Now())
+		return nil, err
+	}
+	if err := w.resume(); err != nil {
+		return fail(err)
 	}
 	if err := w.writeBatch(nil); err != nil {
 		w.closeFile()
-		return nil, err
+		return fail(err)
 	}
 	go w.run()
 	go w.syncer()
@@ -233,7 +268,36 @@ func (w *Writer) Close() error {
 	w.gate.Unlock()
 	close(w.quit)
 	<-w.done
-	return w.closeErr
+	return errors.Join(w.closeErr, w.closeSinks(time.Now().Add(w.drain)))
+}
+
+// closeSinks lets every sink deliver what it holds until deadline, then stops it.
+func (w *Writer) closeSinks(deadline time.Time) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(w.sinks))
+	for i, s := range w.sinks {
+		s.report(time.Now(), true)
+		wg.Go(func() { errs[i] = s.shutdown(deadline) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stats is what the log's forwarding and refusal limiting did since Open.
+type Stats struct {
+	Sinks []SinkStats
+	// Suppressed counts the records AppendLimited kept out of the log (each run of them is
+	// summarised by a "suppressed" record).
+	Suppressed uint64
+}
+
+// Stats reports the sinks' counters and the refusal limiter's; safe to call at any time.
+func (w *Writer) Stats() Stats {
+	st := Stats{Suppressed: w.limiter.total.Load()}
+	for _, s := range w.sinks {
+		st.Sinks = append(st.Sinks, s.stats())
+	}
+	return st
 }
 
 // run is the writer goroutine.
@@ -303,6 +367,11 @@ func (w *Writer) tick() {
 	if w.f != nil && !w.tailDirty {
 		w.checkFile()
 	}
+	now := w.now()
+	for _, s := range w.sinks {
+		s.report(now, false)
+	}
+	w.queueSummaries(now, false)
 	if w.outage != nil || w.f == nil || len(w.meta) > 0 {
 		w.writeBatch(nil)
 	}
@@ -339,6 +408,7 @@ func (w *Writer) shutdown(batch []*request) {
 		batch = w.collect(append(batch[:0], <-w.reqs))
 		w.answer(batch, w.writeBatch(batch))
 	}
+	w.queueSummaries(w.now(), true)
 	w.meta = append(w.meta, w.logEvent(&LogRecord{Event: LogClose}))
 	err := w.writeBatch(nil)
 	if w.f != nil {
@@ -452,8 +522,15 @@ func (w *Writer) write(batch []*request) error {
 		}
 	}
 	buf := w.buf[:0]
+	var ends []int
+	if len(w.sinks) > 0 {
+		ends = make([]int, n)
+	}
 	for i := range bodies {
 		buf = appendLine(buf, bodies[i], sigs[i])
+		if ends != nil {
+			ends[i] = len(buf) - 1
+		}
 	}
 	w.buf = buf
 
@@ -477,14 +554,48 @@ func (w *Writer) write(batch []*request) error {
 		r.ev.PrevHash = prevs[off+i]
 		r.ev.Sig = sigs[off+i]
 	}
+	if ends != nil {
+		w.forward(buf, ends, metas, batch)
+	}
 	return nil
+}
+
+// forward hands the lines just written (buf, each ending at ends[i]) to every sink. It copies them
+// once: the sinks keep them after buf is reused.
+func (w *Writer) forward(buf []byte, ends []int, metas []*Event, batch []*request) {
+	own := bytes.Clone(buf)
+	fs := make([]fwd, len(ends))
+	ptrs := make([]*fwd, len(ends))
+	start := 0
+	for i, end := range ends {
+		var ev *Event
+		if i < len(metas) {
+			ev = metas[i]
+			ev.Seq = w.seq - uint64(len(ends)-1-i)
+		} else {
+			ev = batch[i-len(metas)].ev
+		}
+		fs[i] = newFwd(ev, own[start:end:end])
+		ptrs[i] = &fs[i]
+		start = end + 1
+	}
+	for _, s := range w.sinks {
+		s.enqueue(ptrs)
+	}
 }
 
 // sign fills sigs, spreading the work over the CPUs for a large batch.
 func (w *Writer) sign(bodies [][]byte, sigs []string) error {
+	// An *ecdsa.PrivateKey signs deterministically (RFC 6979, random nil): the same standard ECDSA
+	// signature that any verifier accepts, without the hedged signer's SHA-512 DRBG, which cost a
+	// fifth of the signing time. Another crypto.Signer gets the system's randomness.
+	random := io.Reader(rand.Reader)
+	if _, ok := w.signer.(*ecdsa.PrivateKey); ok {
+		random = nil
+	}
 	one := func(i int) error {
 		sum := sha256.Sum256(bodies[i])
-		der, err := w.signer.Sign(rand.Reader, sum[:], crypto.SHA256)
+		der, err := w.signer.Sign(random, sum[:], crypto.SHA256)
 		if err != nil {
 			return fmt.Errorf("signing: %w", err)
 		}

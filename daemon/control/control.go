@@ -52,6 +52,9 @@ type Registration struct {
 	CapabilityFile string `json:"capability_file,omitempty"`
 	// PID is the runner's pid, for the sidecar's logs.
 	PID int `json:"pid"`
+	// Monitor asks for monitor mode (`firma run --monitor`): the agent's policy denials are
+	// recorded, not enforced.
+	Monitor bool `json:"monitor,omitempty"`
 }
 
 // Registry is what the sidecar implements for the server. Its methods are called concurrently, one

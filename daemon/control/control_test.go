@@ -310,7 +310,11 @@ func TestServeStopsAndRemovesSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "control.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, path, newRegistry(), zerolog.Nop()) }()
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- NewServer(newRegistry(), zerolog.Nop()).Serve(ctx, ln) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, err := os.Lstat(path); err == nil {

@@ -46,15 +46,6 @@ func NewServer(reg Registry, log zerolog.Logger) *Server {
 	return &Server{reg: reg, log: log.With().Str(logfields.Component, "control").Logger(), peerCgroup: cgroup.OfProcess}
 }
 
-// Serve listens on path and serves until ctx ends; see Listen and (*Server).Serve.
-func Serve(ctx context.Context, path string, reg Registry, log zerolog.Logger) error {
-	ln, err := Listen(path)
-	if err != nil {
-		return err
-	}
-	return NewServer(reg, log).Serve(ctx, ln)
-}
-
 // Listen creates the control socket at path: a missing directory is created 0700, an existing one
 // is used as it is if CheckSocketDir finds it safe (its mode is never changed: the directory may be
 // /tmp), a stale socket left by a dead sidecar is removed, a live one is ErrSocketInUse, and the

@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -122,6 +123,20 @@ func (c *Config) header() string {
 		return "Authorization"
 	}
 	return http.CanonicalHeaderKey(c.Header)
+}
+
+// HeaderNames lists the headers the entries set, lowercased, each once: the sidecar hides them
+// from policies ([sidecar.policy] hidden_headers), on top of the credential headers every policy
+// is kept from.
+func HeaderNames(cfgs []Config) []string {
+	var out []string
+	for i := range cfgs {
+		h := strings.ToLower(cfgs[i].header())
+		if h != "" && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // ValidateAll checks every entry and that no host sets one header twice. Errors name

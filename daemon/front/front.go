@@ -27,6 +27,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -43,8 +44,8 @@ const (
 	ReasonSilentIntercept = "no ClientHello or request for an intercepted host"
 )
 
-// firstSpeakerWait bounds how long a fresh tunnel waits for either side to say anything.
-const firstSpeakerWait = 2 * time.Minute
+// defaultSilence is Options.SilenceTimeout's default.
+const defaultSilence = 2 * time.Minute
 
 // Origins finds the kernel's record of a redirected TCP flow; *bpf.Programs implements it.
 type Origins interface {
@@ -81,11 +82,14 @@ type Options struct {
 	ProxyAgent string
 	// ServerFirstPorts are the destination ports of server-speaks-first protocols (SMTP, IMAP,
 	// MySQL…): a client silent there for FirstByteWait gets its upstream dialed so that the server
-	// can greet it. Elsewhere a client may stay silent up to SniffTimeout, which also bounds reading
-	// a complete ClientHello.
+	// can greet it. Elsewhere nothing is dialed until the client speaks; SniffTimeout bounds reading
+	// its first message once it has begun.
 	ServerFirstPorts map[int]bool
 	FirstByteWait    time.Duration
 	SniffTimeout     time.Duration
+	// SilenceTimeout is how long a client may stay silent on a port where clients speak first, and
+	// how long a fresh tunnel on a server-speaks-first port waits for either side; 0 = 2 minutes.
+	SilenceTimeout time.Duration
 	// IdleTimeout ends a tunnel once one side is gone (closed or half-closed) and the other has sent
 	// nothing for this long ([sidecar.transparent] idle_timeout); 0 never ends it.
 	IdleTimeout time.Duration
@@ -98,7 +102,12 @@ type Options struct {
 type Server struct{ o Options }
 
 // New builds a Server.
-func New(o Options) *Server { return &Server{o: o} }
+func New(o Options) *Server {
+	if o.SilenceTimeout == 0 {
+		o.SilenceTimeout = defaultSilence
+	}
+	return &Server{o: o}
+}
 
 // flow is one accepted connection before anything in it is judged.
 type flow struct {
@@ -167,7 +176,9 @@ func (s *Server) Tunnel(ctx context.Context, conn net.Conn, prefix []byte, jf *j
 // serve sniffs a flow's first bytes (after prefix, bytes already read) and routes it by what they say.
 func (s *Server) serve(ctx context.Context, conn net.Conn, f *flow, prefix []byte) {
 	c := withPrefix(conn, prefix)
-	firstByte := s.o.SniffTimeout
+	// Only a server-speaks-first port gets its upstream dialed for a silent client; anywhere else
+	// the sidecar waits for the client to say what it wants, and judges that.
+	firstByte := s.o.SilenceTimeout
 	if s.o.ServerFirstPorts[f.port] {
 		firstByte = s.o.FirstByteWait
 	}
@@ -192,8 +203,13 @@ func (s *Server) route(ctx context.Context, conn net.Conn, f *flow, sn Sniffed) 
 		s.serveTLS(ctx, conn, f, sn)
 	case sn.Proto == ProtoHTTP:
 		s.o.L7.ServePlain(ctx, withPrefix(conn, sn.Prefix), f.Flow, l7.PlainConn{Port: f.port, Name: f.destination()})
+	case len(sn.Prefix) == 0 && !s.o.ServerFirstPorts[f.port]:
+		// Silent for the whole wait on a port where clients speak first: nothing to judge, and
+		// nothing is dialed.
+		s.o.Log.Debug().Str(logfields.Host, f.destination()).Int(logfields.Port, f.port).Msg("client never spoke: closed")
 	case len(sn.Prefix) == 0 && s.o.L7.Intercepted(f.destination()):
-		// An intercepted host does not speak first: wait for the client, and judge what it says.
+		// An intercepted host does not speak first, whatever port it is on: wait for the client
+		// (a little longer), and judge what it says.
 		s.awaitIntercepted(ctx, conn, f)
 	default:
 		in := judge.Intent{Method: policies.MethodConnect, Host: f.destination(), Port: f.port, Transport: "tcp", Mode: judge.ModeTCP}
@@ -212,16 +228,54 @@ func (s *Server) serveTLS(ctx context.Context, conn net.Conn, f *flow, sn Sniffe
 	in := judge.Intent{Method: policies.MethodConnect, Host: host, Port: f.port, Transport: "tls", Mode: judge.ModeConnect, SNI: sni}
 	switch s.o.L7.Route(f.Flow, host) {
 	case l7.ModeIntercept:
-		err := s.o.L7.ServeTLS(ctx, withPrefix(conn, sn.Prefix), f.Flow, l7.TLSConn{SNI: sni, Host: host, ALPN: sn.Hello.ALPN, Port: f.port})
-		if err != nil && !errors.Is(err, l7.ErrHandshake) && ctx.Err() == nil {
-			s.o.Log.Debug().Err(err).Str(logfields.Host, host).Msg("intercepted connection ended")
-		}
+		s.intercept(ctx, conn, f, in, sn)
 		return
 	case l7.ModeFallback:
 		// This agent rejected firma's certificate for this host recently: CONNECT-only, and said so.
 		in.Note = judge.ReasonFallback
 	}
 	s.tunnel(ctx, conn, f, in, sn.Prefix, false)
+}
+
+// intercept judges the connection to an intercepted host as a whole first — so that a connection
+// that never sends a request still leaves a record, and a destination the policy refuses is refused
+// before any TLS is terminated — then hands it to the L7 engine, which judges every request again,
+// and completes the connection's decision with the bytes it carried.
+func (s *Server) intercept(ctx context.Context, conn net.Conn, f *flow, in judge.Intent, sn Sniffed) {
+	in.Mode = judge.ModeMITM
+	v := s.o.Judge.Decide(ctx, f.Flow, in)
+	if !v.Allowed() {
+		writeTLSAlert(conn)
+		return
+	}
+	start := time.Now()
+	cc := &countingConn{Conn: conn}
+	err := s.o.L7.ServeTLS(ctx, withPrefix(cc, sn.Prefix), f.Flow, l7.TLSConn{SNI: in.SNI, Host: in.Host, ALPN: sn.Hello.ALPN, Port: f.port})
+	res := judge.Result{BytesUp: int64(len(sn.Prefix)) + cc.read.Load(), BytesDown: cc.written.Load(), Duration: time.Since(start)}
+	if errors.Is(err, l7.ErrHandshake) {
+		res.ErrClass, res.Err = judge.ErrorClientCanceled, err // recorded as refused by the L7 engine too
+	} else if err != nil && ctx.Err() == nil {
+		s.o.Log.Debug().Err(err).Str(logfields.Host, in.Host).Msg("intercepted connection ended")
+	}
+	s.o.Judge.Complete(v, res)
+}
+
+// countingConn counts what a connection carried each way.
+type countingConn struct {
+	net.Conn
+	read, written atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
 }
 
 // awaitIntercepted waits (up to the sniff timeout) for a client that has not spoken yet to a host
@@ -267,7 +321,7 @@ func (s *Server) tunnel(ctx context.Context, conn net.Conn, f *flow, in judge.In
 	defer up.Close()
 	var greeting int64
 	if silent {
-		late, first, n, err := firstSpeaker(conn, up, firstSpeakerWait)
+		late, first, n, err := firstSpeaker(conn, up, s.o.SilenceTimeout)
 		greeting = n
 		if err != nil {
 			s.o.Judge.Complete(v, judge.Result{BytesDown: greeting, Dialed: dialed, Duration: time.Since(start)})

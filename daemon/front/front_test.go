@@ -150,6 +150,7 @@ func newServer(r *recorder, up *upstreamPipes, dst string) *Server {
 		ProxyAddr:        netip.MustParseAddrPort("127.0.0.1:8080"),
 		ServerFirstPorts: map[int]bool{25: true, 443: true, 80: true},
 		FirstByteWait:    100 * time.Millisecond,
+		SilenceTimeout:   time.Second,
 		SniffTimeout:     500 * time.Millisecond,
 		Log:              zerolog.Nop(),
 	}
@@ -208,11 +209,16 @@ func TestRouting(t *testing.T) {
 		},
 		{
 			name: "tls to an intercepted host", dst: "127.0.9.9:443", send: helloFor(t, "api.test"), intercept: []string{"api.test"},
-			want: []string{"mitm host=api.test sni=api.test port=443 replayed=true"},
+			want: []string{"decide mitm api.test:443 api.test", "mitm host=api.test sni=api.test port=443 replayed=true", "complete up=1"},
+		},
+		{
+			name: "a refused intercepted host is refused before TLS is terminated", dst: "127.0.9.9:443", send: helloFor(t, "api.test"),
+			intercept: []string{"api.test"}, deny: []string{"api.test"},
+			want: []string{"decide mitm api.test:443 api.test"}, reply: "\x15\x03\x03\x00\x02\x02\x31",
 		},
 		{
 			name: "tls without sni to a learned intercepted name", dst: "127.0.8.8:443", send: helloFor(t, ""), intercept: []string{"learned.test"},
-			want: []string{"mitm host=learned.test sni= port=443 replayed=true"},
+			want: []string{"decide mitm learned.test:443", "mitm host=learned.test sni= port=443 replayed=true", "complete up=1"},
 		},
 		{
 			name: "tls without sni, no name: judged by address", dst: "127.0.9.9:443", send: helloFor(t, ""),
@@ -256,7 +262,7 @@ func TestRouting(t *testing.T) {
 		},
 		{
 			name: "late clienthello is still tls", dst: "127.0.9.9:443", delay: 300 * time.Millisecond, send: helloFor(t, "late.test"), intercept: []string{"late.test"},
-			want: []string{"decide tcp 127.0.9.9:443", "complete up=0 down=0", "mitm host=late.test sni=late.test port=443 replayed=true"},
+			want: []string{"decide tcp 127.0.9.9:443", "complete up=0 down=0", "decide mitm late.test:443 late.test", "mitm host=late.test sni=late.test port=443 replayed=true", "complete up=1"},
 		},
 		{
 			name: "a slow client on an ordinary port is sniffed as usual", dst: "127.0.9.9:8443", delay: 300 * time.Millisecond, send: helloFor(t, "slow.test"),
@@ -268,7 +274,11 @@ func TestRouting(t *testing.T) {
 		},
 		{
 			name: "a late hello to an intercepted learned name is terminated", dst: "127.0.8.8:443", delay: 300 * time.Millisecond, send: helloFor(t, ""), intercept: []string{"learned.test"},
-			want: []string{"mitm host=learned.test sni= port=443 replayed=true"},
+			want: []string{"decide mitm learned.test:443", "mitm host=learned.test sni= port=443 replayed=true", "complete up=1"},
+		},
+		{
+			name: "silent on a port where clients speak first: nothing judged, nothing dialed", dst: "127.0.9.9:8443", delay: 1500 * time.Millisecond,
+			want: nil,
 		},
 		{
 			name: "no origin: closed without a decision", dst: "", send: []byte("GET / HTTP/1.1\r\n\r\n"),
@@ -350,7 +360,7 @@ func TestTunnelFromConnect(t *testing.T) {
 	go client.Write(hello[10:])
 	s.Tunnel(context.Background(), server, hello[:10], &judge.Flow{AgentID: "a1"}, "api.test", 443)
 	got := r.snapshot()
-	if len(got) != 1 || got[0] != "mitm host=api.test sni= port=443 replayed=true" {
+	if len(got) != 3 || got[0] != "decide mitm api.test:443" || got[1] != "mitm host=api.test sni= port=443 replayed=true" {
 		t.Fatalf("calls %q", got)
 	}
 }

@@ -68,21 +68,23 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 const maxRequestLine = 16 << 10
 
 // Sniff reads the first bytes of conn to tell TLS, HTTP/1.x and other TCP apart, waiting at most
-// firstByte for the client to speak (server-first protocols never do) and at most total for a
-// complete ClientHello. The deadline is cleared before it returns.
+// firstByte for the client to speak (server-first protocols never do) and, once it has, at most
+// total for a complete ClientHello. The deadline is cleared before it returns.
 func Sniff(conn net.Conn, firstByte, total time.Duration) (Sniffed, error) {
-	start := time.Now()
 	defer conn.SetReadDeadline(time.Time{})
-	conn.SetReadDeadline(start.Add(firstByte))
+	conn.SetReadDeadline(time.Now().Add(firstByte))
 	buf := make([]byte, 0, 2048)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
 		}
 		n, err := conn.Read(buf[len(buf):cap(buf)])
+		if n > 0 && len(buf) == 0 {
+			// The client spoke: it has total from now to finish its first message.
+			conn.SetReadDeadline(time.Now().Add(total))
+		}
 		buf = buf[:len(buf)+n]
 		if n > 0 {
-			conn.SetReadDeadline(start.Add(total))
 			s, done, perr := classify(buf)
 			if perr != nil {
 				return s, perr

@@ -174,7 +174,7 @@ func TestSniff(t *testing.T) {
 				}
 			}()
 			defer client.Close()
-			s, err := Sniff(server, 200*time.Millisecond, 2*time.Second)
+			s, err := Sniff(server, 200*time.Millisecond, 10*time.Second)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}

@@ -7,6 +7,11 @@
 // The sidecar's own refusals (an unknown agent, an unparsable ClientHello, a stale policy bundle, a
 // refused upstream address, domain fronting…) are decisions too, with their reasons listed here.
 //
+// Every decision is also fed to the policy engine's session tracker (Observe), after its record is
+// written and with the outcome recorded, so that the session attributes of later decisions
+// (action_count, deny_count, …) count exactly what the audit log holds; the sidecar's own refusals
+// count too. A decision that could not be recorded is not counted.
+//
 // The judge does no I/O but through the policy engine and the audit recorder it is given.
 package judge
 
@@ -15,6 +20,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -46,6 +52,15 @@ const (
 	ReasonConnectInMITM = "CONNECT inside an intercepted connection"
 	ReasonHandshake     = "mitm handshake failed"
 	ReasonFallback      = "mitm fallback"
+	// ReasonBodyBudget: a policy reads the request body, but the sidecar's buffer budget for bodies
+	// ([sidecar.interceptor.https_mitm] body_buffer_bytes) is spent by requests in flight.
+	ReasonBodyBudget = "request body buffer budget exhausted"
+	// ReasonBodyLimit: the request body is longer than [sidecar.interceptor.https_mitm]
+	// max_request_body_bytes.
+	ReasonBodyLimit = "request body over max_request_body_bytes"
+	// ReasonBodyRead: reading a body that a policy needs failed (the agent stopped sending, or
+	// body_read_timeout passed).
+	ReasonBodyRead = "reading the request body failed"
 )
 
 // ErrNoIdentity is a flow's Unknown for an explicit-proxy client outside every enforced cgroup when
@@ -57,6 +72,8 @@ const (
 	ErrorNetwork        = "connector_network_error"     // resolving, a refused address, dialing, upstream TLS, reset
 	ErrorCredentials    = "credential injection failed" // nothing was sent upstream
 	ErrorClientCanceled = "client_canceled"             // the agent went away first
+	// ErrorBodyLimit: a streamed request body passed max_request_body_bytes and was cut off.
+	ErrorBodyLimit = "request_body_over_limit"
 )
 
 // Flow is what the kernel attested about the connection a decision is made in: who is asking.
@@ -66,6 +83,9 @@ type Flow struct {
 	Capability policies.Capability // the agent's Stage 1 check; nil when capabilities are not enforced
 	// Unknown is why no agent covers the flow's cgroup; when set, every decision is a DENY.
 	Unknown error
+	// Monitor: the agent is in monitor mode. Its decisions are made and recorded as in enforce mode
+	// (with enforced: false), but a policy denial does not stop the flow.
+	Monitor bool
 
 	Cgroup string // relative to the cgroup2 mount
 	PID    uint32 // the process that connected (thread group id)
@@ -91,17 +111,33 @@ type Intent struct {
 	Note      string // prefixed to the reason of a non-DENY decision (a fallback, say)
 	// Refuse makes the sidecar refuse by itself, with this reason, without asking the policy.
 	Refuse string
+	// Content is what an HTTP request carries (MITM and plain HTTP intents; nil otherwise): its
+	// header, its body size and, when NeedsBody asked for it, its buffered body.
+	Content *policies.Content
 }
 
 // Verdict is a decision and the audit record that carries it.
 type Verdict struct {
 	policies.Decision
-	record *audit.Event
+	// Monitored: the decision refused (DENY, DEFER, STEP_UP), but the agent is in monitor mode and
+	// the flow proceeds. Front ends treat the flow as allowed, and inject no credentials into it.
+	Monitored bool
+	monitor   bool // the flow's agent is in monitor mode: nothing is modified either
+	record    *audit.Event
 }
 
-// Allowed reports whether the flow may proceed.
-func (v Verdict) Allowed() bool {
-	return v.Outcome == policies.Allow || v.Outcome == policies.Passthrough
+// Allowed reports whether the flow may proceed: ALLOW, PASSTHROUGH and MODIFY (once modified), or a
+// refusal in monitor mode.
+func (v Verdict) Allowed() bool { return v.Outcome.Allowed() || v.Monitored }
+
+// Redact is the headers to remove from an allowed request before it is forwarded (and before
+// credentials are injected): a MODIFY decision's, lowercase. None in monitor mode, which modifies
+// nothing.
+func (v Verdict) Redact() []string {
+	if v.Outcome != policies.Modify || v.Remediation == nil || v.monitor {
+		return nil
+	}
+	return v.Remediation.RedactHeaders
 }
 
 // RecordID is the id of the decision's audit record ("" when none was written).
@@ -138,9 +174,26 @@ type Decider interface {
 	Complete(v Verdict, r Result)
 }
 
-// Engine is the policy pipeline (mapping rules, Stage 1, Stage 2); *policies.Engine implements it.
+// RequestDecider is what the HTTP engine needs of the judge: Decider, and whether a request's body
+// must be buffered before it can be decided.
+type RequestDecider interface {
+	Decider
+	// NeedsBody reports whether a policy reads in's body (context.json, or context.body_size while
+	// the length is unknown, or a git push): the caller then buffers up to MaxBodyBytes()+1 bytes
+	// into in.Content before Decide. False for an intent Decide refuses whatever the body.
+	NeedsBody(f *Flow, in Intent) bool
+	// MaxBodyBytes is how much of a body is inspected ([sidecar.policy] max_body_bytes).
+	MaxBodyBytes() int64
+}
+
+// Engine is the policy pipeline (mapping rules, Stage 1, Stage 2) and its session tracker;
+// *policies.Engine implements it.
 type Engine interface {
 	Decide(ctx context.Context, r policies.Request) (policies.Decision, error)
+	NeedsBody(r policies.Request) bool
+	MaxBodyBytes() int64
+	// Observe counts a recorded decision in its session.
+	Observe(d policies.Decision)
 }
 
 // Recorder appends audit records; *audit.Writer implements it.
@@ -166,7 +219,7 @@ type Judge struct {
 	log    zerolog.Logger
 }
 
-var _ Decider = (*Judge)(nil)
+var _ RequestDecider = (*Judge)(nil)
 
 // New builds a Judge.
 func New(o Options) *Judge {
@@ -177,42 +230,83 @@ func New(o Options) *Judge {
 	return &Judge{engine: o.Engine, audit: o.Audit, stale: stale, log: o.Log}
 }
 
-// Decide judges one intent and appends its audit record before returning. An audit failure turns any
-// decision into a DENY.
+// Decide judges one intent and appends its audit record before returning, then counts the
+// recorded decision in its session. An audit failure turns any decision into a DENY.
 func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 	d := j.decide(ctx, f, in)
 	if in.Note != "" && d.Outcome != policies.Deny {
 		d.Reason = joinReason(in.Note, d.Reason)
 	}
 	ev := decisionRecord(f, in, d)
+	// Monitor mode lets policy refusals through; the sidecar's own refusals (a malformed hello,
+	// fronting, an unknown agent…) are about what can be carried at all, and stay.
+	monitored := f.Monitor && !d.Outcome.Allowed() && in.Refuse == "" && f.Unknown == nil
+	if f.Monitor {
+		ev.Decision.Enforced = new(bool)
+	}
 	if err := j.audit.Append(ev); err != nil {
 		j.log.Error().Err(err).Msg("audit append failed: denying")
 		d = policies.Decision{Outcome: policies.Deny, Reason: ReasonAuditFailed}
-		ev.Decision.Outcome, ev.Decision.Reason = string(d.Outcome), d.Reason
+		ev.Decision = &audit.Decision{Outcome: string(d.Outcome), MatchedPolicies: []string{}, Reason: d.Reason}
+		monitored = false
+	} else {
+		j.engine.Observe(d)
 	}
-	j.logDecision(f, in, d)
-	return Verdict{Decision: d, record: ev}
+	j.logDecision(f, in, d, monitored)
+	return Verdict{Decision: d, Monitored: monitored, monitor: f.Monitor, record: ev}
 }
 
 // decide is the decision without its record: the sidecar's own refusals first, then the policy.
+// Every decision names the flow's agent and session, so that the sidecar's refusals count in the
+// session too.
 func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decision {
 	deny := func(reason string) policies.Decision {
-		return policies.Decision{Outcome: policies.Deny, Reason: reason}
+		return policies.Decision{Outcome: policies.Deny, Reason: reason, AgentID: f.AgentID, SessionID: f.SessionID,
+			Host: in.Host}
 	}
-	switch {
-	case errors.Is(f.Unknown, ErrNoIdentity):
-		return deny(ReasonUnknownAgent + ": " + ErrNoIdentity.Error())
-	case f.Unknown != nil:
-		return deny(ReasonUnknownAgent)
-	case in.Refuse != "":
-		return deny(in.Refuse)
-	case in.Host == "":
-		return deny(ReasonNoHost)
+	if reason := j.refusal(f, in); reason != "" {
+		return deny(reason)
 	}
-	if err := j.stale(); err != nil {
+	d, err := j.engine.Decide(ctx, request(f, in))
+	if err != nil {
 		return deny(err.Error())
 	}
-	d, err := j.engine.Decide(ctx, policies.Request{
+	return d
+}
+
+// refusal is why the sidecar refuses an intent by itself, before the policy: "" when it does not.
+func (j *Judge) refusal(f *Flow, in Intent) string {
+	switch {
+	case errors.Is(f.Unknown, ErrNoIdentity):
+		return ReasonUnknownAgent + ": " + ErrNoIdentity.Error()
+	case f.Unknown != nil:
+		return ReasonUnknownAgent
+	case in.Refuse != "":
+		return in.Refuse
+	case in.Host == "":
+		return ReasonNoHost
+	}
+	if err := j.stale(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// NeedsBody reports whether the policy reads in's body, so that the HTTP engine buffers it before
+// Decide. An intent the sidecar refuses by itself needs none.
+func (j *Judge) NeedsBody(f *Flow, in Intent) bool {
+	if in.Content == nil || j.refusal(f, in) != "" {
+		return false
+	}
+	return j.engine.NeedsBody(request(f, in))
+}
+
+// MaxBodyBytes is how much of a request body the policy inspects.
+func (j *Judge) MaxBodyBytes() int64 { return j.engine.MaxBodyBytes() }
+
+// request is the policy request of an intent in a flow.
+func request(f *Flow, in Intent) policies.Request {
+	r := policies.Request{
 		AgentID:    f.AgentID,
 		SessionID:  f.SessionID,
 		Method:     in.Method,
@@ -226,11 +320,11 @@ func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decisio
 		Exe:        f.Exe,
 		Cgroup:     f.Cgroup,
 		Capability: f.Capability,
-	})
-	if err != nil {
-		return deny(err.Error())
 	}
-	return d
+	if in.Content != nil {
+		r.Content = *in.Content
+	}
+	return r
 }
 
 func joinReason(a, b string) string {
@@ -243,8 +337,11 @@ func joinReason(a, b string) string {
 // decisionRecord builds the canonical decision record.
 func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 	resource := audit.Resource{Host: in.Host}
-	switch in.Mode {
-	case ModeMITM, ModeHTTP:
+	switch {
+	case in.Method == policies.MethodConnect && in.Port != 0:
+		// A connection-level intent, on any transport: name:port, as the guides read it.
+		resource.Host = HostPort(in.Host, in.Port)
+	case in.Mode == ModeMITM || in.Mode == ModeHTTP:
 		resource.Method = in.Method
 		resource.Path = in.Path
 		if d.Path != "" {
@@ -254,14 +351,12 @@ func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 			p := d.Provider
 			resource.Provider = &p
 		}
-	case ModeDNS:
+	case in.Mode == ModeDNS:
 		// A lookup is of a name, not a connection to its port 53: the record carries the name and
 		// the query type as the method.
 		resource.Method = in.QType
-	default:
-		if in.Port != 0 {
-			resource.Host = HostPort(in.Host, in.Port)
-		}
+	case in.Port != 0:
+		resource.Host = HostPort(in.Host, in.Port)
 	}
 	var action *string
 	if d.ActionClass != "" {
@@ -271,6 +366,10 @@ func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 	matched := d.MatchedPolicies
 	if matched == nil {
 		matched = []string{}
+	}
+	if in.Mode == ModeMITM || in.Mode == ModeHTTP {
+		_, query, _ := strings.Cut(in.Path, "?")
+		resource.Query = policies.RedactQuery(query)
 	}
 	ev := &audit.Event{
 		Kind: audit.KindDecision,
@@ -284,10 +383,12 @@ func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 				Comm:      f.Comm,
 				UID:       int(f.UID),
 			},
-			Intent:    audit.Intent{ActionClass: action, Resource: resource, RawTransport: in.Transport},
+			Intent: audit.Intent{ActionClass: action, Resource: resource, RawTransport: in.Transport,
+				Content: contentRecord(in.Content), Git: gitRecord(d.Git)},
 			Transport: audit.Transport{Mode: string(in.Mode), SNI: in.SNI},
 		},
-		Decision: &audit.Decision{Outcome: string(d.Outcome), MatchedPolicies: matched, Reason: d.Reason},
+		Decision: &audit.Decision{Outcome: string(d.Outcome), MatchedPolicies: matched, Reason: d.Reason,
+			Fields: d.Fields, Remediation: remediationRecord(d.Remediation)},
 	}
 	if f.OrigDst.IsValid() {
 		ev.Envelope.Transport.OrigDst = f.OrigDst.String()
@@ -296,6 +397,43 @@ func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
 		ev.Capability = &audit.Capability{TokenID: d.TokenID}
 	}
 	return ev
+}
+
+// contentRecord summarizes what a request carried: never a header value, never the body.
+func contentRecord(c *policies.Content) *audit.Content {
+	if c == nil {
+		return nil
+	}
+	return &audit.Content{ContentType: policies.MediaType(c.Header), BodySize: c.BodySize, BodyBuffered: c.Body != nil,
+		BodyTruncated: c.BodyTruncated}
+}
+
+func gitRecord(g *policies.GitRequest) *audit.Git {
+	if g == nil {
+		return nil
+	}
+	out := &audit.Git{Service: g.Service, Owner: g.Owner, Repo: g.Repo, PackProblem: g.PackProblem}
+	updates := g.Updates
+	if len(updates) > audit.MaxGitUpdates {
+		out.UpdatesTotal = len(updates)
+		updates = updates[:audit.MaxGitUpdates]
+	}
+	for _, u := range updates {
+		out.Updates = append(out.Updates, audit.RefUpdate{Ref: u.Ref, Old: u.Old, New: u.New, Create: u.Create,
+			Delete: u.Delete, Force: u.Force(), Protected: u.Protected})
+	}
+	return out
+}
+
+func remediationRecord(r *policies.Remediation) *audit.Remediation {
+	if r == nil {
+		return nil
+	}
+	out := &audit.Remediation{Kind: string(r.Kind), RedactHeaders: r.RedactHeaders, Challenge: r.Challenge}
+	if r.Kind == policies.RemedyDefer {
+		out.RetryAfterMS = r.RetryAfter.Milliseconds()
+	}
+	return out
 }
 
 // Complete appends the record that closes an allowed decision: what was dialed, bytes each way,
@@ -323,7 +461,7 @@ func (j *Judge) Complete(v Verdict, r Result) {
 		}
 		ev.Envelope = &env
 	}
-	if res.Error != "" && v.Outcome == policies.Allow {
+	if res.Error != "" && v.Allowed() {
 		ev.Decision = &audit.Decision{Outcome: string(policies.Abort), MatchedPolicies: []string{}, Reason: res.Error}
 	}
 	if err := j.audit.Append(ev); err != nil {
@@ -343,7 +481,7 @@ func errorText(r Result) string {
 	return r.ErrClass + ": " + r.Err.Error()
 }
 
-func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision) {
+func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision, monitored bool) {
 	lvl := zerolog.InfoLevel
 	if d.Outcome == policies.Allow {
 		lvl = zerolog.DebugLevel
@@ -351,6 +489,12 @@ func (j *Judge) logDecision(f *Flow, in Intent, d policies.Decision) {
 	e := j.log.WithLevel(lvl)
 	if e == nil {
 		return
+	}
+	if f.Monitor {
+		e = e.Bool("enforced", false)
+	}
+	if monitored {
+		e = e.Bool("monitored", true)
 	}
 	e = e.Str(logfields.Outcome, string(d.Outcome)).
 		Str(logfields.Agent, f.AgentID).

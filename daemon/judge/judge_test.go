@@ -2,8 +2,13 @@ package judge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,12 +21,14 @@ import (
 	"github.com/openfirma/firma/policies"
 )
 
-// fakeEngine answers every request with one decision and remembers the requests.
+// fakeEngine answers every request with one decision and remembers the requests and what it was
+// told to observe.
 type fakeEngine struct {
-	mu   sync.Mutex
-	d    policies.Decision
-	err  error
-	reqs []policies.Request
+	mu       sync.Mutex
+	d        policies.Decision
+	err      error
+	reqs     []policies.Request
+	observed []policies.Decision
 }
 
 func (e *fakeEngine) Decide(_ context.Context, r policies.Request) (policies.Decision, error) {
@@ -29,6 +36,15 @@ func (e *fakeEngine) Decide(_ context.Context, r policies.Request) (policies.Dec
 	defer e.mu.Unlock()
 	e.reqs = append(e.reqs, r)
 	return e.d, e.err
+}
+
+func (e *fakeEngine) NeedsBody(policies.Request) bool { return true }
+func (e *fakeEngine) MaxBodyBytes() int64             { return 1 << 20 }
+
+func (e *fakeEngine) Observe(d policies.Decision) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.observed = append(e.observed, d)
 }
 
 // fakeRecorder keeps records in memory; fail makes Append fail.
@@ -197,6 +213,10 @@ func TestRecordShapes(t *testing.T) {
 	if r := rec.last().Envelope.Intent.Resource; r.Host != "[2001:db8::1]:22" {
 		t.Fatalf("tcp resource %+v", r)
 	}
+	j.Decide(ctx, testFlow(), Intent{Method: policies.MethodConnect, Host: "api.anthropic.com", Port: 443, Transport: "tls", Mode: ModeMITM, SNI: "api.anthropic.com"})
+	if r := rec.last().Envelope.Intent.Resource; r.Host != "api.anthropic.com:443" || r.Method != "" || r.Path != "" {
+		t.Fatalf("an intercepted connection's own record is connection-level: %+v", r)
+	}
 	outside := testFlow()
 	outside.OrigDst = netip.AddrPort{}
 	j.Decide(ctx, outside, connectIntent())
@@ -248,5 +268,226 @@ func TestHostPort(t *testing.T) {
 		if got := HostPort(in, 443); got != want {
 			t.Errorf("HostPort(%q) = %q", in, got)
 		}
+	}
+}
+
+// TestMonitorMode: an agent in monitor mode gets every decision made and recorded as in enforce
+// mode, with enforced: false; a policy denial lets the flow proceed, the sidecar's own refusals and
+// an unwritable record do not.
+func TestMonitorMode(t *testing.T) {
+	deny := policies.Decision{Outcome: policies.Deny, Reason: "forbidden by policy", MatchedPolicies: []string{"forbid-x"}}
+	monitor := func() *Flow { f := testFlow(); f.Monitor = true; return f }
+	ctx := context.Background()
+
+	rec := &fakeRecorder{}
+	j := New(Options{Engine: &fakeEngine{d: deny}, Audit: rec, Log: zerolog.Nop()})
+	v := j.Decide(ctx, monitor(), connectIntent())
+	ev := rec.last()
+	if !v.Allowed() || !v.Monitored || v.Outcome != policies.Deny {
+		t.Fatalf("monitored denial: %+v", v)
+	}
+	if ev.Decision.Outcome != "DENY" || ev.Decision.Enforced == nil || *ev.Decision.Enforced || ev.Decision.MatchedPolicies[0] != "forbid-x" {
+		t.Fatalf("record %+v", ev.Decision)
+	}
+	j.Complete(v, Result{ErrClass: ErrorNetwork, Err: errors.New("reset")})
+	if c := rec.last(); c.Decision == nil || c.Decision.Outcome != "ABORT" {
+		t.Fatalf("a failed monitored flow is an ABORT: %+v", c.Decision)
+	}
+
+	// Enforce mode: the same denial stops the flow and says nothing of enforcement.
+	if v := j.Decide(ctx, testFlow(), connectIntent()); v.Allowed() || v.Monitored || rec.last().Decision.Enforced != nil {
+		t.Fatalf("enforce mode: %+v %+v", v, rec.last().Decision)
+	}
+
+	// The sidecar's own refusals stay refusals in monitor mode.
+	in := connectIntent()
+	in.Refuse = ReasonBadHello
+	if v := j.Decide(ctx, monitor(), in); v.Allowed() || v.Monitored {
+		t.Fatalf("a bad hello in monitor mode: %+v", v)
+	}
+
+	// An allowed decision in monitor mode is recorded as not enforced too.
+	allowJ := New(Options{Engine: &fakeEngine{d: allow}, Audit: rec, Log: zerolog.Nop()})
+	if v := allowJ.Decide(ctx, monitor(), connectIntent()); !v.Allowed() || v.Monitored || *rec.last().Decision.Enforced {
+		t.Fatalf("allowed in monitor mode: %+v", v)
+	}
+
+	// No record, no flow: monitor mode cannot outlive the audit log.
+	failing := New(Options{Engine: &fakeEngine{d: deny}, Audit: &fakeRecorder{fail: errors.New("disk full")}, Log: zerolog.Nop()})
+	if v := failing.Decide(ctx, monitor(), connectIntent()); v.Allowed() || v.Reason != ReasonAuditFailed {
+		t.Fatalf("monitored, audit failing: %+v", v)
+	}
+}
+
+// TestObserve: every recorded decision is counted in its session once, after its record, with the
+// outcome recorded — the sidecar's own refusals too, carrying agent and session; a decision that
+// could not be recorded is not counted.
+func TestObserve(t *testing.T) {
+	eng, rec := &fakeEngine{d: allow}, &fakeRecorder{}
+	j := New(Options{Engine: eng, Audit: rec, Log: zerolog.Nop()})
+	ctx := context.Background()
+	j.Decide(ctx, testFlow(), connectIntent())
+	in := connectIntent()
+	in.Refuse = ReasonFronting
+	j.Decide(ctx, testFlow(), in)
+	if len(eng.observed) != 2 || eng.observed[0].Outcome != policies.Allow || eng.observed[1].Outcome != policies.Deny ||
+		eng.observed[1].AgentID != "agent-1" || eng.observed[1].SessionID != "s-1" || eng.observed[1].Reason != ReasonFronting {
+		t.Fatalf("observed %+v", eng.observed)
+	}
+	rec.fail = errors.New("disk full")
+	j.Decide(ctx, testFlow(), connectIntent())
+	if len(eng.observed) != 2 {
+		t.Fatalf("an unrecorded decision was counted: %+v", eng.observed[2:])
+	}
+}
+
+// newRealJudge is a judge deciding with the real policy engine on policy (one .cedar file) and
+// rules that classify every intent as communication.external.send.
+func newRealJudge(t *testing.T, policy string) (*Judge, *fakeRecorder) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rules := filepath.Join(t.TempDir(), "rules.toml")
+	if err := os.WriteFile(rules, []byte("[[rules]]\nmethod = \"*\"\nhost = \"*\"\naction_class = \"communication.external.send\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policies.New(policies.Config{Dir: dir}, policies.MappingConfig{RulesPath: rules, DefaultProtected: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &fakeRecorder{}
+	return New(Options{Engine: eng, Audit: rec, Log: zerolog.Nop()}), rec
+}
+
+func l7Intent(path string) Intent {
+	return Intent{Method: "GET", Host: "api.example.com", Port: 443, Path: path, Transport: "https", Mode: ModeMITM,
+		Content: &policies.Content{Header: http.Header{}}}
+}
+
+// TestSessionDenyCount: after one refusal in a session — a policy's or the sidecar's own — a
+// deny_count > 0 forbid refuses what follows in that session, and not in another session of the
+// same agent.
+func TestSessionDenyCount(t *testing.T) {
+	j, _ := newRealJudge(t, `@id("permit") permit (principal, action, resource);
+@id("forbid-secret") forbid (principal, action, resource) when { resource.path like "/secret*" };
+@id("after-a-denial") forbid (principal, action, resource) when { context.deny_count > 0 };
+`)
+	ctx := context.Background()
+	session := func(id string) *Flow { f := testFlow(); f.SessionID = id; return f }
+	if v := j.Decide(ctx, session("a"), l7Intent("/ok")); !v.Allowed() {
+		t.Fatalf("first request: %+v", v.Decision)
+	}
+	if v := j.Decide(ctx, session("a"), l7Intent("/secret")); v.Allowed() {
+		t.Fatalf("secret: %+v", v.Decision)
+	}
+	v := j.Decide(ctx, session("a"), l7Intent("/ok"))
+	if v.Allowed() || !slices.Equal(v.MatchedPolicies, []string{"after-a-denial"}) || !slices.Equal(v.Fields, []string{"context.deny_count"}) {
+		t.Fatalf("after the denial, same session: %+v", v.Decision)
+	}
+	if v := j.Decide(ctx, session("b"), l7Intent("/ok")); !v.Allowed() {
+		t.Fatalf("another session: %+v", v.Decision)
+	}
+	in := l7Intent("/ok")
+	in.Refuse = ReasonFronting
+	j.Decide(ctx, session("c"), in)
+	if v := j.Decide(ctx, session("c"), l7Intent("/ok")); v.Allowed() {
+		t.Fatalf("after the sidecar's own refusal: %+v", v.Decision)
+	}
+}
+
+// TestRecordContent: an L7 record summarizes the request's content (never a header value), its
+// query redacted, the fields that decided and the remediation; a git request its repository and
+// ref updates.
+func TestRecordContent(t *testing.T) {
+	rem := &policies.Remediation{Kind: policies.RemedyDefer, RetryAfter: 1500 * time.Millisecond}
+	d := policies.Decision{Outcome: policies.Defer, Reason: "deferred by policy: retry after 1500 ms", ActionClass: "code.write",
+		MatchedPolicies: []string{"permit", "slow-down"}, Fields: []string{"context.json.model"}, Remediation: rem,
+		Path: "/o/r.git/git-receive-pack",
+		Git: &policies.GitRequest{Service: policies.GitReceivePack, Owner: "o", Repo: "r", Push: true,
+			Updates: []policies.RefUpdate{{Ref: "refs/heads/main", Old: "aa", New: "bb", Protected: true}, {Ref: "refs/heads/x", Old: "cc", New: "00", Delete: true}}}}
+	rec := &fakeRecorder{}
+	j := New(Options{Engine: &fakeEngine{d: d}, Audit: rec, Log: zerolog.Nop()})
+	in := Intent{Method: "POST", Host: "git.test", Port: 443, Path: "/o/r.git/git-receive-pack?token=s3cret&x=1", Transport: "https", Mode: ModeMITM,
+		Content: &policies.Content{Header: http.Header{"Content-Type": {"application/x-git-receive-pack-request; charset=x"}, "Authorization": {"Bearer s3cret"}},
+			BodySize: 300, Body: make([]byte, 300)}}
+	v := j.Decide(context.Background(), testFlow(), in)
+	if v.Allowed() {
+		t.Fatal("a DEFER is not allowed")
+	}
+	ev := rec.last()
+	it, dec := ev.Envelope.Intent, ev.Decision
+	if it.Resource.Query != "token=REDACTED&x=1" || it.Resource.Path != "/o/r.git/git-receive-pack" {
+		t.Errorf("resource %+v", it.Resource)
+	}
+	if c := it.Content; c == nil || c.ContentType != "application/x-git-receive-pack-request" || c.BodySize != 300 || !c.BodyBuffered || c.BodyTruncated {
+		t.Errorf("content %+v", it.Content)
+	}
+	g := it.Git
+	if g == nil || g.Service != "git-receive-pack" || g.Owner != "o" || g.Repo != "r" || len(g.Updates) != 2 ||
+		!g.Updates[0].Force || !g.Updates[0].Protected || g.Updates[1].Force || !g.Updates[1].Delete {
+		t.Errorf("git %+v", g)
+	}
+	if dec.Outcome != "DEFER" || !slices.Equal(dec.Fields, []string{"context.json.model"}) || dec.Remediation == nil ||
+		dec.Remediation.Kind != "defer" || dec.Remediation.RetryAfterMS != 1500 {
+		t.Errorf("decision %+v %+v", dec, dec.Remediation)
+	}
+	line, err := json.Marshal(ev)
+	if err != nil || strings.Contains(string(line), "s3cret") {
+		t.Errorf("the record holds a credential: %s", line)
+	}
+
+	// A push of more refs than a record lists says how many there were.
+	many := *d.Git
+	many.Updates = make([]policies.RefUpdate, audit.MaxGitUpdates+5)
+	d.Git = &many
+	j = New(Options{Engine: &fakeEngine{d: d}, Audit: rec, Log: zerolog.Nop()})
+	j.Decide(context.Background(), testFlow(), in)
+	if g := rec.last().Envelope.Intent.Git; len(g.Updates) != audit.MaxGitUpdates || g.UpdatesTotal != audit.MaxGitUpdates+5 {
+		t.Errorf("%d updates listed, total %d", len(g.Updates), g.UpdatesTotal)
+	}
+}
+
+// TestMonitorModeRemediations: in monitor mode a DEFER or STEP_UP proceeds like a DENY, and a
+// MODIFY redacts nothing; in enforce mode a MODIFY is allowed and redacts.
+func TestMonitorModeRemediations(t *testing.T) {
+	ctx := context.Background()
+	monitor := testFlow()
+	monitor.Monitor = true
+	for _, o := range []policies.Outcome{policies.Defer, policies.StepUp} {
+		j := New(Options{Engine: &fakeEngine{d: policies.Decision{Outcome: o}}, Audit: &fakeRecorder{}, Log: zerolog.Nop()})
+		if v := j.Decide(ctx, monitor, l7Intent("/x")); !v.Allowed() || !v.Monitored {
+			t.Errorf("%s in monitor mode: %+v", o, v)
+		}
+		if v := j.Decide(ctx, testFlow(), l7Intent("/x")); v.Allowed() {
+			t.Errorf("%s enforced: %+v", o, v)
+		}
+	}
+	mod := policies.Decision{Outcome: policies.Modify, Remediation: &policies.Remediation{Kind: policies.RemedyModify, RedactHeaders: []string{"x-debug"}}}
+	j := New(Options{Engine: &fakeEngine{d: mod}, Audit: &fakeRecorder{}, Log: zerolog.Nop()})
+	if v := j.Decide(ctx, testFlow(), l7Intent("/x")); !v.Allowed() || v.Monitored || !slices.Equal(v.Redact(), []string{"x-debug"}) {
+		t.Errorf("MODIFY enforced: %+v redact %v", v, v.Redact())
+	}
+	if v := j.Decide(ctx, monitor, l7Intent("/x")); !v.Allowed() || v.Monitored || v.Redact() != nil {
+		t.Errorf("MODIFY in monitor mode: %+v redact %v", v, v.Redact())
+	}
+}
+
+// TestNeedsBody: the sidecar's own refusals need no body; otherwise the engine says.
+func TestNeedsBody(t *testing.T) {
+	eng := &fakeEngine{d: allow}
+	j := New(Options{Engine: eng, Audit: &fakeRecorder{}, Log: zerolog.Nop()})
+	if !j.NeedsBody(testFlow(), l7Intent("/x")) || j.MaxBodyBytes() != 1<<20 {
+		t.Fatal("the engine's answer")
+	}
+	unknown := testFlow()
+	unknown.Unknown = errors.New("no agent")
+	refused := l7Intent("/x")
+	refused.Refuse = ReasonFronting
+	noContent := l7Intent("/x")
+	noContent.Content = nil
+	if j.NeedsBody(unknown, l7Intent("/x")) || j.NeedsBody(testFlow(), refused) || j.NeedsBody(testFlow(), noContent) {
+		t.Fatal("a refused intent needs no body")
 	}
 }

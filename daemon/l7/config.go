@@ -54,6 +54,20 @@ type Config struct {
 	// UpstreamTLSTimeout bounds the upstream TLS handshake.
 	UpstreamTLSTimeout duration.Duration `toml:"upstream_tls_timeout"`
 
+	// Request bodies, on intercepted and plain HTTP alike. A body is buffered before the decision
+	// only when a policy reads it, at most [sidecar.policy] max_body_bytes of it; every other body
+	// streams.
+	//
+	// BodyBufferBytes bounds the bytes buffered at once across every connection: a request whose
+	// body would not fit is refused (503, Retry-After) rather than buffered.
+	BodyBufferBytes int64 `toml:"body_buffer_bytes"`
+	// BodyReadTimeout bounds reading a body that is buffered for a policy (408 after it).
+	BodyReadTimeout duration.Duration `toml:"body_read_timeout"`
+	// MaxRequestBodyBytes caps every request body (0: no cap): a declared length over it is
+	// refused (413) before anything is sent upstream; a streamed body that passes it is cut off
+	// there and its request aborted.
+	MaxRequestBodyBytes int64 `toml:"max_request_body_bytes"`
+
 	// compiled is set by Validate so that Mode and Strict need not parse the lists again.
 	compiled *hostLists
 }
@@ -72,8 +86,14 @@ func DefaultConfig() Config {
 		UpstreamIdleTimeout:     duration.Of(90 * time.Second),
 		UpstreamResponseTimeout: duration.Of(5 * time.Minute),
 		UpstreamTLSTimeout:      duration.Of(10 * time.Second),
+		BodyBufferBytes:         DefaultBodyBufferBytes,
+		BodyReadTimeout:         duration.Of(30 * time.Second),
 	}
 }
+
+// DefaultBodyBufferBytes is body_buffer_bytes when not set: 128 MiB, eight bodies of the default
+// max_body_bytes.
+const DefaultBodyBufferBytes = 128 << 20
 
 // Validate checks the section. Errors name keys relative to [sidecar.interceptor.https_mitm].
 func (c *Config) Validate() error {
@@ -90,6 +110,13 @@ func (c *Config) Validate() error {
 	positive("upstream_idle_timeout", c.UpstreamIdleTimeout)
 	positive("upstream_response_timeout", c.UpstreamResponseTimeout)
 	positive("upstream_tls_timeout", c.UpstreamTLSTimeout)
+	positive("body_read_timeout", c.BodyReadTimeout)
+	if c.BodyBufferBytes < 1 {
+		errs = append(errs, errors.New("body_buffer_bytes: must be at least 1"))
+	}
+	if c.MaxRequestBodyBytes < 0 {
+		errs = append(errs, errors.New("max_request_body_bytes: must not be negative (0: no cap)"))
+	}
 	if c.LeafLifetime.Duration > maxLeafLifetime {
 		errs = append(errs, fmt.Errorf("leaf_lifetime: at most %s", maxLeafLifetime))
 	}

@@ -153,3 +153,30 @@ leaf_cache_size = 10
 		t.Error("unknown key accepted")
 	}
 }
+
+// The body keys: defaults that buffer, a cap that is off, and errors naming each bad key.
+func TestBodyKeys(t *testing.T) {
+	c := DefaultConfig()
+	if c.BodyBufferBytes != DefaultBodyBufferBytes || c.MaxRequestBodyBytes != 0 || c.BodyReadTimeout.Duration <= 0 {
+		t.Fatalf("defaults %d %d %v", c.BodyBufferBytes, c.MaxRequestBodyBytes, c.BodyReadTimeout)
+	}
+	c.BodyBufferBytes, c.MaxRequestBodyBytes, c.BodyReadTimeout = 0, -1, duration.Duration{}
+	err := c.Validate()
+	for _, want := range []string{"body_buffer_bytes", "max_request_body_bytes", "body_read_timeout"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %s: %v", want, err)
+		}
+	}
+	var v struct {
+		HTTPSMITM Config `toml:"https_mitm"`
+	}
+	v.HTTPSMITM = DefaultConfig()
+	dec := toml.NewDecoder(strings.NewReader("[https_mitm]\nbody_buffer_bytes = 67108864\nmax_request_body_bytes = 1048576\nbody_read_timeout = \"10s\"\n"))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	if c := v.HTTPSMITM; c.BodyBufferBytes != 64<<20 || c.MaxRequestBodyBytes != 1<<20 || c.BodyReadTimeout.String() != "10s" || c.Validate() != nil {
+		t.Fatalf("decoded %+v", c)
+	}
+}

@@ -40,7 +40,7 @@ type Options struct {
 	Config Config // [sidecar.interceptor.https_mitm], validated
 	// CA signs the leaves of intercepted connections; nil when MITM is off (ServeTLS then refuses).
 	CA    *CA
-	Judge judge.Decider
+	Judge judge.RequestDecider
 	Dial  DialFunc
 	// RootCAs verifies upstreams; nil = system roots (UpstreamRoots adds [sidecar.upstream] ca_file).
 	RootCAs     *x509.CertPool
@@ -54,7 +54,8 @@ type Engine struct {
 	cfg    Config
 	hosts  *hostLists
 	leaves *leafCache // nil without a CA
-	judge  judge.Decider
+	judge  judge.RequestDecider
+	bodies *bodyBudget // request bodies buffered for policies, across connections
 	creds  Injector
 	tunnel TunnelFunc
 	log    zerolog.Logger
@@ -86,6 +87,7 @@ func New(o Options) (*Engine, error) {
 		cfg:      cfg,
 		hosts:    cfg.compiled,
 		judge:    o.Judge,
+		bodies:   &bodyBudget{cap: cfg.BodyBufferBytes},
 		creds:    o.Credentials,
 		tunnel:   o.Tunnel,
 		log:      o.Log,
@@ -158,11 +160,14 @@ type Stats struct {
 	LeafMints     int64 // leaves signed
 	LeafCacheHits int64 // handshakes served from the cache
 	LeafCached    int   // leaves currently cached
+	// BodyBuffered is the bytes of request bodies buffered for policies right now.
+	BodyBuffered int64
 }
 
 func (e *Engine) Stats() Stats {
-	if e.leaves == nil {
-		return Stats{}
+	s := Stats{BodyBuffered: e.bodies.inUse()}
+	if e.leaves != nil {
+		s.LeafMints, s.LeafCacheHits, s.LeafCached = e.leaves.mints.Load(), e.leaves.hits.Load(), e.leaves.len()
 	}
-	return Stats{LeafMints: e.leaves.mints.Load(), LeafCacheHits: e.leaves.hits.Load(), LeafCached: e.leaves.len()}
+	return s
 }

@@ -68,7 +68,12 @@ type fakeJudge struct {
 	deny []string
 }
 
-var _ judge.Decider = (*fakeJudge)(nil)
+var _ judge.RequestDecider = (*fakeJudge)(nil)
+
+// NeedsBody: the fake reads no body.
+func (h *fakeJudge) NeedsBody(*judge.Flow, judge.Intent) bool { return false }
+
+func (h *fakeJudge) MaxBodyBytes() int64 { return policies.DefaultMaxBodyBytes }
 
 func (h *fakeJudge) Decide(_ context.Context, f *judge.Flow, in judge.Intent) judge.Verdict {
 	h.mu.Lock()
@@ -137,7 +142,10 @@ type envOptions struct {
 	cfg   func(*Config)
 	creds Injector
 	hooks *fakeJudge
-	agent string // the agent id of every connection (default "agent-1")
+	// decider, when set, is the judge the engine asks instead of hooks (a real judge.Judge).
+	decider judge.RequestDecider
+	agent   string // the agent id of every connection (default "agent-1")
+	monitor bool   // the agent is in monitor mode
 }
 
 // env is a running interceptor behind a loopback listener, with a sniffing accept loop like the
@@ -149,6 +157,7 @@ type env struct {
 	icpt    *Engine
 	hooks   *fakeJudge
 	agent   string
+	monitor bool
 	addr    string
 	port    int
 	logs    *testutil.SyncBuffer
@@ -168,7 +177,7 @@ func newEnv(tb testing.TB, o envOptions) *env {
 	if e.hooks == nil {
 		e.hooks = &fakeJudge{}
 	}
-	e.agent = o.agent
+	e.agent, e.monitor = o.agent, o.monitor
 	if e.agent == "" {
 		e.agent = "agent-1"
 	}
@@ -185,8 +194,12 @@ func newEnv(tb testing.TB, o envOptions) *env {
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
+	var decider judge.RequestDecider = e.hooks
+	if o.decider != nil {
+		decider = o.decider
+	}
 	e.icpt, err = New(Options{
-		Config: cfg, CA: ca, Judge: e.hooks, Dial: e.dial, RootCAs: e.upCA.Pool(),
+		Config: cfg, CA: ca, Judge: decider, Dial: e.dial, RootCAs: e.upCA.Pool(),
 		Credentials: o.creds, Log: log,
 	})
 	if err != nil {
@@ -395,5 +408,31 @@ func (e *env) meta(n int) TLSConn {
 
 // flow is the judged flow of every agent connection in the env.
 func (e *env) flow() *judge.Flow {
-	return &judge.Flow{AgentID: e.agent, OrigDst: netip.MustParseAddrPort("127.0.9.7:443"), Start: time.Now()}
+	return &judge.Flow{AgentID: e.agent, Monitor: e.monitor, OrigDst: netip.MustParseAddrPort("127.0.9.7:443"), Start: time.Now()}
+}
+
+// upperEchoWebSocket is an upstream that accepts a WebSocket upgrade and then echoes every line it
+// reads, uppercased, until the client closes.
+func upperEchoWebSocket() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString(strings.ToUpper(line))
+			brw.Flush()
+		}
+	})
 }

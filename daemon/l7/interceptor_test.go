@@ -280,28 +280,7 @@ func (n *notifyReader) Read(p []byte) (int, error) {
 func TestWebSocketUpgrade(t *testing.T) {
 	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			http.Error(w, "no upgrade", 400)
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		// Echo uppercased lines until the client closes.
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString(strings.ToUpper(line))
-			brw.Flush()
-		}
-	})
+	up.Handler = upperEchoWebSocket()
 	dialWS := func(path string) (*tls.Conn, *bufio.Reader, *http.Response) {
 		conn, err := tls.Dial("tcp", e.addr, &tls.Config{ServerName: apiHost, RootCAs: e.caPool(), NextProtos: []string{"http/1.1"}})
 		if err != nil {

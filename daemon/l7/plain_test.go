@@ -28,7 +28,12 @@ type plainEnv struct {
 
 func newPlainEnv(t *testing.T, hooks *fakeJudge, proxy bool) *plainEnv {
 	t.Helper()
-	p := &plainEnv{env: newEnv(t, envOptions{hooks: hooks})}
+	return newPlainEnvWith(t, envOptions{hooks: hooks}, proxy)
+}
+
+func newPlainEnvWith(t *testing.T, o envOptions, proxy bool) *plainEnv {
+	t.Helper()
+	p := &plainEnv{env: newEnv(t, o)}
 	p.icpt.tunnel = func(ctx context.Context, conn net.Conn, prefix []byte, f *judge.Flow, host string, port int) {
 		time.Sleep(10 * time.Millisecond) // the CONNECT handler has returned by now
 		p.mu.Lock()
@@ -220,23 +225,7 @@ func TestPlainH2C(t *testing.T) {
 func TestPlainWebSocket(t *testing.T) {
 	p := newPlainEnv(t, &fakeJudge{}, false)
 	up := p.plainUpstream("plain.example.test")
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString(strings.ToUpper(line))
-			brw.Flush()
-		}
-	})
+	up.Handler = upperEchoWebSocket()
 	c, err := net.Dial("tcp", p.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -113,13 +113,15 @@ func stateFrom(ctx context.Context) *reqState {
 	return st
 }
 
-// forward injects credentials (TLS-terminated connections only: a key is never sent in clear) and
-// sends r to host:port over the scheme's pool. abort is non-nil when the response had to be cut
+// forward injects credentials (TLS-terminated connections only: a key is never sent in clear; and
+// only with inject: a request that policy denied but monitor mode let through gets none of the
+// sidecar's keys)
+// and sends r to host:port over the scheme's pool. abort is non-nil when the response had to be cut
 // short after it started (the value net/http expects to be re-panicked).
-func (c *agentConn) forward(w http.ResponseWriter, r *http.Request, host string, port int) (res judge.Result, abort any) {
+func (c *agentConn) forward(w http.ResponseWriter, r *http.Request, host string, port int, inject bool) (res judge.Result, abort any) {
 	start := time.Now()
 	var injected []string
-	if c.scheme == "https" && c.e.creds != nil {
+	if inject && c.scheme == "https" && c.e.creds != nil {
 		var err error
 		if injected, err = c.e.creds.Apply(host, r.Header); err != nil {
 			writeText(w, http.StatusBadGateway, "firma: "+judge.ErrorCredentials)
@@ -184,6 +186,14 @@ func (c *agentConn) forward(w http.ResponseWriter, r *http.Request, host string,
 // client_canceled when the agent went away first).
 func (e *Engine) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateFrom(r.Context())
+	if bodyLimitHit(r.Context()) {
+		// Not the upstream's failure: the sidecar cut the body off at max_request_body_bytes.
+		st.mu.Lock()
+		st.class, st.err = judge.ErrorBodyLimit, err
+		st.mu.Unlock()
+		writeText(w, http.StatusRequestEntityTooLarge, "firma: refused: "+judge.ReasonBodyLimit)
+		return
+	}
 	status, class := http.StatusBadGateway, judge.ErrorNetwork
 	switch {
 	case r.Context().Err() != nil && !isTimeout(err):

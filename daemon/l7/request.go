@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/openfirma/firma/daemon/judge"
@@ -16,8 +17,9 @@ import (
 
 // ServeHTTP judges one request and forwards it if allowed. The same steps serve both entry points:
 // find the request's target (the TLS connection's host, or the request's own on plain HTTP), refuse
-// what the sidecar refuses by itself, ask the judge, answer a denial with 403, forward an allowed
-// request over the scheme's upstream pool, and complete the decision with what happened.
+// what the sidecar refuses by itself, read the body ahead when a policy reads it, ask the judge,
+// answer a refusal (403, 429, 413), forward an allowed request over the scheme's upstream pool
+// (without the headers a MODIFY redacts), and complete the decision with what happened.
 func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.enter()
 	defer c.leave()
@@ -45,12 +47,32 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in.Host, in.Port = host, port
-	v := c.e.judge.Decide(ctx, c.f, in)
-	if !v.Allowed() {
-		writeDenied(w, v.Reason)
+	r, release, refusal := c.prepareBody(w, r, &in)
+	defer release()
+	if refusal != nil {
+		in.Refuse = refusal.reason
+		c.e.judge.Decide(ctx, c.f, in)
+		if refusal.status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		writeText(w, refusal.status, "firma: refused: "+refusal.reason)
 		return
 	}
-	res, abort := c.forward(w, r, host, port)
+	v := c.e.judge.Decide(ctx, c.f, in)
+	if !v.Allowed() {
+		writeRefusal(w, v.Decision)
+		return
+	}
+	for _, h := range v.Redact() {
+		r.Header.Del(h)
+	}
+	// Request trailers are headers that arrive after the body: no policy saw them, and a header
+	// that @modify removes could come back as one. They are not forwarded.
+	r.Trailer = nil
+	res, abort := c.forward(w, r, host, port, !v.Monitored)
+	if bodyLimitHit(r.Context()) {
+		res.ErrClass, res.Err = judge.ErrorBodyLimit, fmt.Errorf("%s (limit %d)", judge.ReasonBodyLimit, c.e.cfg.MaxRequestBodyBytes)
+	}
 	c.e.judge.Complete(v, res)
 	if abort != nil {
 		// net/http aborts the response (HTTP/1.1: closes the connection; HTTP/2: resets the stream).
@@ -162,11 +184,28 @@ func (c *agentConn) connect(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
-// writeDenied answers a denied request: 403, the reason, and X-Firma-Decision. The connection
-// carries on (keep-alive, pipelining, other HTTP/2 streams).
-func writeDenied(w http.ResponseWriter, reason string) {
-	w.Header().Set("X-Firma-Decision", string(policies.Deny))
-	writeText(w, http.StatusForbidden, "firma: denied: "+reason)
+// writeRefusal answers a request the policy refused, with X-Firma-Decision naming the outcome: a
+// DEFER is 429 with Retry-After, a body the policy could not inspect whole is 413, a STEP_UP or
+// any other refusal 403 with the reason (a step-up's carries the challenge for the agent's user).
+// The connection carries on (keep-alive, pipelining, other HTTP/2 streams).
+func writeRefusal(w http.ResponseWriter, d policies.Decision) {
+	h := w.Header()
+	h.Set("X-Firma-Decision", string(d.Outcome))
+	switch {
+	case d.Outcome == policies.Defer:
+		after := 1
+		if d.Remediation != nil {
+			after = d.Remediation.RetryAfterSeconds()
+		}
+		h.Set("Retry-After", strconv.Itoa(after))
+		writeText(w, http.StatusTooManyRequests, "firma: "+d.Reason)
+	case d.Outcome == policies.StepUp:
+		writeText(w, http.StatusForbidden, "firma: "+d.Reason)
+	case strings.HasPrefix(d.Reason, policies.ReasonBodyTooLarge):
+		writeText(w, http.StatusRequestEntityTooLarge, "firma: denied: "+d.Reason)
+	default:
+		writeText(w, http.StatusForbidden, "firma: denied: "+d.Reason)
+	}
 }
 
 func writeText(w http.ResponseWriter, status int, msg string) {

@@ -25,6 +25,15 @@ type AuthorityOptions struct {
 	Issuance string
 	// BundleTTLSeconds is bundle_ttl_seconds (default 60).
 	BundleTTLSeconds int
+	// TLS serves HTTPS with what `firma authority init-tls` makes, and requires sidecars to
+	// authenticate: by client certificate (client_ca_file) or token (tokens_file), both made for
+	// each of Sidecars.
+	TLS      bool
+	Sidecars []string
+	// SidecarAuth is init-tls --auth: "cert", "token" or "both" (the default).
+	SidecarAuth string
+	// LogLevel is log_level (default "debug").
+	LogLevel string
 }
 
 // TestIssuance lets the authority issue communication.external.send to the harness's agent only.
@@ -45,16 +54,21 @@ type Authority struct {
 	KeyPath        string
 	PublicKeyPath  string
 	PolicyDir      string
+	IssuanceDir    string
 	RevocationFile string
 	Addr           string // 127.0.0.1:PORT, its listen_addr
 	BundleTTL      time.Duration
+	// TLSDir is what `firma authority init-tls` wrote ("" without TLS).
+	TLSDir   string
+	logLevel string
 
 	mu   sync.Mutex
 	proc *Process
 }
 
-// NewAuthority generates a key with `firma authority generate-key`, writes the config, policies and
-// issuance policy, and starts `firma authority -c`, waiting until it logs "authority ready".
+// NewAuthority generates a key with `firma authority generate-key` (and TLS files with
+// `firma authority init-tls` when opts.TLS), writes the config, policies and issuance policy, and
+// starts `firma authority -c`, waiting until it logs "authority ready".
 func NewAuthority(tb testing.TB, opts AuthorityOptions) *Authority {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -64,8 +78,13 @@ func NewAuthority(tb testing.TB, opts AuthorityOptions) *Authority {
 		ConfigPath:     filepath.Join(dir, "firma.toml"),
 		KeyPath:        filepath.Join(dir, "keys", "firma-authority.key"),
 		PolicyDir:      filepath.Join(dir, "policies"),
+		IssuanceDir:    filepath.Join(dir, "issuance"),
 		RevocationFile: filepath.Join(dir, "revocations.txt"),
 		Addr:           fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb)),
+		logLevel:       opts.LogLevel,
+	}
+	if a.logLevel == "" {
+		a.logLevel = "debug"
 	}
 	a.PublicKeyPath = authority.PublicKeyPath(a.KeyPath)
 	ttl := opts.BundleTTLSeconds
@@ -78,9 +97,17 @@ func NewAuthority(tb testing.TB, opts AuthorityOptions) *Authority {
 		tb.Fatal(err)
 	}
 	a.Firma(tb, "authority", "generate-key", "-o", a.KeyPath)
+	if opts.TLS {
+		auth := opts.SidecarAuth
+		if auth == "" {
+			auth = "both"
+		}
+		a.TLSDir = filepath.Join(dir, "tls")
+		a.Firma(tb, "authority", "init-tls", "--dir", a.TLSDir, "--hosts", "127.0.0.1,localhost",
+			"--sidecars", strings.Join(opts.Sidecars, ","), "--auth", auth)
+	}
 
-	issuanceDir := filepath.Join(dir, "issuance")
-	for _, d := range []string{a.PolicyDir, issuanceDir} {
+	for _, d := range []string{a.PolicyDir, a.IssuanceDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			tb.Fatal(err)
 		}
@@ -96,9 +123,34 @@ func NewAuthority(tb testing.TB, opts AuthorityOptions) *Authority {
 	if issuance == "" {
 		issuance = TestIssuance
 	}
-	writeAuthorityFile(tb, filepath.Join(issuanceDir, "issuance.cedar"), issuance, 0o644)
+	writeAuthorityFile(tb, filepath.Join(a.IssuanceDir, "issuance.cedar"), issuance, 0o644)
 	writeAuthorityFile(tb, a.RevocationFile, "", 0o644)
-	writeAuthorityFile(tb, a.ConfigPath, fmt.Sprintf(`[authority]
+	a.writeConfig(tb)
+	tb.Cleanup(func() { a.Kill(tb) })
+	a.Start(tb)
+	return a
+}
+
+// Replica starts another authority serving a's files — key, policies, issuance, revocations and
+// TLS credentials — on its own address, as a second host behind a load balancer would.
+func (a *Authority) Replica(tb testing.TB) *Authority {
+	tb.Helper()
+	dir := tb.TempDir()
+	r := &Authority{
+		Bin: a.Bin, Dir: dir, ConfigPath: filepath.Join(dir, "firma.toml"), KeyPath: a.KeyPath, PublicKeyPath: a.PublicKeyPath,
+		PolicyDir: a.PolicyDir, IssuanceDir: a.IssuanceDir, RevocationFile: a.RevocationFile,
+		Addr:      fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb)),
+		BundleTTL: a.BundleTTL, TLSDir: a.TLSDir, logLevel: a.logLevel,
+	}
+	r.writeConfig(tb)
+	tb.Cleanup(func() { r.Kill(tb) })
+	r.Start(tb)
+	return r
+}
+
+func (a *Authority) writeConfig(tb testing.TB) {
+	tb.Helper()
+	text := fmt.Sprintf(`[authority]
 listen_addr = %q
 policy_dir = %q
 issuance_policy_dir = %q
@@ -106,22 +158,82 @@ revocation_file = %q
 key_file = %q
 max_ttl_seconds = 28800
 bundle_ttl_seconds = %d
-log_level = "debug"
-`, a.Addr, a.PolicyDir, issuanceDir, a.RevocationFile, a.KeyPath, ttl), 0o600)
-
-	tb.Cleanup(func() { a.Kill(tb) })
-	a.Start(tb)
-	return a
+log_level = %q
+`, a.Addr, a.PolicyDir, a.IssuanceDir, a.RevocationFile, a.KeyPath, int(a.BundleTTL/time.Second), a.logLevel)
+	if a.TLSDir != "" {
+		text += fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\nclient_ca_file = %q\ntokens_file = %q\n",
+			filepath.Join(a.TLSDir, authority.TLSServerCert), filepath.Join(a.TLSDir, authority.TLSServerKey),
+			filepath.Join(a.TLSDir, authority.TLSCACert), filepath.Join(a.TLSDir, authority.TLSTokens))
+	}
+	writeAuthorityFile(tb, a.ConfigPath, text, 0o600)
 }
 
 // URL is what [sidecar.authority] url names.
-func (a *Authority) URL() string { return "http://" + a.Addr }
+func (a *Authority) URL() string {
+	if a.TLSDir != "" {
+		return "https://" + a.Addr
+	}
+	return "http://" + a.Addr
+}
 
 // SidecarTOML is a [sidecar.authority] section that follows this authority, caching in cacheDir.
 func (a *Authority) SidecarTOML(cacheDir string) string {
 	return fmt.Sprintf("[sidecar.authority]\nurl = %q\npublic_key_path = %q\ncache_dir = %q\n",
 		a.URL(), a.PublicKeyPath, cacheDir)
 }
+
+// Credential says how a sidecar authenticates to TLS authorities: as Sidecar (a name given to
+// init-tls), by its certificate and/or its token; neither is an unauthenticated sidecar.
+type Credential struct {
+	Sidecar     string
+	Cert, Token bool
+}
+
+// ClientConfig is [sidecar.authority] for a sidecar following replicas (in order of preference),
+// with cred's files from the first replica's TLS dir.
+func ClientConfig(cacheDir string, cred Credential, replicas ...*Authority) authority.ClientConfig {
+	a := replicas[0]
+	cc := authority.DefaultClientConfig()
+	for _, r := range replicas {
+		cc.URLs = append(cc.URLs, r.URL())
+	}
+	cc.PublicKeyPath, cc.CacheDir = a.PublicKeyPath, cacheDir
+	if a.TLSDir != "" {
+		cc.CAFile = filepath.Join(a.TLSDir, authority.TLSCACert)
+		cert, key, token := authority.SidecarFiles(a.TLSDir, cred.Sidecar)
+		if cred.Cert {
+			cc.ClientCertFile, cc.ClientKeyFile = cert, key
+		}
+		if cred.Token {
+			cc.TokenFile = token
+		}
+	}
+	return cc
+}
+
+// FleetTOML is ClientConfig as a [sidecar.authority] section.
+func FleetTOML(cacheDir string, cred Credential, replicas ...*Authority) string {
+	cc := ClientConfig(cacheDir, cred, replicas...)
+	var b strings.Builder
+	b.WriteString("[sidecar.authority]\nurls = [")
+	for i, u := range cc.URLs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", u)
+	}
+	fmt.Fprintf(&b, "]\npublic_key_path = %q\ncache_dir = %q\n", cc.PublicKeyPath, cc.CacheDir)
+	for _, kv := range [][2]string{{"ca_file", cc.CAFile}, {"client_cert_file", cc.ClientCertFile},
+		{"client_key_file", cc.ClientKeyFile}, {"token_file", cc.TokenFile}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, "%s = %q\n", kv[0], kv[1])
+		}
+	}
+	return b.String()
+}
+
+// Pid is the authority process's pid (for /proc measurements).
+func (a *Authority) Pid() int { return a.process().cmd.Process.Pid }
 
 // Start runs `firma authority -c` and waits for "authority ready".
 func (a *Authority) Start(tb testing.TB) {

@@ -33,7 +33,7 @@ var (
 )
 
 // Binary builds cmd/firma and the Go test clients once per test binary and returns the path of the
-// requested one: "firma", "httpclient" or "benchclient".
+// requested one: "firma", "httpclient", "benchclient" or "loadgen".
 func Binary(tb testing.TB, name string) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -50,6 +50,7 @@ func Binary(tb testing.TB, name string) string {
 			"firma":       "./cmd/firma",
 			"httpclient":  "./internal/e2e/cmd/httpclient",
 			"benchclient": "./internal/e2e/cmd/benchclient",
+			"loadgen":     "./internal/e2e/cmd/loadgen",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, out), pkg)
 			cmd.Dir = root
@@ -104,6 +105,10 @@ type SidecarOptions struct {
 	NoAgent bool
 	// Env is added to the sidecar's environment.
 	Env []string
+	// Wrap is a command line the sidecar runs under (e.g. nsenter into a journald's namespace).
+	Wrap []string
+	// LogLevel is [sidecar] log_level (default "debug"; benchmarks run at "info", as operators do).
+	LogLevel string
 }
 
 // TestPolicy permits the agent to reach allowed.test and plain.test (except /secret paths) and
@@ -217,9 +222,13 @@ func (s *Sidecar) writeFiles(tb testing.TB) {
 	if s.opts.DefaultProtected != nil {
 		protected = *s.opts.DefaultProtected
 	}
+	logLevel := s.opts.LogLevel
+	if logLevel == "" {
+		logLevel = "debug"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `[sidecar]
-log_level = "debug"
+log_level = %q
 
 [sidecar.transparent]
 cgroup = %q
@@ -249,7 +258,7 @@ file_path = %q
 
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
-`, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.opts.TransparentTOML, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
+`, logLevel, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.opts.TransparentTOML, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
@@ -277,8 +286,9 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 // Start runs the sidecar and waits for "sidecar ready".
 func (s *Sidecar) Start(tb testing.TB) {
 	tb.Helper()
+	argv := append(append([]string{}, s.opts.Wrap...), s.Bin, "sidecar", "-c", s.ConfigPath)
 	p := StartProcess(tb, s.Dir, append(testutil.CleanEnv(), s.opts.Env...), "sidecar ready", 30*time.Second,
-		s.Bin, "sidecar", "-c", s.ConfigPath)
+		argv[0], argv[1:]...)
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()

@@ -5,6 +5,7 @@
 package fake
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -128,8 +129,11 @@ type Upstream struct {
 	Name string
 	Addr netip.AddrPort
 	// Handler, when set before traffic arrives, replaces the default answer (the request is still
-	// recorded).
+	// recorded, and the handler can read its body again).
 	Handler http.Handler
+	// StreamBody, when set before traffic arrives, hands Handler the request body as it arrives,
+	// unread: the request is recorded without its body.
+	StreamBody bool
 
 	srv      *http.Server
 	conns    atomic.Int64
@@ -174,7 +178,11 @@ func start(name string, addr netip.AddrPort, cfg *tls.Config) (*Upstream, error)
 }
 
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
+	var body []byte
+	if !u.StreamBody || u.Handler == nil {
+		body, _ = io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
 	u.mu.Lock()
 	u.requests = append(u.requests, SeenRequest{
 		Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Proto: r.Proto,

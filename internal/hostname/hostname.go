@@ -28,7 +28,7 @@ func Parse(host string) (string, int, error) {
 		name = host[1:end]
 		rest := host[end+1:]
 		if rest != "" {
-			p, ok := parsePort(strings.TrimPrefix(rest, ":"))
+			p, ok := ParsePort(strings.TrimPrefix(rest, ":"))
 			if !strings.HasPrefix(rest, ":") || !ok {
 				return "", 0, fmt.Errorf("host %q: bad port", host)
 			}
@@ -48,7 +48,7 @@ func Parse(host string) (string, int, error) {
 			}
 			return addr.Unmap().String(), 0, nil
 		}
-		p, ok := parsePort(host[i+1:])
+		p, ok := ParsePort(host[i+1:])
 		if !ok {
 			return "", 0, fmt.Errorf("host %q: bad port", host)
 		}
@@ -67,7 +67,8 @@ func Parse(host string) (string, int, error) {
 	return name, port, nil
 }
 
-func parsePort(s string) (int, bool) {
+// ParsePort accepts a decimal port 1-65535, without sign or spaces.
+func ParsePort(s string) (int, bool) {
 	if s == "" || len(s) > 5 {
 		return 0, false
 	}

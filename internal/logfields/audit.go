@@ -11,3 +11,19 @@ const (
 	AuditSavedTo   = "saved_to"
 	AuditHash      = "hash"
 )
+
+// Field names of the audit sinks and the refusal limiter (daemon/audit).
+const (
+	AuditSink         = "sink"
+	AuditDropped      = "dropped"
+	AuditDroppedTotal = "dropped_total"
+	AuditFirstSeq     = "first_seq"
+	AuditLastSeq      = "last_seq"
+	AuditAttempts     = "attempts"
+	AuditQueued       = "queued"
+	AuditSent         = "sent"
+	AuditUnsent       = "unsent"
+	AuditRetries      = "retries"
+	AuditClass        = "class"
+	AuditSuppressed   = "suppressed"
+)

@@ -12,3 +12,14 @@ const (
 	Stale           = "stale"
 	Deadline        = "deadline"
 )
+
+// Field names for the fleet: authenticated sidecars, TLS, replicas and failover.
+const (
+	Sidecar     = "sidecar"      // a sidecar's name (client certificate CN or tokens_file entry)
+	Scheme      = "scheme"       // http or https
+	ClientCerts = "client_certs" // the authority accepts client certificates
+	Tokens      = "tokens"       // the authority accepts bearer tokens
+	URL         = "url"          // the authority URL a client uses
+	Next        = "next"         // the authority URL a client fails over to
+	Rejections  = "rejections"   // how many times a reason has been seen
+)

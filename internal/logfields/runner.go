@@ -9,4 +9,5 @@ const (
 	RunSignal     = "signal"         // a signal firma run forwarded
 	RunExitCode   = "exit_code"      // the agent's exit status as firma run reports it
 	RunUnit       = "unit"           // the systemd transient scope holding an agent
+	RunLandlock   = "landlock_abi"   // the kernel's Landlock ABI version
 )
