@@ -97,11 +97,51 @@ type direction struct {
 	full     time.Time // switched: since when the agent's socket has been full
 	// offloaded: the kernel carried some of this direction's bytes.
 	offloaded bool
+	waited    time.Duration // trySwitch's waits for the agent to read, so far
 }
 
 func (r *relayer) direction(src, dst net.Conn, queue Queue) *direction {
 	src, dst = unwrap(src), unwrap(dst)
-	return &direction{src: src, dst: dst, mover: newMover(dst, src), queue: queue}
+	d := &direction{src: src, dst: dst, mover: newMover(dst, src), queue: queue}
+	if queue != nil {
+		d.mover.ready = d.trySwitch
+	}
+	return d
+}
+
+// Switching an offloaded direction: a chunk is ready to go to the agent, and something went over
+// TCP since its socket was adopted. Once the agent has read that, the chunk and the rest can go
+// straight into its socket. A tunnel that has carried bulkSwitch bytes over TCP waits for the agent
+// to catch up, at most switchWait in all: a bulk stream's agent is reading, but rarely has read
+// everything at the instant a chunk is ready. A small flow never waits.
+const (
+	bulkSwitch = 256 << 10
+	switchWait = 5 * time.Millisecond
+)
+
+// trySwitch switches d to the offload when the agent has read what came over TCP (the mover calls
+// it with a chunk read and not yet written).
+func (d *direction) trySwitch() {
+	if d.queue == nil || d.switched || d.n.Load() == 0 {
+		return
+	}
+	backoff := 50 * time.Microsecond
+	for {
+		ok, err := d.queue.Switch()
+		switch {
+		case err != nil:
+			d.queue = nil
+			return
+		case ok:
+			d.switched, d.offloaded, d.queued = true, true, 0
+			return
+		case d.n.Load() < bulkSwitch || d.waited >= switchWait:
+			return
+		}
+		time.Sleep(backoff)
+		d.waited += backoff
+		backoff = min(2*backoff, time.Millisecond)
+	}
 }
 
 // pump moves d until its source ends, then half-closes its destination. If other has ended already,
@@ -116,17 +156,6 @@ func (r *relayer) pump(d, other *direction) {
 	}()
 	for {
 		max := maxChunk
-		if d.queue != nil && !d.switched && d.n.Load() > 0 {
-			// Something went over TCP since the agent's socket was adopted: once the agent has
-			// read it, the rest can go straight into its socket.
-			ok, err := d.queue.Switch()
-			switch {
-			case err != nil:
-				d.queue = nil
-			case ok:
-				d.switched, d.offloaded, d.queued = true, true, 0
-			}
-		}
 		if d.switched {
 			var ok bool
 			if max, ok = d.room(); !ok {
@@ -218,8 +247,9 @@ func unwrap(c net.Conn) net.Conn {
 // only while it moves bytes.
 var bufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// copyOnce moves one chunk from src to dst through a pooled buffer.
-func copyOnce(dst, src net.Conn, max int) (int, error) {
+// copyOnce moves one chunk from src to dst through a pooled buffer, calling ready (when not nil)
+// between reading and writing it.
+func copyOnce(dst, src net.Conn, max int, ready func()) (int, error) {
 	bp := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(bp)
 	b := *bp
@@ -228,6 +258,9 @@ func copyOnce(dst, src net.Conn, max int) (int, error) {
 	}
 	n, err := src.Read(b)
 	if n > 0 {
+		if ready != nil {
+			ready()
+		}
 		if m, werr := dst.Write(b[:n]); werr != nil {
 			return m, werr
 		}

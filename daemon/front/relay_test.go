@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -117,57 +115,12 @@ func TestRelayKeepsOpenIdleTunnel(t *testing.T) {
 	<-done
 }
 
-func openFDs(t *testing.T) int {
-	t.Helper()
-	runtime.GC()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd:", err)
-	}
-	return len(fds)
-}
-
-// An idle tunnel holds its two sockets and nothing else: the pipes that splice moves bytes through
-// are taken only while bytes move, and go back to a small pool.
-func TestRelayHoldsNoPipeWhileIdle(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("splice is Linux's")
-	}
-	const tunnels = 64
-	var rigs []*tunnelRig
-	var dones []<-chan relayed
-	for range tunnels {
-		rigs = append(rigs, newTunnelRig(t))
-	}
-	before := openFDs(t)
-	for _, r := range rigs {
-		dones = append(dones, r.relay(nil, time.Minute))
-	}
-	// Each tunnel carries a little both ways, then idles.
-	for _, r := range rigs {
-		r.agent.Write([]byte("ping"))
-		r.server.Write([]byte("pong"))
-	}
-	b := make([]byte, 4)
-	for _, r := range rigs {
-		io.ReadFull(r.server, b)
-		io.ReadFull(r.agent, b)
-	}
-	if extra := openFDs(t) - before; extra > maxIdlePipes*2 {
-		t.Fatalf("%d idle tunnels hold %d descriptors more than their sockets (at most the pool's %d pipes)",
-			tunnels, extra, maxIdlePipes)
-	}
-	for i, r := range rigs {
-		r.agent.Close()
-		r.server.Close()
-		<-dones[i]
-	}
-}
-
 // fakeQueue stands in for an offloaded agent socket.
 type fakeQueue struct {
 	mu       sync.Mutex
 	switchOK bool
+	notYet   int       // Switch answers false this many times before switchOK counts
+	notUntil time.Time // and until then
 	switches int
 	queued   int
 	gone     bool
@@ -178,6 +131,9 @@ func (q *fakeQueue) Switch() (bool, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.switches++
+	if q.switches <= q.notYet || time.Now().Before(q.notUntil) {
+		return false, nil
+	}
 	return q.switchOK, nil
 }
 
@@ -227,5 +183,43 @@ func TestRelayOffloadAgentGone(t *testing.T) {
 	res := <-done
 	if len(got) >= 2*offloadQueue || res.down != int64(5+len(got)) {
 		t.Fatalf("the agent got %d more bytes after its socket was gone; relayed %+v", len(got), res)
+	}
+}
+
+// A bulk stream's agent rarely has read everything at the instant the next chunk is ready: the
+// relay waits a little for it, once, and offloads the rest. A small flow never waits: it asks once
+// per chunk.
+func TestRelayOffloadWaitsForABulkAgentToCatchUp(t *testing.T) {
+	r := newTunnelRig(t)
+	q := &fakeQueue{switchOK: true, notUntil: time.Now().Add(time.Hour)}
+	done := r.relay(q, time.Minute)
+	first := bytes.Repeat([]byte("a"), bulkSwitch)
+	r.server.Write(first)
+	io.ReadFull(r.agent, make([]byte, len(first)))
+	q.mu.Lock()
+	q.notUntil = time.Now().Add(2 * time.Millisecond) // the agent has bytes to read, for less than switchWait
+	q.mu.Unlock()
+	more := bytes.Repeat([]byte("b"), 32<<10) // one chunk
+
+	go func() { r.server.Write(more); r.server.CloseWrite() }()
+	rest, _ := io.ReadAll(r.agent)
+	r.agent.Close()
+	res := <-done
+	if !bytes.Equal(rest, more) || res.path != PathOffload {
+		t.Fatalf("agent read %d bytes, %d switch attempts, relayed %+v", len(rest), q.switches, res)
+	}
+
+	r = newTunnelRig(t)
+	q = &fakeQueue{switchOK: true, notYet: 1 << 30}
+	done = r.relay(q, time.Minute)
+	for _, m := range []string{"hello", "world"} {
+		r.server.Write([]byte(m))
+		io.ReadFull(r.agent, make([]byte, len(m)))
+	}
+	r.server.CloseWrite()
+	io.ReadAll(r.agent)
+	r.agent.Close()
+	if res := <-done; res.path == PathOffload || q.switches != 1 {
+		t.Fatalf("a small flow: %d switch attempts, relayed %+v", q.switches, res)
 	}
 }

@@ -22,6 +22,7 @@ type mover struct {
 	dst, src net.Conn
 	rdst     syscall.RawConn
 	rsrc     syscall.RawConn
+	ready    func() // when set, called once a chunk has been read, before it is written
 }
 
 func newMover(dst, src net.Conn) *mover {
@@ -42,7 +43,7 @@ func newMover(dst, src net.Conn) *mover {
 // at src's end.
 func (m *mover) move(max int) (int, error) {
 	if !m.spliced {
-		return copyOnce(m.dst, m.src, max)
+		return copyOnce(m.dst, m.src, max, m.ready)
 	}
 	var (
 		p    *pipe
@@ -76,6 +77,9 @@ func (m *mover) move(max int) (int, error) {
 			err = io.EOF
 		}
 		return 0, wrapErr("splice", err)
+	}
+	if m.ready != nil {
+		m.ready()
 	}
 	written := 0
 	for written < n {

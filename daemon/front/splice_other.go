@@ -8,8 +8,9 @@ import "net"
 type mover struct {
 	spliced  bool
 	dst, src net.Conn
+	ready    func() // when set, called once a chunk has been read, before it is written
 }
 
 func newMover(dst, src net.Conn) *mover { return &mover{dst: dst, src: src} }
 
-func (m *mover) move(max int) (int, error) { return copyOnce(m.dst, m.src, max) }
+func (m *mover) move(max int) (int, error) { return copyOnce(m.dst, m.src, max, m.ready) }
