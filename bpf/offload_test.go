@@ -28,26 +28,6 @@ func openOffload(t *testing.T) *bpf.Offload {
 	return o
 }
 
-// accepted connects an agent socket to a fresh listener (the sidecar) and returns both ends.
-func accepted(t *testing.T) (agent, side *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 func readN(t *testing.T, c net.Conn, n int) []byte {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -89,7 +69,7 @@ func switched(t *testing.T, o *bpf.Offload, agent, side *net.TCPConn) *bpf.Offlo
 // until the agent reads it; what the agent sends still reaches the sidecar over TCP.
 func TestOffloadSwitchCarriesBytes(t *testing.T) {
 	o := openOffload(t)
-	agent, side := accepted(t)
+	agent, side := testutil.TCPPair(t)
 	tun := switched(t, o, agent, side)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 4096)
 	if _, err := side.Write(data); err != nil {
@@ -121,7 +101,7 @@ func TestOffloadSwitchCarriesBytes(t *testing.T) {
 // otherwise be read first.
 func TestOffloadSwitchWaitsForTheAgent(t *testing.T) {
 	o := openOffload(t)
-	agent, side := accepted(t)
+	agent, side := testutil.TCPPair(t)
 	tun, err := o.Tunnel(side)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +120,7 @@ func TestOffloadSwitchWaitsForTheAgent(t *testing.T) {
 // then what the sidecar sends over TCP.
 func TestOffloadDemoteKeepsOrder(t *testing.T) {
 	o := openOffload(t)
-	agent, side := accepted(t)
+	agent, side := testutil.TCPPair(t)
 	tun := switched(t, o, agent, side)
 	side.Write([]byte("redirected;"))
 	if err := tun.Demote(); err != nil {
@@ -182,7 +162,7 @@ func TestOffloadRefusesBlockingSockets(t *testing.T) {
 // When the agent closes its socket, Queued says so and the sidecar's sends fail.
 func TestOffloadAgentGone(t *testing.T) {
 	o := openOffload(t)
-	agent, side := accepted(t)
+	agent, side := testutil.TCPPair(t)
 	tun := switched(t, o, agent, side)
 	agent.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -209,7 +189,7 @@ func TestOffloadCloseReverts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, side := accepted(t)
+	agent, side := testutil.TCPPair(t)
 	switched(t, o, agent, side)
 	if err := o.Close(); err != nil {
 		t.Fatal(err)

@@ -9,27 +9,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// tcpPair is a connected pair of TCP connections on loopback.
-func tcpPair(t *testing.T) (a, b *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/openfirma/firma/internal/testutil"
+)
 
 // tunnelRig is an agent, the sidecar's two sockets and an upstream, all TCP.
 type tunnelRig struct {
@@ -38,8 +20,8 @@ type tunnelRig struct {
 
 func newTunnelRig(t *testing.T) *tunnelRig {
 	r := &tunnelRig{}
-	r.agent, r.side = tcpPair(t)
-	r.up, r.server = tcpPair(t)
+	r.agent, r.side = testutil.TCPPair(t)
+	r.up, r.server = testutil.TCPPair(t)
 	return r
 }
 
