@@ -187,10 +187,10 @@ func (r *relayer) pump(d, other *direction) {
 // full for offloadStall, the tunnel goes back to plain TCP (and ok stays true). ok is false when the
 // agent's socket is gone.
 func (d *direction) room() (max int, ok bool) {
-	const min = 64 << 10
+	const minRoom = 64 << 10
 	backoff := 100 * time.Microsecond
 	for {
-		if offloadQueue-d.queued >= min {
+		if offloadQueue-d.queued >= minRoom {
 			return offloadQueue - d.queued, true
 		}
 		q, err := d.queue.Queued()
@@ -198,7 +198,7 @@ func (d *direction) room() (max int, ok bool) {
 			return 0, false
 		}
 		d.queued = q
-		if offloadQueue-q >= min {
+		if offloadQueue-q >= minRoom {
 			d.full = time.Time{}
 			continue
 		}
@@ -212,16 +212,11 @@ func (d *direction) room() (max int, ok bool) {
 			d.queue, d.switched = nil, false
 			return maxChunk, true
 		}
+		// An agent reading at loopback speed drains the queue in about 2 ms: a longer sleep would
+		// leave it waiting for the relay.
 		time.Sleep(backoff)
-		backoff = min2(2*backoff, 5*time.Millisecond)
+		backoff = min(2*backoff, time.Millisecond)
 	}
-}
-
-func min2(a, b time.Duration) time.Duration {
-	if a < b {
-		return a
-	}
-	return b
 }
 
 // unwrap returns the connection under wrappers whose buffered bytes have been consumed — a
