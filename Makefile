@@ -12,7 +12,7 @@ MODIFIED ?= $(shell git status --porcelain --untracked-files=no 2>/dev/null | gr
 VPKG      = github.com/openfirma/firma/version
 LDFLAGS   = -X $(VPKG).Version=$(VERSION) -X $(VPKG).Commit=$(COMMIT) -X $(VPKG).Modified=$(MODIFIED)
 
-.PHONY: all deps build generate check-generate lint test bench bench-quick bench-micro demo install clean
+.PHONY: all deps build generate check-generate lint test bench bench-quick bench-micro fuzz demo install clean
 
 all: build
 
@@ -55,6 +55,18 @@ bench-quick:
 # Go micro-benchmarks: policy decisions, audit append, MITM requests.
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s $$($(GO) list ./... | grep -v '/bench$$')
+
+# Every fuzz target in the repository, FUZZTIME each (go test runs one target at a time). Not part of
+# `make test`, which runs the committed seed corpora (testdata/fuzz/) as plain tests. A failing input
+# is written to the package's testdata/fuzz/<target>/: commit it with the fix.
+FUZZTIME ?= 60s
+fuzz:
+	@set -e; for file in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+		for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "== ./$$(dirname $$file) $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./$$(dirname $$file); \
+		done; \
+	done
 
 demo: build
 	./$(BIN) demo

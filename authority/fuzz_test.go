@@ -3,7 +3,9 @@ package authority
 import (
 	"crypto/ed25519"
 	"errors"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -25,10 +27,13 @@ func fuzzClaims() Claims {
 
 // FuzzParseCapability feeds the capability token parser arbitrary text: it must never panic, every
 // refusal must wrap ErrCapabilityInvalid, and whatever it accepts must be valid claims that survive
-// the capability file round trip.
+// the capability file round trip — and verify under no other key, nor as any other kind of signed
+// message.
 func FuzzParseCapability(f *testing.F) {
 	key := fuzzKey()
 	pub := key.Public().(ed25519.PublicKey)
+	other := append(ed25519.PublicKey(nil), pub...)
+	other[0] ^= 1
 	if tok, err := SignCapability(key, fuzzClaims()); err == nil {
 		f.Add(tok)
 	}
@@ -43,6 +48,15 @@ func FuzzParseCapability(f *testing.F) {
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("accepted invalid claims: %v", err)
+		}
+		if _, err := ParseCapability(other, raw); err == nil {
+			t.Fatal("a token verified under another key")
+		}
+		var anything map[string]any
+		for _, implicit := range [][]byte{implicitBundle, implicitFreshness, implicitRevocation} {
+			if err := verifyMessage(pub, raw, implicit, &anything); err == nil {
+				t.Fatalf("a capability verified as %q", implicit)
+			}
 		}
 		file := NewCapabilityFile(raw, c)
 		data, err := file.Marshal()
@@ -101,6 +115,43 @@ func FuzzParseTokens(f *testing.F) {
 			if !ValidSidecarName(n) || slices.Index(names, n) != i {
 				t.Fatalf("accepted names %q", names)
 			}
+		}
+	})
+}
+
+// FuzzCapabilityClaims: claims either fail validation when signed, or come back from the token
+// exactly as they went in, valid inside their window and not at its end.
+func FuzzCapabilityClaims(f *testing.F) {
+	f.Add("claude-code", "5f0c9a0e-3d1b-4d59-9a51-0f7d2c6b8e11", "communication.external.send", "*.anthropic.com*", int64(3600))
+	f.Add("", "", "", "", int64(0))
+	f.Add("a b", "s\n", "x\"y", "*", int64(-5))
+	f.Fuzz(func(t *testing.T, agent, session, action, scope string, ttl int64) {
+		key := fuzzKey()
+		c := fuzzClaims()
+		c.AgentID, c.SessionID, c.ActionSet, c.ResourceScope = agent, session, []string{action}, scope
+		c.Expires = c.IssuedAt.Add(time.Duration(ttl%(1<<31)) * time.Second)
+		raw, err := SignCapability(key, c)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "capability claims: ") {
+				t.Fatalf("signing failed for another reason than the claims: %v", err)
+			}
+			return
+		}
+		got, err := ParseCapability(key.Public().(ed25519.PublicKey), raw)
+		if err != nil {
+			t.Fatalf("a token just signed does not parse: %v", err)
+		}
+		c.Issuer = IssuerName
+		if !reflect.DeepEqual(*got, c) {
+			t.Fatalf("claims changed on the way: %+v → %+v", c, *got)
+		}
+		if c.Expires.After(c.IssuedAt) {
+			if err := got.CheckTime(c.IssuedAt, 0); err != nil {
+				t.Fatalf("not valid at issuance: %v", err)
+			}
+		}
+		if err := got.CheckTime(c.Expires, 0); err == nil {
+			t.Fatal("valid at its expiry")
 		}
 	})
 }

@@ -5,7 +5,6 @@ package bpf_test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -20,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/openfirma/firma/bpf"
+	"github.com/openfirma/firma/internal/e2e"
 	"github.com/openfirma/firma/internal/testutil"
 )
 
@@ -40,8 +40,7 @@ type lab struct {
 	cfg      bpf.Config
 	progs    *bpf.Programs
 	sidecar  *standIn
-	outside  []*testutil.TCPCounter
-	udp      []*udpCounter
+	sentry   *testutil.Sentry
 	capture  *testutil.Capture
 	refusals *refusalLog
 }
@@ -71,22 +70,8 @@ func newLab(t *testing.T, adjust func(*bpf.Config)) *lab {
 	// ephemeral range covers it, so that post_bind is what refuses it.
 	l.Inside.Sysctl(t, "net.ipv4.ip_local_port_range", "10000 60999")
 	l.sidecar = startStandIn(t, l.Inside, l.progs, l.Outside4, l.Outside6)
-	for _, a := range []netip.Addr{l.Outside4, l.Outside6} {
-		if err := l.Outside.Do(func() error {
-			l.outside = append(l.outside, testutil.NewTCPCounter(t, netip.AddrPortFrom(a, labOutsidePort)))
-			for _, port := range []uint16{labOutsidePort, 53} {
-				u, err := newUDPCounter(t, netip.AddrPortFrom(a, port))
-				if err != nil {
-					return err
-				}
-				l.udp = append(l.udp, u)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.capture = l.Outside.Capture(t, l.OutsideIf)
+	l.sentry = l.Watch(t, []uint16{labOutsidePort}, []uint16{labOutsidePort, 53}, labMarkerPort)
+	l.capture = l.sentry.Capture
 	return l
 }
 
@@ -110,20 +95,7 @@ func attachCfg(t *testing.T, cfg bpf.Config) *bpf.Programs {
 // end of the link and no outside listener saw a connection or datagram.
 func (l *lab) assertSealed(t *testing.T) {
 	t.Helper()
-	l.capture.Sync(t, l.Inside, netip.AddrPortFrom(l.Outside4, labMarkerPort))
-	for _, f := range l.capture.Frames() {
-		t.Errorf("a packet left the inside namespace: %s", f.Summary)
-	}
-	for _, c := range l.outside {
-		if n := c.Conns(); n > 0 {
-			t.Errorf("outside listener %s accepted %d connections", c.Addr, n)
-		}
-	}
-	for _, u := range l.udp {
-		if n := u.count(); n > 0 {
-			t.Errorf("outside UDP listener %s received %d datagrams", u.addr, n)
-		}
-	}
+	l.sentry.AssertSealed(t)
 }
 
 // command runs name inside the lab's inside namespace and its enforced cgroup.
@@ -145,62 +117,15 @@ func (l *lab) escapeArgs(extra ...string) []string {
 }
 
 // attempt is one line of the escape program's output.
-type attempt struct {
-	Technique string   `json:"technique"`
-	PID       int      `json:"pid"`
-	UID       int      `json:"uid"`
-	Ops       []string `json:"ops"`
-	Failed    string   `json:"failed"`
-	Errno     string   `json:"errno"`
-	Cookies   []uint64 `json:"cookies"`
-	Accepted  int      `json:"accepted"`
-	Peer      string   `json:"peer"`
-	Note      string   `json:"note"`
-}
-
-func (a attempt) String() string {
-	if a.Failed == "" {
-		return fmt.Sprintf("%s: ok %v %s", a.Technique, a.Ops, a.Note)
-	}
-	return fmt.Sprintf("%s: %s → %s after %v", a.Technique, a.Failed, a.Errno, a.Ops)
-}
+type attempt = e2e.Attempt
 
 // runEscape runs the attacker with args and returns its lines by technique, and its pid.
 func (l *lab) runEscape(t *testing.T, args ...string) (map[string]attempt, int) {
 	t.Helper()
-	cmd := l.command(t, escapeBinary(t), l.escapeArgs(args...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("escape: %v\n%s\n%s", err, out, stderr.String())
-	}
-	got := map[string]attempt{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		var a attempt
-		if err := json.Unmarshal([]byte(line), &a); err != nil {
-			t.Fatalf("escape line %q: %v", line, err)
-		}
-		got[a.Technique] = a
-	}
-	return got, cmd.Process.Pid
+	return e2e.RunEscape(t, l.command(t, escapeBinary(t), l.escapeArgs(args...)...))
 }
 
-var (
-	escapeOnce sync.Once
-	escapePath string
-	escapeErr  error
-)
-
-// escapeBinary builds internal/e2e/cmd/escape once per test binary.
-func escapeBinary(t *testing.T) string {
-	t.Helper()
-	escapeOnce.Do(func() { escapePath, escapeErr = testutil.BuildGo("github.com/openfirma/firma/internal/e2e/cmd/escape") })
-	if escapeErr != nil {
-		t.Fatal(escapeErr)
-	}
-	return escapePath
-}
+func escapeBinary(t *testing.T) string { return e2e.EscapeBinary(t) }
 
 // standIn plays the sidecar: it accepts on both loopbacks, looks up each peer's origin as the
 // sidecar would, and answers; its resolver answers *.firma.test with the outside addresses.
@@ -330,40 +255,6 @@ func (s *standIn) lookups() []flow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]flow(nil), s.dns...)
-}
-
-// udpCounter counts datagrams that reach an outside address.
-type udpCounter struct {
-	addr netip.AddrPort
-	mu   sync.Mutex
-	n    int
-}
-
-func newUDPCounter(t *testing.T, addr netip.AddrPort) (*udpCounter, error) {
-	pc, err := net.ListenPacket("udp", addr.String())
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { pc.Close() })
-	u := &udpCounter{addr: addr}
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			if _, _, err := pc.ReadFrom(buf); err != nil {
-				return
-			}
-			u.mu.Lock()
-			u.n++
-			u.mu.Unlock()
-		}
-	}()
-	return u, nil
-}
-
-func (u *udpCounter) count() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.n
 }
 
 // refusalLog collects the kernel's refusal reports for the whole test.

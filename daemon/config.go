@@ -15,6 +15,7 @@ import (
 	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/daemon/connector"
 	"github.com/openfirma/firma/daemon/credentials"
+	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/l7"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/duration"
@@ -36,6 +37,7 @@ type Config struct {
 	Authority   authority.ClientConfig `toml:"authority"`
 	CA          l7.CAConfig            `toml:"ca"`
 	Credentials []credentials.Config   `toml:"credentials"`
+	Limits      judge.LimitsConfig     `toml:"limits"`
 
 	// AgentHidden and AgentProtected are paths from other sections of firma.toml (the [authority]
 	// key, its policy and issuance dirs) that `firma run` hides from agents or keeps read-only, on
@@ -55,10 +57,15 @@ type TransparentConfig struct {
 	// SniffTimeout bounds how long the sidecar waits for a client's first bytes (a complete TLS
 	// ClientHello or HTTP request line).
 	SniffTimeout duration.Duration `toml:"sniff_timeout"`
-	// ServerFirstPorts are ports of server-speaks-first protocols: a client silent there for 300 ms
-	// gets its upstream dialed so that the server can greet it; on other ports the sidecar waits the
-	// whole sniff_timeout for the client to speak.
-	ServerFirstPorts []uint16 `toml:"server_first_ports"`
+	// ServerFirstPorts are ports of server-speaks-first protocols: a client silent there for
+	// server_first_wait gets its upstream dialed so that the server can greet it. On other ports
+	// nothing is dialed until the client speaks.
+	ServerFirstPorts []uint16          `toml:"server_first_ports"`
+	ServerFirstWait  duration.Duration `toml:"server_first_wait"`
+	// FirstSpeakerTimeout is how long a client may stay silent on a port where clients speak first
+	// before its connection is closed (nothing judged, nothing dialed), and how long an allowed
+	// tunnel on a server-speaks-first port waits for either side to say something.
+	FirstSpeakerTimeout duration.Duration `toml:"first_speaker_timeout"`
 	// InboundPorts are ports on which enforced processes may accept connections from anywhere (a
 	// dev server an agent runs); every other packet arriving for an enforced socket that does not
 	// come from the sidecar is dropped. Default: none.
@@ -104,11 +111,13 @@ func DefaultConfig() Config {
 			PinDir:       "/sys/fs/bpf/firma",
 			SniffTimeout: duration.Of(5 * time.Second),
 			// FTP, SMTP, POP3, NNTP, IMAP, submission, alternate SMTP, MySQL, ManageSieve
-			ServerFirstPorts: []uint16{21, 25, 110, 119, 143, 587, 2525, 3306, 4190},
-			RefusalRate:      bpf.DefaultRefusalRate,
-			RefusalBurst:     bpf.DefaultRefusalBurst,
-			IdleTimeout:      duration.Of(5 * time.Minute),
-			Offload:          true,
+			ServerFirstPorts:    []uint16{21, 25, 110, 119, 143, 587, 2525, 3306, 4190},
+			ServerFirstWait:     duration.Of(300 * time.Millisecond),
+			FirstSpeakerTimeout: duration.Of(2 * time.Minute),
+			RefusalRate:         bpf.DefaultRefusalRate,
+			RefusalBurst:        bpf.DefaultRefusalBurst,
+			IdleTimeout:         duration.Of(5 * time.Minute),
+			Offload:             true,
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: l7.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
@@ -116,6 +125,7 @@ func DefaultConfig() Config {
 		Upstream:    connector.DefaultConfig(),
 		Audit:       audit.DefaultConfig(),
 		Authority:   authority.DefaultClientConfig(),
+		Limits:      judge.DefaultLimitsConfig(),
 	}
 }
 
@@ -155,10 +165,18 @@ func (c *Config) Validate() error {
 	if c.Transparent.SniffTimeout.Duration <= 0 {
 		bad("transparent.sniff_timeout", "must be positive")
 	}
+	if d := c.Transparent.ServerFirstWait.Duration; d <= 0 || d > c.Transparent.SniffTimeout.Duration {
+		bad("transparent.server_first_wait", "must be positive and at most sniff_timeout (%s)", c.Transparent.SniffTimeout)
+	}
+	if c.Transparent.FirstSpeakerTimeout.Duration <= 0 {
+		bad("transparent.first_speaker_timeout", "must be positive")
+	}
 	if c.Transparent.IdleTimeout.Duration < 0 {
 		bad("transparent.idle_timeout", "must not be negative (0 never ends an idle tunnel)")
 	}
-
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, prefixed("sidecar.", err)...)
+	}
 	errs = append(errs, prefixed("sidecar.", agents.Validate(c.Agents))...)
 	if c.Interceptor.ListenAddr != "" {
 		if _, _, err := net.SplitHostPort(c.Interceptor.ListenAddr); err != nil {

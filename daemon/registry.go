@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 
+	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/version"
@@ -48,7 +51,21 @@ func (r registry) Info() control.Info {
 	if s.ca != nil {
 		info.CACertPEM = string(s.ca.CertPEM())
 	}
+	for _, a := range s.monitored() {
+		info.Monitored = append(info.Monitored, control.MonitoredAgent{AgentID: a.ID, Cgroup: a.Cgroup, Registered: a.Registered})
+	}
+	slices.SortFunc(info.Monitored, func(a, b control.MonitoredAgent) int {
+		return cmp.Or(cmp.Compare(a.AgentID, b.AgentID), cmp.Compare(a.Cgroup, b.Cgroup))
+	})
 	return info
+}
+
+// monitored lists the agents in monitor mode (none before the agents room is built).
+func (s *Sidecar) monitored() []agents.Agent {
+	if s.agents == nil {
+		return nil
+	}
+	return s.agents.Monitored()
 }
 
 // hiddenPaths are the files an agent must not see: keys, the CA, the audit log (its directory too,

@@ -43,10 +43,6 @@ import (
 // drainTimeout bounds how long SIGTERM waits for flows in progress.
 const drainTimeout = 10 * time.Second
 
-// firstByteWait is how long the sidecar waits for a client to speak before treating a flow as a
-// server-speaks-first protocol. TLS and HTTP clients send their first bytes immediately.
-const firstByteWait = 300 * time.Millisecond
-
 // Sidecar is one running sidecar.
 type Sidecar struct {
 	cfg   Config
@@ -64,6 +60,7 @@ type Sidecar struct {
 	names     *dns.Names
 	front     *front.Server
 	origins   *originTable
+	limits    *judge.Limiter // every agent's flows: the transparent path, the proxy, DNS over TCP
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
 
 	progs   *bpf.Programs // nil until attached, or without the transparent path
@@ -142,23 +139,44 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 	if err := s.newL7(component("l7")); err != nil {
 		return nil, err
 	}
+	warnDescriptors(log, cfg.Limits)
+	s.limits = judge.NewLimiter(cfg.Limits, s.judge)
 	s.front = front.New(front.Options{
 		Origins:          s.origins,
 		Flow:             s.flowOf,
 		Names:            s.names.Lookup,
 		Judge:            s.judge,
+		Limits:           s.limits,
 		Dial:             s.connector.Dial,
 		L7:               s.l7,
 		ProxyAddr:        s.proxyAddr,
 		ProxyAgent:       cfg.Interceptor.AgentID,
 		ServerFirstPorts: serverFirst,
-		FirstByteWait:    firstByteWait,
+		FirstByteWait:    cfg.Transparent.ServerFirstWait.Duration,
+		FirstSpeakerWait: cfg.Transparent.FirstSpeakerTimeout.Duration,
 		SniffTimeout:     cfg.Transparent.SniffTimeout.Duration,
 		IdleTimeout:      cfg.Transparent.IdleTimeout.Duration,
 		Offload:          s.offloadTunnel,
 		Log:              component("front"),
 	})
 	return s, nil
+}
+
+// warnDescriptors says when one agent's flows alone could use up the sidecar's descriptors: each
+// flow holds two (the agent's side and the upstream's).
+func warnDescriptors(log zerolog.Logger, l judge.LimitsConfig) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	most := l.MaxFlows
+	for id := range l.Agents {
+		most = max(most, l.For(id).MaxFlows)
+	}
+	if uint64(2*most) >= lim.Cur {
+		log.Warn().Int("max_flows", most).Uint64("nofile", lim.Cur).
+			Msg("one agent's flows could use every descriptor the sidecar has: lower [sidecar.limits] max_flows or raise LimitNOFILE")
+	}
 }
 
 // selfAddrs lists the sidecar's own listeners, which the connector never dials.
@@ -271,7 +289,7 @@ func (s *Sidecar) Start(ctx context.Context) error {
 				forward = append(forward, ap)
 			}
 			d := dns.New(dns.Options{Origins: s.origins, Flow: s.flowOf, Judge: s.judge, Static: s.connector.Static,
-				Forward: forward, Names: s.names, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
+				Forward: forward, Names: s.names, Limits: s.limits, Log: s.log.With().Str(logfields.Component, "dns").Logger()})
 			var addrs []netip.AddrPort
 			for _, a := range loopbacks(cfg.Transparent.IPv6) {
 				addrs = append(addrs, netip.AddrPortFrom(a, cfg.Transparent.DNSPort))

@@ -4,7 +4,8 @@
 //
 // It owns the checks of the files a config names (for `firma check config` and `firma doctor`),
 // the host's kernel and privileges, and the running sidecar as seen from outside: pins, attached
-// programs, listeners, control socket, audit log, authority, bundle age and /healthz. It only
+// programs, listeners, control socket, the agents in monitor mode, audit log, authority, bundle
+// age and /healthz. It only
 // reads: it never attaches, creates, repairs or sends a byte through the sidecar's listeners
 // (a probe would be a decision in the audit log), and it must not import cmd/firma.
 package doctor

@@ -12,6 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openfirma/firma/daemon"
+	"github.com/openfirma/firma/daemon/agents"
+	"github.com/openfirma/firma/daemon/control"
 )
 
 const procNetTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -163,5 +167,34 @@ func TestLastRecordTime(t *testing.T) {
 	os.WriteFile(path, nil, 0o600)
 	if _, err := lastRecordTime(path); err == nil {
 		t.Error("an empty log has a last record")
+	}
+}
+
+// The monitor-mode check names every agent whose denials are not enforced, from the config and
+// from what the sidecar says (firma run --monitor registrations), once each, as a warning.
+func TestMonitorMode(t *testing.T) {
+	cfg := daemon.DefaultConfig()
+	cfg.Agents = []agents.Config{
+		{Cgroup: "firma-agents.slice/claude.service", AgentID: "claude-code", Mode: agents.ModeMonitor},
+		{Cgroup: "firma-agents.slice/ci.service", AgentID: "ci", Mode: agents.ModeEnforce},
+		{Cgroup: "firma-agents.slice/x.service", AgentID: "x"},
+	}
+	c := monitorMode(&cfg, nil)
+	if c.Status != Warn || !strings.Contains(c.Detail, "MONITOR MODE") || !strings.Contains(c.Detail, "for 1 agent: claude-code") ||
+		!strings.Contains(c.Detail, "registrations unknown") || strings.Contains(c.Detail, "ci (") || c.Fix == "" {
+		t.Errorf("from the config: %+v", c)
+	}
+	info := &control.Info{Monitored: []control.MonitoredAgent{
+		{AgentID: "claude-code", Cgroup: "/firma-agents.slice/claude.service"},
+		{AgentID: "scripted", Cgroup: "/firma-agents.slice/firma-run-1", Registered: true},
+	}}
+	c = monitorMode(&cfg, info)
+	if c.Status != Warn || !strings.Contains(c.Detail, "for 2 agents") || strings.Count(c.Detail, "claude-code") != 1 ||
+		!strings.Contains(c.Detail, "scripted (firma run --monitor, cgroup /firma-agents.slice/firma-run-1)") || strings.Contains(c.Detail, "unknown") {
+		t.Errorf("with the sidecar's list: %+v", c)
+	}
+	cfg.Agents = cfg.Agents[1:]
+	if c = monitorMode(&cfg, &control.Info{}); c.Status != OK || c.Detail != "no agent in monitor mode" {
+		t.Errorf("none: %+v", c)
 	}
 }

@@ -56,7 +56,7 @@ func TestDoctorOnARunningSidecar(t *testing.T) {
 	}
 	for _, want := range []string{"kernel", "bpf", "cgroup_attach", "cgroup2", "btf", "sk_storage", "privileges", "systemd",
 		"config", "config.policy", "config.audit_dir", "config.audit_key", "config.ca", "config.authority", "config.control_socket",
-		"sidecar.pins", "sidecar.programs", "sidecar.listeners", "sidecar.control", "sidecar.audit_log",
+		"sidecar.pins", "sidecar.programs", "sidecar.listeners", "sidecar.control", "sidecar.monitor", "sidecar.audit_log",
 		"sidecar.authority", "sidecar.bundle", "sidecar.healthz"} {
 		if !slices.ContainsFunc(r.Checks, func(c doctor.Check) bool { return c.Name == want }) {
 			t.Errorf("no %s check", want)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/openfirma/firma/authority"
 	"github.com/openfirma/firma/daemon"
+	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/cgroup"
 )
@@ -29,7 +30,8 @@ func Sidecar(ctx context.Context, cfg Config, opt Options) []Check {
 	opt = opt.withDefaults()
 	s := cfg.Sidecar
 	checks := enforcement(s)
-	checks = append(checks, controlSocket(ctx, s, opt), auditLog(s, opt))
+	ctl, info := controlSocket(ctx, s, opt)
+	checks = append(checks, ctl, monitorMode(s, info), auditLog(s, opt))
 	if s.Authority.Enabled() {
 		checks = append(checks, authorityReachable(ctx, s.Authority, opt), bundleAge(s.Authority, opt))
 	}
@@ -46,33 +48,83 @@ func cgroupPath(s *daemon.Config) (string, error) {
 	return cgroup.SlicePath(s.Transparent.Cgroup)
 }
 
-func controlSocket(ctx context.Context, s *daemon.Config, opt Options) Check {
+// controlSocket asks the sidecar for its Info; info is nil when it did not answer as the sidecar of
+// this config.
+func controlSocket(ctx context.Context, s *daemon.Config, opt Options) (Check, *control.Info) {
 	const name = "sidecar.control"
 	if s.Control.Socket == "" {
-		return ok(name, "no [sidecar.control] socket: firma run cannot register agents with this sidecar")
+		return ok(name, "no [sidecar.control] socket: firma run cannot register agents with this sidecar"), nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
 	c, err := control.Dial(ctx, s.Control.Socket)
 	if err != nil {
-		return fail(name, "start the sidecar: firma sidecar -c FILE (or systemctl start firma-sidecar)", "%v", err)
+		return fail(name, "start the sidecar: firma sidecar -c FILE (or systemctl start firma-sidecar)", "%v", err), nil
 	}
 	defer c.Close()
 	info, err := c.Info(ctx)
 	if err != nil {
 		if errors.Is(err, control.ErrPermission) {
-			return fail(name, "run firma doctor as root, outside any enforced cgroup", "%v", err)
+			return fail(name, "run firma doctor as root, outside any enforced cgroup", "%v", err), nil
 		}
-		return fail(name, "see the sidecar's log", "%v", err)
+		return fail(name, "see the sidecar's log", "%v", err), nil
 	}
 	if s.Transparent.Enabled {
 		want, err := cgroupPath(s)
 		if err == nil && strings.TrimSuffix("/"+strings.TrimPrefix(info.Cgroup, "/"), "/") != want {
 			return fail(name, "restart the sidecar with this config, or run doctor with the config it runs",
-				"%s answers, but enforces %q, not %q as this config says", s.Control.Socket, info.Cgroup, want)
+				"%s answers, but enforces %q, not %q as this config says", s.Control.Socket, info.Cgroup, want), nil
 		}
 	}
-	return ok(name, "%s answers: %s, enforcing %s", s.Control.Socket, info.Version, info.Cgroup)
+	return ok(name, "%s answers: %s, enforcing %s", s.Control.Socket, info.Version, info.Cgroup), &info
+}
+
+// monitorMode lists, loudly, the agents whose policy denials are recorded but not enforced: the
+// [[sidecar.agents]] entries with mode = "monitor", and — when the sidecar answered (info) — what
+// it says is in monitor mode, `firma run --monitor` registrations included.
+func monitorMode(s *daemon.Config, info *control.Info) Check {
+	const name = "sidecar.monitor"
+	seen := map[string]bool{}
+	var list []string
+	add := func(agent, cgroup, how string) {
+		key := agent + " " + strings.Trim(cgroup, "/")
+		if !seen[key] {
+			seen[key] = true
+			list = append(list, fmt.Sprintf("%s (%s, cgroup %s)", agent, how, cgroup))
+		}
+	}
+	for _, a := range s.Agents {
+		if a.Mode == agents.ModeMonitor {
+			add(a.AgentID, a.Cgroup, "[[sidecar.agents]] mode = \"monitor\"")
+		}
+	}
+	if info != nil {
+		for _, a := range info.Monitored {
+			how := "[[sidecar.agents]] mode = \"monitor\""
+			if a.Registered {
+				how = "firma run --monitor"
+			}
+			add(a.AgentID, a.Cgroup, how)
+		}
+	}
+	unknown := ""
+	if info == nil {
+		unknown = "; firma run --monitor registrations unknown: the sidecar did not answer"
+	}
+	if len(list) == 0 {
+		return ok(name, "no agent in monitor mode%s", unknown)
+	}
+	return warn(name, "when an agent's policy is ready (firma policy suggest, then firma policy replay), set mode = \"enforce\" "+
+		"in its [[sidecar.agents]] entry and restart the sidecar, or run it without --monitor",
+		"MONITOR MODE: policy denials are recorded but NOT enforced for %d %s: %s%s", len(list), plural("agent", len(list)),
+		strings.Join(list, "; "), unknown)
+}
+
+func plural(word string, n int) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
 
 func auditLog(s *daemon.Config, opt Options) Check {

@@ -99,6 +99,17 @@
 // runs on the generation that was active when it started; a load that fails keeps the last good
 // generation and logs why.
 //
+// # Learning from the audit log
+//
+// Observed is a decision as an audit record kept it (the daemon's judge reads it back from the
+// record). Suggester turns an agent's observed decisions — what monitor mode let through included —
+// into a mapping-rules file and a Cedar file that allow exactly that, generalized where the data
+// supports it (one-label host wildcards below registrable domains, path prefixes), and forbid what
+// the operator excluded; it proves its output before returning it. Replayer judges observed
+// decisions again under a candidate policy, Stage 1 off and sessions rebuilt in order, and groups
+// what would change by host and action class; a decision whose policies read content the record
+// lacks is reported, not guessed. `firma policy suggest` and `firma policy replay` are their CLI.
+//
 // # Fixtures
 //
 // LoadFixtures reads golden cases (request → expected decision) in the TOML format documented on

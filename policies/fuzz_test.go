@@ -214,3 +214,59 @@ func FuzzQuery(f *testing.F) {
 		_ = headerEntity(http.Header{"X": q.values["x"]}, nil)
 	})
 }
+
+// FuzzSuggest: for any recorded decisions (one per line: "KIND METHOD HOST PATH CLASS OUTCOME",
+// KIND h|t|c|d for https, plain http, tcp, dns), Suggest writes files that validate and that
+// its own check proves: every covered intent allowed, every excluded one denied. It never fails on
+// what an agent can make it record.
+func FuzzSuggest(f *testing.F) {
+	f.Add([]byte("h GET a.svc.test /v1/items - D\nh GET b.svc.test /v1/users - D\nd DNS a.svc.test - - D\nh POST b.svc.test /v1/x model.inference.chat A\n"), "tracker.test")
+	f.Add([]byte("c CONNECT db.test:5432 - - A\nh GET x.co.uk / - D\nh GET y.co.uk /a*b - D\nh GET 127.0.0.2 /%22 code.read A\n"), "*.co.uk")
+	f.Fuzz(func(t *testing.T, data []byte, exclude string) {
+		classes := []string{"", "model.inference.chat", "code.read", "no.such.class", "network.dns.resolve"}
+		var excl []string
+		if _, err := ParseHostPattern(exclude); err == nil && exclude != "*" {
+			excl = []string{exclude}
+		}
+		s, err := NewSuggester(SuggestOptions{AgentID: "fuzz", Exclude: excl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			if i == 200 {
+				break
+			}
+			fs := strings.Fields(line)
+			if len(fs) < 6 || len(fs[0]) == 0 || len(fs[4]) == 0 {
+				continue
+			}
+			o := Observed{Where: "fuzz", Seq: uint64(i + 1), Outcome: Allow, Request: Request{AgentID: "fuzz", Method: fs[1], Host: fs[2]}}
+			if fs[5] == "D" {
+				o.Outcome = Deny
+			}
+			o.Enforced = fs[5] == "E"
+			o.ActionClass = classes[int(fs[4][0])%len(classes)]
+			switch fs[0][0] {
+			case 'h':
+				o.Request.Transport, o.Request.Path = "https", fs[3]
+			case 't':
+				o.Request.Transport, o.Request.Path = "http", fs[3]
+			case 'c':
+				o.Request.Transport, o.Request.Method = "tcp", MethodConnect
+			default:
+				o.Request.Transport, o.Request.Method = "dns", MethodDNS
+			}
+			s.Add(o)
+		}
+		out, err := s.Suggest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseRules(RulesFileName, out.Rules, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseFiles(map[string][]byte{out.PolicyFile: out.Policy}, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

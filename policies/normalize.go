@@ -69,6 +69,10 @@ func normalize(r *Request) (normalized, error) {
 	switch {
 	case n.method == MethodConnect:
 		n.kind = intentConnect
+	case n.method == MethodDNS && n.transport != "" && n.transport != "dns":
+		// An HTTP request whose method is "DNS" is not a name lookup. Judged as one, a policy that
+		// lets the agent resolve names would let it send that request, path and all, anywhere.
+		return n, malformed("method DNS on a %s request", n.transport)
 	case n.method == MethodDNS:
 		n.kind = intentDNS
 	case n.method == "":

@@ -172,3 +172,20 @@ func TestNormalizeRequest(t *testing.T) {
 		}
 	}
 }
+
+// An HTTP request with the method "DNS" is refused as malformed, never judged as a name lookup: a
+// policy that lets an agent resolve any name must not let it send any request with that method.
+func TestHTTPMethodDNSIsNotALookup(t *testing.T) {
+	for _, transport := range []string{"https", "http", "tls", "tcp"} {
+		if _, err := normalize(&Request{AgentID: "a", Method: "dns", Host: "evil.example", Path: "/x?d=1", Transport: transport}); err == nil ||
+			!strings.Contains(err.Error(), "method DNS on a "+transport+" request") {
+			t.Errorf("%s: %v", transport, err)
+		}
+	}
+	for _, transport := range []string{"dns", ""} {
+		n, err := normalize(&Request{AgentID: "a", Method: MethodDNS, Host: "api.example.com", Transport: transport})
+		if err != nil || n.kind != intentDNS {
+			t.Errorf("a lookup over %q: %v", transport, err)
+		}
+	}
+}

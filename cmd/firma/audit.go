@@ -63,30 +63,16 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	// "-" reads an export from stdin (journalctl … | firma audit verify -): it is spooled to a
 	// temporary file, which verify rereads to tell a reordered line from a removed one.
-	stdinFile := ""
-	for i, f := range files {
-		if f != "-" {
-			continue
-		}
-		if stdinFile != "" {
-			return fmt.Errorf("%w: - given twice", errUsage)
-		}
-		if stdinFile, err = spoolStdin(); err != nil {
-			return err
-		}
+	stdinFile, err := spoolDash(files)
+	if err != nil {
+		return err
+	}
+	if stdinFile != "" {
 		defer os.Remove(stdinFile)
-		files[i] = stdinFile
 	}
 	if len(files) == 0 {
-		live, err := auditLivePath(configPath(*cfgPath))
-		if err != nil {
+		if files, err = configuredAuditFiles(*cfgPath); err != nil {
 			return err
-		}
-		if files, err = audit.Files(live); err != nil {
-			return err
-		}
-		if len(files) == 0 {
-			return fmt.Errorf("no audit files at %s", live)
 		}
 	}
 	var chain []string
@@ -153,6 +139,27 @@ func auditVerifyCmd(args []string, stdout, stderr io.Writer) error {
 var auditStdin io.Reader = os.Stdin
 
 // spoolStdin copies stdin to a private temporary file and returns its path.
+// spoolDash replaces a "-" among files with a spooled copy of stdin, whose name it returns (""
+// when there was none): the caller removes it. "-" twice is a usage error.
+func spoolDash(files []string) (string, error) {
+	spooled := ""
+	for i, f := range files {
+		if f != "-" {
+			continue
+		}
+		if spooled != "" {
+			os.Remove(spooled)
+			return "", fmt.Errorf("%w: - given twice", errUsage)
+		}
+		var err error
+		if spooled, err = spoolStdin(); err != nil {
+			return "", err
+		}
+		files[i] = spooled
+	}
+	return spooled, nil
+}
+
 func spoolStdin() (string, error) {
 	f, err := os.CreateTemp("", "firma-audit-verify-stdin-")
 	if err != nil {
@@ -241,6 +248,20 @@ func auditParseSince(s string, now time.Time) (time.Time, error) {
 }
 
 // auditLivePath is [sidecar.audit] file_path of the config at path.
+// configuredAuditFiles are the files of the audit log firma.toml names (-c, else the default
+// config): its rotations, oldest first, then the live file.
+func configuredAuditFiles(cfgFlag string) ([]string, error) {
+	live, err := auditLivePath(configPath(cfgFlag))
+	if err != nil {
+		return nil, err
+	}
+	files, err := audit.Files(live)
+	if err == nil && len(files) == 0 {
+		err = fmt.Errorf("no audit files at %s", live)
+	}
+	return files, err
+}
+
 func auditLivePath(path string) (string, error) {
 	cfg, err := loadConfig(path)
 	if err != nil {

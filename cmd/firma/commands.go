@@ -11,6 +11,6 @@ var commands = map[string]command{
 	"doctor":    {"check the host, the config's files and the running sidecar; say what to fix", doctorCmd},
 	"sidecar":   {"run the sidecar (firma sidecar -c firma.toml)", sidecarCmd},
 	"run":       {"run a program under enforcement (firma run --profile P -- CMD...)", runCmd},
-	"policy":    {"validate and test Cedar policies and mapping rules, print the schema (firma policy validate|test|schema)", policyCmd},
+	"policy":    {"validate, test, suggest and replay Cedar policies and mapping rules (firma policy validate|test|schema|suggest|replay)", policyCmd},
 	"version":   {"print the version and the git commit it was built from", versionCmd},
 }

@@ -36,7 +36,7 @@ var helpCases = [][]string{
 	{"check"}, {"check", "config"},
 	{"demo"},
 	{"doctor"},
-	{"policy"}, {"policy", "validate"}, {"policy", "test"}, {"policy", "schema"},
+	{"policy"}, {"policy", "validate"}, {"policy", "test"}, {"policy", "schema"}, {"policy", "suggest"}, {"policy", "replay"},
 	{"run"},
 	{"sidecar"},
 	{"version"},

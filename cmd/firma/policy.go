@@ -30,16 +30,24 @@ const policyUsage = `usage:
       mismatch, printing the decision and the policy ids.
   firma policy schema
       Print the embedded firma.cedarschema: every action class and context attribute a policy
-      may use, and the starting point of a replacement schema.`
+      may use, and the starting point of a replacement schema.
+  firma policy suggest --agent ID [--exclude HOST]… [--out DIR] [-c firma.toml] [AUDIT…]
+      Turn what an agent did (in monitor mode, or allowed) into a reviewable mapping-rules.toml
+      and <agent>.cedar that allow exactly that, generalized where the records support it.
+  firma policy replay --policy DIR --rules FILE [--baseline-policy DIR] [--json] [AUDIT…]
+      Judge the recorded decisions again under a candidate policy and print what would change,
+      by host and action class. Exit 1 when something would change, 0 when nothing does.`
 
 // policySubcommands are the subcommands of `firma policy`.
 var policySubcommands = map[string]func([]string, io.Writer, io.Writer) error{
 	"validate": policyValidateCmd,
 	"test":     policyTestCmd,
 	"schema":   policySchemaCmd,
+	"suggest":  policySuggestCmd,
+	"replay":   policyReplayCmd,
 }
 
-// policyCmd is `firma policy validate|test|schema`.
+// policyCmd is `firma policy validate|test|schema|suggest|replay`.
 func policyCmd(args []string, stdout, stderr io.Writer) error {
 	return subcommands(args, stdout, stderr, policyUsage, policySubcommands)
 }

@@ -235,6 +235,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 			o.str("provider", *r.Provider)
 		}
 		o.strOmit("method", r.Method)
+		o.intOmit("port", int64(r.Port))
 		o.close()
 		o.str("raw_transport", e.Intent.RawTransport)
 		if c := e.Intent.Content; c != nil {
@@ -277,6 +278,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 			o.key("enforced")
 			o.b = strconv.AppendBool(o.b, *d.Enforced)
 		}
+		o.boolOmit("sidecar_refusal", d.SidecarRefusal)
 		o.strsOmit("fields", d.Fields)
 		if m := d.Remediation; m != nil {
 			o.key("remediation")

@@ -11,6 +11,7 @@ import (
 func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 	f.Add("01J", "claude-code", "api.anthropic.com:443", "/v1/messages?a=<b>&c", "forbid_at_x.cedar_1", "reason \"quoted\" \n\t\x01", int64(1), uint16(0xffff), int64(1700000000123456789))
 	f.Add("", "", "", "", "", "", int64(0), uint16(0), int64(0))
+	f.Add("01K", "monitored", "a.example.com", "/v1/x", "permit_at_a.cedar_3", "no policy permits", int64(443), uint16(0x0891), int64(1700000000123456789))
 	f.Add("\xff\xfe", "ag\u2028ent", "h\u2029", "\x7f<>&", "é", "\\", int64(-5), uint16(0x5555), int64(-62135596800000000))
 	f.Add("01K", "claude", "git.test", "/o/r.git/git-receive-pack", "forbid_at_g.cedar_3", "MODIFY", int64(12), uint16(0xffff), int64(1700000000000000000))
 	f.Add("01L", "claude", "git.test", "", "", "", int64(0), uint16(0xf8f1), int64(1))
@@ -21,7 +22,7 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 		if on(0) {
 			ev.Envelope = &Envelope{
 				Agent:     Agent{AgentID: agent, SessionID: text, Cgroup: path, PID: int(n), Exe: host, Comm: id, UID: int(n >> 3)},
-				Intent:    Intent{Resource: Resource{Host: host, Path: path, Method: text}, RawTransport: agent},
+				Intent:    Intent{Resource: Resource{Host: host, Path: path, Method: text, Port: int(n % 70000)}, RawTransport: agent},
 				Transport: Transport{Mode: text, SNI: host, OrigDst: path, Dialed: policy},
 			}
 			if on(1) {
@@ -64,11 +65,12 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 			if on(15) {
 				ev.Decision.Remediation = &Remediation{Kind: text, RedactHeaders: []string{host, agent}, RetryAfterMS: n, Challenge: path}
 			}
+			ev.Decision.SidecarRefusal = on(11)
 		}
 		if on(7) {
 			ev.Result = &Result{BytesUp: n, BytesDown: -n, DurationMS: n / 7, UpstreamStatus: int(n % 600), Error: text}
 			if on(15) {
-				ev.Result.Injected = []string{host}
+				ev.Result.Injected = []string{host, policy}
 			}
 			if on(14) {
 				ev.Result.Path = path

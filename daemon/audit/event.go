@@ -58,7 +58,10 @@ type Intent struct {
 }
 
 // Resource: for a CONNECT-level record Host is "name:port" and the rest are empty; a MITM or plain
-// HTTP record carries method, path (normalized, without the query), query and provider.
+// HTTP record carries method, path (normalized, without the query), query and provider; a DNS
+// record the name and the query type as the method. Port is the intent's port in every mode (a MITM
+// or plain HTTP record's host has none), so that `firma policy replay` can judge the intent again as
+// it was.
 type Resource struct {
 	Host string `json:"host"`
 	Path string `json:"path,omitempty"`
@@ -67,6 +70,7 @@ type Resource struct {
 	Query    string  `json:"query,omitempty"`
 	Provider *string `json:"provider,omitempty"`
 	Method   string  `json:"method,omitempty"`
+	Port     int     `json:"port,omitempty"`
 }
 
 // Content is what an HTTP request carried, as far as the decision knew it. Header values are never
@@ -131,6 +135,10 @@ type Decision struct {
 	// Enforced is false on every decision about an agent in monitor mode: Outcome is what enforce
 	// mode would have done, and the flow proceeded whatever it says. Absent (true) otherwise.
 	Enforced *bool `json:"enforced,omitempty"`
+	// SidecarRefusal: the sidecar refused by itself (an unknown agent, a malformed request, a stale
+	// policy bundle, a kernel refusal…) without asking the policy. Such a decision says nothing about
+	// the policy, so `firma policy replay` and `suggest` leave it out.
+	SidecarRefusal bool `json:"sidecar_refusal,omitempty"`
 	// Fields are the context and resource attributes the determining policies read
 	// ("context.json.model", "resource.path"): what decided.
 	Fields []string `json:"fields,omitempty"`

@@ -139,6 +139,20 @@ func nilDash(s string) string {
 	return s
 }
 
+// resolveFormat is the format of inputs given as f, whose first file is first: "" is FormatFile,
+// FormatAuto is detected from first.
+func resolveFormat(f Format, first string) (Format, error) {
+	switch f {
+	case "":
+		return FormatFile, nil
+	case FormatAuto:
+		return detectFormat(first)
+	case FormatFile, FormatJournal, FormatSyslog:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown format %q", f)
+}
+
 // detectFormat chooses the format of path from its first line that holds a record.
 func detectFormat(path string) (Format, error) {
 	f, err := os.Open(path)

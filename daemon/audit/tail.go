@@ -365,9 +365,9 @@ func refusal(outcome string) bool {
 	return outcome == "DENY" || outcome == "DEFER" || outcome == "STEP_UP"
 }
 
-// FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome, action,
-// host/path, policy ids, the fields that decided and reason. Completion records show bytes,
-// duration and upstream status.
+// FormatHuman renders ev on one line for people: time, agent, pid and exe, outcome (marked when
+// monitor mode did not enforce it), action, host/path, policy ids, the fields that decided and
+// reason. Completion records show bytes, duration and upstream status.
 func FormatHuman(ev *Event, loc *time.Location) string {
 	var b strings.Builder
 	b.WriteString(ev.Time.In(loc).Format("2006-01-02 15:04:05.000"))
@@ -405,6 +405,9 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 		b.WriteString("  DONE")
 	case ev.Decision != nil:
 		fmt.Fprintf(&b, "  %s", ev.Decision.Outcome)
+		if e := ev.Decision.Enforced; e != nil && !*e {
+			b.WriteString(" (monitor: not enforced)")
+		}
 	default:
 		fmt.Fprintf(&b, "  %s", ev.Kind)
 	}
@@ -426,9 +429,6 @@ func FormatHuman(ev *Event, loc *time.Location) string {
 		}
 		if len(d.Fields) > 0 {
 			fmt.Fprintf(&b, "  fields=%s", strings.Join(d.Fields, ","))
-		}
-		if d.Enforced != nil && !*d.Enforced {
-			b.WriteString("  (not enforced)")
 		}
 		if d.Reason != "" {
 			fmt.Fprintf(&b, "  %q", d.Reason)

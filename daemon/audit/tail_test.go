@@ -137,11 +137,19 @@ func TestFormatHuman(t *testing.T) {
 			t.Errorf("%q lacks %q", got, want)
 		}
 	}
+	if strings.Contains(got, "monitor") {
+		t.Errorf("an enforced decision is marked as monitored: %q", got)
+	}
+	monitored := new(bool)
+	ev.Decision.Enforced = monitored
+	if got := FormatHuman(ev, time.UTC); !strings.Contains(got, "  DENY (monitor: not enforced)  ") {
+		t.Errorf("monitor mode: %q", got)
+	}
 	deferred := decision(5, "api.anthropic.com", "DEFER")
 	deferred.Decision.Fields = []string{"context.actions_last_hour.model"}
 	deferred.Decision.Enforced = new(bool)
-	if got := FormatHuman(deferred, time.UTC); !strings.Contains(got, "DEFER") ||
-		!strings.Contains(got, "fields=context.actions_last_hour.model  (not enforced)") {
+	if got := FormatHuman(deferred, time.UTC); !strings.Contains(got, "DEFER (monitor: not enforced)") ||
+		!strings.Contains(got, "fields=context.actions_last_hour.model") {
 		t.Errorf("deferred: %q", got)
 	}
 	mitm := decision(4, "api.openai.com", "ALLOW")

@@ -123,19 +123,9 @@ func VerifyWith(pub crypto.PublicKey, opt VerifyOptions, files ...string) (*Repo
 	if len(files) == 0 {
 		return nil, errors.New("verifying audit log: no files")
 	}
-	format := opt.Format
-	switch format {
-	case "":
-		format = FormatFile
-	case FormatAuto:
-		f, err := detectFormat(files[0])
-		if err != nil {
-			return nil, fmt.Errorf("verifying audit log: %w", err)
-		}
-		format = f
-	case FormatFile, FormatJournal, FormatSyslog:
-	default:
-		return nil, fmt.Errorf("verifying audit log: unknown format %q", format)
+	format, err := resolveFormat(opt.Format, files[0])
+	if err != nil {
+		return nil, fmt.Errorf("verifying audit log: %w", err)
 	}
 	if format == FormatFile && (opt.Host != "" || opt.App != "") {
 		return nil, errors.New("verifying audit log: a host or app filter applies to journal and syslog exports, not to the log files")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -24,13 +25,44 @@ type Client struct {
 
 // Dial connects to the control socket at path. When nothing listens there the error wraps
 // ErrSidecarNotRunning and names the socket; when the socket is root-only it wraps ErrPermission.
+//
+// Before anything is sent, Dial checks who serves the socket (SO_PEERCRED: the process that
+// listened on it): root, or the caller's own user, else the error wraps ErrUntrustedSocket. While
+// the sidecar is down, another user could bind a socket at its path (in a sticky directory such as
+// /tmp, say) and answer Info with a cgroup it chose: `firma run` would then place agents outside
+// enforcement.
 func Dial(ctx context.Context, path string) (*Client, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, dialError(path, err)
 	}
+	if err := checkServer(conn, uint32(os.Geteuid())); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
 	return &Client{path: path, conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+// ErrUntrustedSocket means the control socket is served by a user other than root and the caller:
+// not firma's sidecar.
+var ErrUntrustedSocket = errors.New("served by another user")
+
+// checkServer refuses a control socket served by anyone but root or the caller (uid self).
+func checkServer(conn net.Conn, self uint32) error {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("%w: not a unix socket", ErrUntrustedSocket)
+	}
+	p, err := peerOf(uc)
+	if err != nil {
+		return fmt.Errorf("who serves it: %w", err)
+	}
+	if p.UID != 0 && p.UID != self {
+		return fmt.Errorf("%w: uid %d (pid %d) listens on it, not root — it is not firma's sidecar (was the path free while the sidecar was down?)",
+			ErrUntrustedSocket, p.UID, p.PID)
+	}
+	return nil
 }
 
 func dialError(path string, err error) error {

@@ -3,7 +3,9 @@
 // a client for the runner, and a server that hands each request to a Registry the sidecar implements.
 //
 // The socket is root-only: its directory is 0700, the socket 0600, and every connection's peer
-// credentials are checked (uid 0, and not itself inside the enforced cgroup tree). Messages are one
+// credentials are checked (uid 0, and not itself inside the enforced cgroup tree). The client checks
+// the server's in turn (root, or the caller's own user) before it sends anything: nobody else can
+// pose as the sidecar at its path. Messages are one
 // JSON object per line. The package decides nothing about agents or capabilities — that is the
 // Registry's job — and it never touches the network beyond its unix socket.
 package control
@@ -40,6 +42,17 @@ type Info struct {
 	// schemas, revocation lists, capability files. Applied after the workspace is bound read-write,
 	// so they stay read-only inside it.
 	Protect []string `json:"protect,omitempty"`
+	// Monitored lists the agents in monitor mode, static and registered (`firma doctor` shows
+	// them): their policy denials are recorded, not enforced.
+	Monitored []MonitoredAgent `json:"monitored,omitempty"`
+}
+
+// MonitoredAgent is an agent in monitor mode.
+type MonitoredAgent struct {
+	AgentID string `json:"agent_id"`
+	Cgroup  string `json:"cgroup"` // relative to the cgroup2 mount
+	// Registered: by `firma run --monitor`, not [[sidecar.agents]].
+	Registered bool `json:"registered,omitempty"`
 }
 
 // Registration says that a cgroup (and its descendants) is an agent.

@@ -2,6 +2,8 @@ package control
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,4 +81,71 @@ func copyExecutable(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return exe
+}
+
+// TestDialRefusesAnotherUsersSocket: while the sidecar is down, another user binds a socket at its
+// path in a sticky directory. Dial finds out who listens before it sends a byte, and refuses.
+func TestDialRefusesAnotherUsersSocket(t *testing.T) {
+	testutil.RequireRoot(t)
+	exe := copyExecutable(t)
+	path := filepath.Join(testutil.StickyDir(t), "control.sock")
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "FIRMA_CONTROL_IMPOSTOR="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	imp := testutil.StartPiped(t, cmd, nil)
+	if l := imp.Line(); l != "listening" {
+		t.Fatalf("impostor: %q %s", l, imp.Stderr.String())
+	}
+
+	c, err := Dial(context.Background(), path)
+	if err == nil {
+		info, ierr := c.Info(context.Background())
+		t.Fatalf("Dial trusted a socket served by uid 65534 (Info %+v, %v)", info, ierr)
+	}
+	if !errors.Is(err, ErrUntrustedSocket) || !strings.Contains(err.Error(), "uid 65534") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Dial = %v, want ErrUntrustedSocket naming the socket and uid 65534", err)
+	}
+	if l := imp.Line(); l != "received 0 bytes" {
+		t.Fatalf("the impostor heard from the client: %q", l)
+	}
+}
+
+// TestCheckServer: root and the caller's own user are trusted (TestDialRefusesAnotherUsersSocket
+// has anyone else).
+func TestCheckServer(t *testing.T) {
+	a, b, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	me := uint32(os.Geteuid())
+	if err := checkServer(a, me); err != nil {
+		t.Errorf("own user: %v", err)
+	}
+	if me != 0 {
+		return // the peer is root only when the test is
+	}
+	if err := checkServer(a, 1234); err != nil {
+		t.Errorf("root, for another caller: %v", err)
+	}
+}
+
+// socketPair is a connected pair of unix stream sockets of this process.
+func socketPair() (*net.UnixConn, *net.UnixConn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	conns := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return nil, nil, err
+		}
+		conns[i] = c.(*net.UnixConn)
+	}
+	return conns[0], conns[1], nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,7 +32,33 @@ func TestMain(m *testing.M) {
 		fmt.Println("ok")
 		os.Exit(0)
 	}
+	if path := os.Getenv("FIRMA_CONTROL_IMPOSTOR"); path != "" {
+		impostor(path)
+		return
+	}
 	os.Exit(m.Run())
+}
+
+// impostor listens on path as whoever runs it, says "listening", answers the first request of the
+// first connection with an Info that names the cgroup root, and says how many bytes it received.
+func impostor(path string) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println("listening")
+	c, err := ln.Accept()
+	if err != nil {
+		os.Exit(1)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(io.LimitReader(c, 1))
+	if len(b) > 0 {
+		c.Write([]byte(`{"ok":true,"info":{"version":"impostor","cgroup":"/"}}` + "\n"))
+	}
+	fmt.Printf("received %d bytes\n", len(b))
+	os.Exit(0)
 }
 
 type fakeRegistry struct {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -45,7 +46,16 @@ type Options struct {
 	// Forward lists the nameservers allowed queries go to; empty = /etc/resolv.conf's.
 	Forward []netip.AddrPort
 	Names   *Names
-	Log     zerolog.Logger
+	// Limits caps each agent's DNS-over-TCP connections, with its other flows: each holds a
+	// descriptor. nil = no caps.
+	Limits Limits
+	Log    zerolog.Logger
+}
+
+// Limits admits a flow against its agent's flow limits; *judge.Limiter implements it. A refusal is
+// the limiter's to record.
+type Limits interface {
+	Admit(f *judge.Flow) (release func(), ok bool)
 }
 
 // Server serves DNS on the sidecar's resolver addresses.
@@ -84,7 +94,7 @@ func (s *Server) Listen(addrs []netip.AddrPort) error {
 			pc.Close()
 			return fmt.Errorf("dns listener %s/tcp: %w", a, err)
 		}
-		for _, srv := range []*dns.Server{{PacketConn: pc}, {Listener: ln}} {
+		for _, srv := range []*dns.Server{{PacketConn: pc}, {Listener: limitedListener{Listener: ln, s: s}}} {
 			srv.Handler = s
 			// Let every query reach ServeDNS, malformed ones too, so that each leaves a record;
 			// messages that do not even parse are recorded by the reader.
@@ -95,6 +105,46 @@ func (s *Server) Listen(addrs []netip.AddrPort) error {
 		}
 	}
 	return nil
+}
+
+// limitedListener admits each DNS-over-TCP connection against its agent's flow limits: over them,
+// the connection is reset at once (the limiter records it) and never reaches the DNS server.
+type limitedListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l limitedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.s.o.Limits == nil {
+			return c, err
+		}
+		origin, err := l.s.o.Origins.LookupDNS(addrPortOf(c.RemoteAddr()), bpf.TCP)
+		if err != nil {
+			return c, nil // every query on it is refused: no origin record
+		}
+		release, ok := l.s.o.Limits.Admit(l.s.o.Flow(origin))
+		if ok {
+			return &releasingConn{Conn: c, release: release}, nil
+		}
+		if tc, isTCP := c.(*net.TCPConn); isTCP {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+}
+
+// releasingConn gives its flow slot back when it is closed.
+type releasingConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *releasingConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }
 
 // Shutdown stops every server.
@@ -185,6 +235,15 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	in.Host = hostname.Normalize(q.Name)
 	in.QType = dns.TypeToString[q.Qtype]
+	if name, port, err := hostname.Parse(q.Name); err != nil || port != 0 || name != in.Host {
+		// A name that is not a hostname — a label holding a '.' or a '\', say — would be judged as
+		// one name ("a\.b.example" matches *.b.example) and resolved as another (label "a.b" in
+		// example): refused, like any malformed query.
+		in.Refuse = ReasonMalformed
+		s.o.Judge.Decide(ctx, f, in)
+		reply(w, req, dns.RcodeFormatError)
+		return
+	}
 	if v := s.o.Judge.Decide(ctx, f, in); !v.Allowed() {
 		reply(w, req, dns.RcodeRefused)
 		return

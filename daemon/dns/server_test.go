@@ -185,6 +185,34 @@ func TestMalformedIsRecorded(t *testing.T) {
 	}
 }
 
+// TestNonHostnameRefused: a name whose label holds a '.' ("a\.b.example": label "a.b" in example)
+// would match *.b.example as text while resolving in example; it is refused as malformed, and
+// nothing is forwarded.
+func TestNonHostnameRefused(t *testing.T) {
+	up, forwarded := fakeUpstream(t)
+	j := &fakeJudge{}
+	_, addr := start(t, Options{Origins: fakeOrigins{}, Judge: j, Forward: []netip.AddrPort{up}})
+	for _, name := range []string{`a\.b.example.`, `a\000b.example.`, `sp\ ace.example.`} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeFormatError {
+			t.Errorf("%s: rcode %d, want FORMERR", name, r.Rcode)
+		}
+	}
+	for _, in := range j.asked() {
+		if in.Refuse != ReasonMalformed {
+			t.Errorf("decision %+v, want a malformed refusal", in)
+		}
+	}
+	if n := len(j.asked()); n != 3 || forwarded.Load() != 0 {
+		t.Fatalf("%d decisions, %d forwarded", n, forwarded.Load())
+	}
+}
+
 // TestNoOrigin: a query from a socket the kernel did not redirect is refused without a decision.
 func TestNoOrigin(t *testing.T) {
 	j := &fakeJudge{}
@@ -248,5 +276,68 @@ func TestGarbageIsRecorded(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, err := c.Read(make([]byte, 512)); err == nil {
 		t.Fatalf("garbage got a %d-byte answer", n)
+	}
+}
+
+// countingLimits admits up to max connections at once and counts what it saw.
+type countingLimits struct {
+	mu                   sync.Mutex
+	max, active, refused int
+}
+
+func (l *countingLimits) Admit(*judge.Flow) (func(), bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.active >= l.max {
+		l.refused++
+		return nil, false
+	}
+	l.active++
+	return func() { l.mu.Lock(); l.active--; l.mu.Unlock() }, true
+}
+
+func (l *countingLimits) state() (active, refused int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.active, l.refused
+}
+
+// TestTCPLimits: a DNS-over-TCP connection takes one of its agent's flow slots for as long as it is
+// open; over the limit it is cut before any query is read or judged.
+func TestTCPLimits(t *testing.T) {
+	j := &fakeJudge{}
+	lim := &countingLimits{max: 1}
+	s, _ := start(t, Options{Origins: fakeOrigins{}, Judge: j, Limits: lim,
+		Static: func(string) (netip.Addr, bool) { return netip.MustParseAddr("127.0.0.2"), true }})
+	var addr string
+	for _, srv := range s.servers {
+		if srv.Listener != nil {
+			addr = srv.Listener.Addr().String()
+		}
+	}
+	c := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	held, err := c.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("a.example.", dns.TypeA)
+	if r, _, err := c.ExchangeWithConn(m, held); err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("the admitted connection: %v %v", r, err)
+	}
+	// A second connection while the first holds the agent's one slot: cut, never judged.
+	if r, _, err := c.Exchange(m, addr); err == nil {
+		t.Fatalf("a connection over the limit was answered: %v", r)
+	}
+	if active, refused := lim.state(); active != 1 || refused != 1 || len(j.asked()) != 1 {
+		t.Fatalf("active %d refused %d decisions %d", active, refused, len(j.asked()))
+	}
+	held.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for active, _ := lim.state(); active != 0; active, _ = lim.state() {
+		if time.Now().After(deadline) {
+			t.Fatal("the slot was not given back when the connection closed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

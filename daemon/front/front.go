@@ -44,8 +44,8 @@ const (
 	ReasonSilentIntercept = "no ClientHello or request for an intercepted host"
 )
 
-// defaultSilence is Options.SilenceTimeout's default.
-const defaultSilence = 2 * time.Minute
+// defaultFirstSpeakerWait is Options.FirstSpeakerWait's default.
+const defaultFirstSpeakerWait = 2 * time.Minute
 
 // Origins finds the kernel's record of a redirected TCP flow; *bpf.Programs implements it.
 type Origins interface {
@@ -60,6 +60,12 @@ type L7 interface {
 	ServePlain(ctx context.Context, conn net.Conn, f *judge.Flow, pc l7.PlainConn)
 }
 
+// Limits admits a flow against its agent's flow limits; *judge.Limiter implements it. A refusal is
+// the limiter's to record.
+type Limits interface {
+	Admit(f *judge.Flow) (release func(), ok bool)
+}
+
 // DialFunc dials the upstream for an allowed tunnel: the connector's Dial, which resolves the name,
 // refuses what an agent must not reach and returns the address it dialed.
 type DialFunc func(ctx context.Context, host string, port int) (net.Conn, netip.AddrPort, error)
@@ -72,8 +78,10 @@ type Options struct {
 	// Names returns the name a cgroup's DNS lookups last resolved to an address, if any.
 	Names func(cgroupID uint64, a netip.Addr) (string, bool)
 	Judge judge.Decider
-	Dial  DialFunc
-	L7    L7
+	// Limits caps each agent's flows; nil = no caps.
+	Limits Limits
+	Dial   DialFunc
+	L7     L7
 	// ProxyAddr is the explicit proxy's listen address: a redirected flow to it speaks the proxy
 	// protocol, with the kernel's identity.
 	ProxyAddr netip.AddrPort
@@ -87,9 +95,10 @@ type Options struct {
 	ServerFirstPorts map[int]bool
 	FirstByteWait    time.Duration
 	SniffTimeout     time.Duration
-	// SilenceTimeout is how long a client may stay silent on a port where clients speak first, and
-	// how long a fresh tunnel on a server-speaks-first port waits for either side; 0 = 2 minutes.
-	SilenceTimeout time.Duration
+	// FirstSpeakerWait is how long a client may stay silent on a port where clients speak first,
+	// and how long an allowed tunnel on a server-speaks-first port waits for either side to say
+	// something; 0 = 2 minutes.
+	FirstSpeakerWait time.Duration
 	// IdleTimeout ends a tunnel once one side is gone (closed or half-closed) and the other has sent
 	// nothing for this long ([sidecar.transparent] idle_timeout); 0 never ends it.
 	IdleTimeout time.Duration
@@ -103,8 +112,8 @@ type Server struct{ o Options }
 
 // New builds a Server.
 func New(o Options) *Server {
-	if o.SilenceTimeout == 0 {
-		o.SilenceTimeout = defaultSilence
+	if o.FirstSpeakerWait == 0 {
+		o.FirstSpeakerWait = defaultFirstSpeakerWait
 	}
 	return &Server{o: o}
 }
@@ -143,6 +152,11 @@ func (s *Server) ServeTransparent(ctx context.Context, conn net.Conn) {
 		return
 	}
 	f := &flow{Flow: s.o.Flow(origin), port: int(origin.Dst.Port())}
+	release, ok := s.admit(conn, f.Flow)
+	if !ok {
+		return
+	}
+	defer release()
 	if s.o.Names != nil {
 		if name, ok := s.o.Names(origin.CgroupID, origin.Dst.Addr()); ok {
 			f.name = name
@@ -164,7 +178,27 @@ func (s *Server) ServeProxy(ctx context.Context, conn net.Conn) {
 	if s.o.ProxyAgent == "" {
 		f.Unknown = judge.ErrNoIdentity
 	}
+	release, ok := s.admit(conn, f)
+	if !ok {
+		return
+	}
+	defer release()
 	s.o.L7.ServePlain(ctx, conn, f, l7.PlainConn{Proxy: true, Port: 80})
+}
+
+// admit takes a flow slot for f's agent. Over its limits, the connection is reset (the limiter
+// records the refusal): the agent's client sees ECONNRESET at once rather than a silent close.
+func (s *Server) admit(conn net.Conn, f *judge.Flow) (release func(), ok bool) {
+	if s.o.Limits == nil {
+		return func() {}, true
+	}
+	release, ok = s.o.Limits.Admit(f)
+	if !ok {
+		if tc, isTCP := conn.(*net.TCPConn); isTCP {
+			tc.SetLinger(0)
+		}
+	}
+	return release, ok
 }
 
 // Tunnel serves a tunnel opened by CONNECT host:port on a plain-HTTP or explicit-proxy connection
@@ -178,7 +212,7 @@ func (s *Server) serve(ctx context.Context, conn net.Conn, f *flow, prefix []byt
 	c := withPrefix(conn, prefix)
 	// Only a server-speaks-first port gets its upstream dialed for a silent client; anywhere else
 	// the sidecar waits for the client to say what it wants, and judges that.
-	firstByte := s.o.SilenceTimeout
+	firstByte := s.o.FirstSpeakerWait
 	if s.o.ServerFirstPorts[f.port] {
 		firstByte = s.o.FirstByteWait
 	}
@@ -321,7 +355,7 @@ func (s *Server) tunnel(ctx context.Context, conn net.Conn, f *flow, in judge.In
 	defer up.Close()
 	var greeting int64
 	if silent {
-		late, first, n, err := firstSpeaker(conn, up, s.o.SilenceTimeout)
+		late, first, n, err := firstSpeaker(conn, up, s.o.FirstSpeakerWait)
 		greeting = n
 		if err != nil {
 			s.o.Judge.Complete(v, judge.Result{BytesDown: greeting, Dialed: dialed, Duration: time.Since(start)})

@@ -150,7 +150,7 @@ func newServer(r *recorder, up *upstreamPipes, dst string) *Server {
 		ProxyAddr:        netip.MustParseAddrPort("127.0.0.1:8080"),
 		ServerFirstPorts: map[int]bool{25: true, 443: true, 80: true},
 		FirstByteWait:    100 * time.Millisecond,
-		SilenceTimeout:   time.Second,
+		FirstSpeakerWait: time.Second,
 		SniffTimeout:     500 * time.Millisecond,
 		Log:              zerolog.Nop(),
 	}
@@ -362,5 +362,54 @@ func TestTunnelFromConnect(t *testing.T) {
 	got := r.snapshot()
 	if len(got) != 3 || got[0] != "decide mitm api.test:443" || got[1] != "mitm host=api.test sni= port=443 replayed=true" {
 		t.Fatalf("calls %q", got)
+	}
+}
+
+// fakeLimits admits up to max flows at once and counts what it was asked.
+type fakeLimits struct {
+	mu                          sync.Mutex
+	max, active, asked, refused int
+	agents                      []string
+}
+
+func (l *fakeLimits) Admit(f *judge.Flow) (func(), bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.asked++
+	l.agents = append(l.agents, f.AgentID)
+	if l.active >= l.max {
+		l.refused++
+		return nil, false
+	}
+	l.active++
+	return func() { l.mu.Lock(); l.active--; l.mu.Unlock() }, true
+}
+
+// TestLimits: a flow over its agent's limits is closed before anything is read, judged or dialed
+// (the limiter records the refusal); an admitted one gives its slot back when it ends, on both
+// entry points.
+func TestLimits(t *testing.T) {
+	r := &recorder{}
+	up := &upstreamPipes{}
+	s := newServer(r, up, "127.0.0.9:443")
+	lim := &fakeLimits{max: 0}
+	s.o.Limits = lim
+	if got := run(t, s, 0, helloFor(t, "a.test")); got != "" {
+		t.Errorf("a refused flow got %q", got)
+	}
+	client, server := net.Pipe()
+	go client.Write([]byte("GET http://x/ HTTP/1.1\r\n\r\n"))
+	s.ServeProxy(context.Background(), server)
+	client.Close()
+	if calls := r.snapshot(); len(calls) != 0 || len(up.dialed) != 0 || lim.refused != 2 {
+		t.Fatalf("over the limit: calls %q, dialed %v, refused %d", calls, up.dialed, lim.refused)
+	}
+
+	lim.max = 1
+	if got := run(t, s, 0, helloFor(t, "a.test")); !strings.Contains(got, "\x16") {
+		t.Errorf("an admitted flow was not tunnelled: %q", got)
+	}
+	if lim.active != 0 || lim.asked != 3 || lim.agents[2] != "a1" {
+		t.Fatalf("after the flow: active %d, asked %d, agents %v", lim.active, lim.asked, lim.agents)
 	}
 }

@@ -6,6 +6,9 @@
 //
 // The sidecar's own refusals (an unknown agent, an unparsable ClientHello, a stale policy bundle, a
 // refused upstream address, domain fronting…) are decisions too, with their reasons listed here.
+// A refusal's record is rate-limited per agent and class, the rest counted by the audit log; nothing
+// that lets a flow proceed is. The Limiter ([sidecar.limits]) caps what one agent can make the
+// sidecar hold: concurrent flows and new flows a second.
 //
 // Every decision is also fed to the policy engine's session tracker (Observe), after its record is
 // written and with the outcome recorded, so that the session attributes of later decisions
@@ -140,7 +143,8 @@ func (v Verdict) Redact() []string {
 	return v.Remediation.RedactHeaders
 }
 
-// RecordID is the id of the decision's audit record ("" when none was written).
+// RecordID is the id of the decision's audit record ("" when none was written: a refusal whose
+// record the rate limit suppressed).
 func (v Verdict) RecordID() string {
 	if v.record == nil {
 		return ""
@@ -199,6 +203,34 @@ type Engine interface {
 // Recorder appends audit records; *audit.Writer implements it.
 type Recorder interface {
 	Append(ev *audit.Event) error
+	// AppendLimited appends a refusal unless its agent has used up its budget of records of class;
+	// written is false when it was counted instead, for a "suppressed" record to report.
+	AppendLimited(class string, ev *audit.Event) (written bool, err error)
+}
+
+// Classes of refusal records, each an agent's own budget in the audit log's rate limit.
+const (
+	ClassKernel  = "kernel"        // refused in the kernel
+	ClassDNS     = "dns"           // a DNS query refused, malformed or denied
+	ClassUnknown = "unknown_agent" // a flow no agent covers
+	ClassRefused = "refused"       // the sidecar's own refusals: unparsable hellos and requests, fronting…
+	ClassPolicy  = "policy"        // denied by policy
+	ClassLimit   = "limit"         // over the agent's flow limits (one record a second already)
+)
+
+// refusalClass is the class of a refusal's record.
+func refusalClass(f *Flow, in Intent) string {
+	switch {
+	case in.Mode == ModeKernel:
+		return ClassKernel
+	case in.Mode == ModeDNS:
+		return ClassDNS
+	case f.Unknown != nil:
+		return ClassUnknown
+	case in.Refuse != "":
+		return ClassRefused
+	}
+	return ClassPolicy
 }
 
 // Options configure a Judge.
@@ -232,19 +264,40 @@ func New(o Options) *Judge {
 
 // Decide judges one intent and appends its audit record before returning, then counts the
 // recorded decision in its session. An audit failure turns any decision into a DENY.
+//
+// A refusal is a record an agent can repeat at will, so that its records are rate-limited per agent
+// and class (the audit log's refusal_rate and refusal_burst): over the budget, the record is
+// counted instead of written, and a "suppressed" record says how many (the session counts it as
+// well). Nothing that lets a flow proceed is ever limited — an ALLOW, a monitored denial — so every
+// flow that reaches an upstream has its record.
 func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
-	d := j.decide(ctx, f, in)
+	return j.decideAs(ctx, f, in, "")
+}
+
+// decideAs is Decide with the class a refusal's record is limited as ("" = by what it is).
+func (j *Judge) decideAs(ctx context.Context, f *Flow, in Intent, class string) Verdict {
+	d, own := j.decide(ctx, f, in)
 	if in.Note != "" && d.Outcome != policies.Deny {
 		d.Reason = joinReason(in.Note, d.Reason)
 	}
 	ev := decisionRecord(f, in, d)
+	ev.Decision.SidecarRefusal = own
 	// Monitor mode lets policy refusals through; the sidecar's own refusals (a malformed hello,
 	// fronting, an unknown agent…) are about what can be carried at all, and stay.
-	monitored := f.Monitor && !d.Outcome.Allowed() && in.Refuse == "" && f.Unknown == nil
+	monitored := f.Monitor && !d.Outcome.Allowed() && !own
 	if f.Monitor {
 		ev.Decision.Enforced = new(bool)
 	}
-	if err := j.audit.Append(ev); err != nil {
+	written, err := true, error(nil)
+	if d.Outcome == policies.Deny && !monitored {
+		if class == "" {
+			class = refusalClass(f, in)
+		}
+		written, err = j.audit.AppendLimited(class, ev)
+	} else {
+		err = j.audit.Append(ev)
+	}
+	if err != nil {
 		j.log.Error().Err(err).Msg("audit append failed: denying")
 		d = policies.Decision{Outcome: policies.Deny, Reason: ReasonAuditFailed}
 		ev.Decision = &audit.Decision{Outcome: string(d.Outcome), MatchedPolicies: []string{}, Reason: d.Reason}
@@ -252,26 +305,35 @@ func (j *Judge) Decide(ctx context.Context, f *Flow, in Intent) Verdict {
 	} else {
 		j.engine.Observe(d)
 	}
-	j.logDecision(f, in, d, monitored)
+	if !written {
+		// Counted for the "suppressed" record; the log is spared the flood as well.
+		ev = nil
+		if e := j.log.Debug(); e != nil {
+			e.Str(logfields.Agent, f.AgentID).Uint32(logfields.PID, f.PID).Str(logfields.Reason, d.Reason).Str("class", class).
+				Msg("refusal record suppressed by the rate limit")
+		}
+	} else {
+		j.logDecision(f, in, d, monitored)
+	}
 	return Verdict{Decision: d, Monitored: monitored, monitor: f.Monitor, record: ev}
 }
 
-// decide is the decision without its record: the sidecar's own refusals first, then the policy.
-// Every decision names the flow's agent and session, so that the sidecar's refusals count in the
-// session too.
-func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) policies.Decision {
+// decide is the decision without its record: the sidecar's own refusals first (own is true), then
+// the policy. Every decision names the flow's agent and session, so that the sidecar's refusals
+// count in the session too.
+func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) (d policies.Decision, own bool) {
 	deny := func(reason string) policies.Decision {
 		return policies.Decision{Outcome: policies.Deny, Reason: reason, AgentID: f.AgentID, SessionID: f.SessionID,
 			Host: in.Host}
 	}
 	if reason := j.refusal(f, in); reason != "" {
-		return deny(reason)
+		return deny(reason), true
 	}
 	d, err := j.engine.Decide(ctx, request(f, in))
 	if err != nil {
-		return deny(err.Error())
+		return deny(err.Error()), false
 	}
-	return d
+	return d, false
 }
 
 // refusal is why the sidecar refuses an intent by itself, before the policy: "" when it does not.
@@ -336,7 +398,7 @@ func joinReason(a, b string) string {
 
 // decisionRecord builds the canonical decision record.
 func decisionRecord(f *Flow, in Intent, d policies.Decision) *audit.Event {
-	resource := audit.Resource{Host: in.Host}
+	resource := audit.Resource{Host: in.Host, Port: in.Port}
 	switch {
 	case in.Method == policies.MethodConnect && in.Port != 0:
 		// A connection-level intent, on any transport: name:port, as the guides read it.

@@ -47,12 +47,28 @@ func (e *fakeEngine) Observe(d policies.Decision) {
 	e.observed = append(e.observed, d)
 }
 
-// fakeRecorder keeps records in memory; fail makes Append fail.
+// fakeRecorder keeps records in memory; fail makes Append fail. Records of a class in suppress are
+// counted by AppendLimited instead of written; limited lists the class of each limited append.
 type fakeRecorder struct {
-	mu     sync.Mutex
-	events []*audit.Event
-	fail   error
-	n      int
+	mu       sync.Mutex
+	events   []*audit.Event
+	fail     error
+	n        int
+	suppress map[string]bool
+	limited  []string
+	dropped  int
+}
+
+func (r *fakeRecorder) AppendLimited(class string, ev *audit.Event) (bool, error) {
+	r.mu.Lock()
+	r.limited = append(r.limited, class)
+	if r.suppress[class] {
+		r.dropped++
+		r.mu.Unlock()
+		return false, nil
+	}
+	r.mu.Unlock()
+	return true, r.Append(ev)
 }
 
 func (r *fakeRecorder) Append(ev *audit.Event) error {
@@ -489,5 +505,67 @@ func TestNeedsBody(t *testing.T) {
 	noContent.Content = nil
 	if j.NeedsBody(unknown, l7Intent("/x")) || j.NeedsBody(testFlow(), refused) || j.NeedsBody(testFlow(), noContent) {
 		t.Fatal("a refused intent needs no body")
+	}
+}
+
+// TestRefusalRecordsLimited: every refusal's record goes through the rate limit under its class;
+// what lets a flow proceed — an ALLOW, a monitored denial — never does.
+func TestRefusalRecordsLimited(t *testing.T) {
+	ctx := context.Background()
+	deny := policies.Decision{Outcome: policies.Deny, Reason: "no policy permits"}
+	for _, tc := range []struct {
+		name    string
+		d       policies.Decision
+		flow    func(*Flow)
+		in      func(*Intent)
+		class   string // "" = not limited
+		written bool
+	}{
+		{name: "allow", d: allow, written: true},
+		{name: "policy deny", d: deny, class: ClassPolicy, written: true},
+		{name: "monitored deny", d: deny, flow: func(f *Flow) { f.Monitor = true }, written: true},
+		{name: "own refusal", d: allow, in: func(in *Intent) { in.Refuse = ReasonBadHello }, class: ClassRefused, written: true},
+		{name: "own refusal in monitor mode", d: allow, flow: func(f *Flow) { f.Monitor = true },
+			in: func(in *Intent) { in.Refuse = ReasonBadHello }, class: ClassRefused, written: true},
+		{name: "unknown agent", d: allow, flow: func(f *Flow) { f.Unknown = errors.New("no agent") }, class: ClassUnknown, written: true},
+		{name: "kernel", d: allow, in: func(in *Intent) { in.Mode, in.Refuse = ModeKernel, "kernel refused udp: …" }, class: ClassKernel, written: true},
+		{name: "dns", d: deny, in: func(in *Intent) { in.Mode, in.Method = ModeDNS, policies.MethodDNS }, class: ClassDNS, written: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, suppress := range []bool{false, true} {
+				rec := &fakeRecorder{suppress: map[string]bool{}}
+				if suppress {
+					for _, c := range []string{ClassKernel, ClassDNS, ClassUnknown, ClassRefused, ClassPolicy, ClassLimit} {
+						rec.suppress[c] = true
+					}
+				}
+				j := New(Options{Engine: &fakeEngine{d: tc.d}, Audit: rec, Log: zerolog.Nop()})
+				f, in := testFlow(), connectIntent()
+				if tc.flow != nil {
+					tc.flow(f)
+				}
+				if tc.in != nil {
+					tc.in(&in)
+				}
+				v := j.Decide(ctx, f, in)
+				wantLimited := []string(nil)
+				if tc.class != "" {
+					wantLimited = []string{tc.class}
+				}
+				if !slices.Equal(rec.limited, wantLimited) {
+					t.Errorf("suppress=%v: limited as %v, want %v", suppress, rec.limited, wantLimited)
+				}
+				written := tc.class == "" || !suppress
+				if got := len(rec.events) == 1; got != written {
+					t.Errorf("suppress=%v: record written %v, want %v", suppress, got, written)
+				}
+				if written != (v.RecordID() != "") {
+					t.Errorf("suppress=%v: RecordID %q with the record written %v", suppress, v.RecordID(), written)
+				}
+				if tc.class != "" && v.Allowed() {
+					t.Errorf("suppress=%v: a refusal was allowed: %+v", suppress, v)
+				}
+			}
+		})
 	}
 }

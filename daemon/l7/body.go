@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -296,4 +297,55 @@ type limitKey struct{}
 func bodyLimitHit(ctx context.Context) bool {
 	lb, _ := ctx.Value(limitKey{}).(*limitedBody)
 	return lb != nil && lb.exceeded()
+}
+
+// Draining a refused request's body: at most this much, for at most this long, and no longer than
+// the client keeps sending.
+const (
+	refusedDrainBytes   = 16 << 20
+	refusedDrainTimeout = 5 * time.Second
+	refusedDrainIdle    = 500 * time.Millisecond
+)
+
+// discardRefused reads and throws away what is left of a refused request's body, after sending
+// the refusal, until the client stops sending. Nothing read here goes anywhere. Without it:
+//   - HTTP/1: closing a connection whose client is still sending makes the kernel answer with a
+//     reset, which can destroy the refusal before the client reads it: a refused 2 MiB upload
+//     would end in "connection reset" instead of a 403;
+//   - HTTP/2: a stream whose handler returns before the request ends is reset (RST_STREAM
+//     NO_ERROR) right behind the response, and clients such as curl 7.88 then drop the response
+//     body they had just received ("transfer closed with 35 bytes remaining").
+//
+// Flushing the refusal first lets the client see it and stop (curl ends its upload on an error
+// status). A body larger than refusedDrainBytes, or one that trickles, is cut off; a client that
+// waits for 100-continue sends nothing and is let go after refusedDrainIdle (over HTTP/2 it is not
+// read at all: reading would send a 100 Continue after the final status).
+func discardRefused(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	if r.ProtoMajor == 2 && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		return
+	}
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil {
+		return
+	}
+	defer rc.SetReadDeadline(time.Time{})
+	end := time.Now().Add(refusedDrainTimeout)
+	buf := make([]byte, 32<<10)
+	for left := int64(refusedDrainBytes); left > 0; {
+		deadline := time.Now().Add(refusedDrainIdle)
+		if deadline.After(end) {
+			deadline = end
+		}
+		if rc.SetReadDeadline(deadline) != nil {
+			return
+		}
+		n, err := r.Body.Read(buf[:min(left, int64(len(buf)))])
+		left -= int64(n)
+		if err != nil {
+			return
+		}
+	}
 }

@@ -38,6 +38,9 @@ type Config struct {
 	HandshakeTimeout duration.Duration `toml:"handshake_timeout"`
 	// IdleTimeout closes an agent-side keep-alive or HTTP/2 connection with no request in flight.
 	IdleTimeout duration.Duration `toml:"idle_timeout"`
+	// ReadHeaderTimeout bounds how long an agent-side connection, TLS-terminated or plain HTTP,
+	// takes to send a request's headers once it has started one.
+	ReadHeaderTimeout duration.Duration `toml:"read_header_timeout"`
 	// MaxConcurrentStreams is the HTTP/2 stream limit per agent connection.
 	MaxConcurrentStreams int `toml:"max_concurrent_streams"`
 
@@ -78,6 +81,7 @@ func DefaultConfig() Config {
 		FallbackPeriod:          duration.Of(10 * time.Minute),
 		HandshakeTimeout:        duration.Of(10 * time.Second),
 		IdleTimeout:             duration.Of(2 * time.Minute),
+		ReadHeaderTimeout:       duration.Of(30 * time.Second),
 		MaxConcurrentStreams:    250,
 		LeafLifetime:            duration.Of(24 * time.Hour),
 		LeafCacheSize:           1024,
@@ -106,6 +110,7 @@ func (c *Config) Validate() error {
 	positive("fallback_period", c.FallbackPeriod)
 	positive("handshake_timeout", c.HandshakeTimeout)
 	positive("idle_timeout", c.IdleTimeout)
+	positive("read_header_timeout", c.ReadHeaderTimeout)
 	positive("leaf_lifetime", c.LeafLifetime)
 	positive("upstream_idle_timeout", c.UpstreamIdleTimeout)
 	positive("upstream_response_timeout", c.UpstreamResponseTimeout)

@@ -71,7 +71,7 @@ func (c *agentConn) serve(ctx context.Context, raw, conn net.Conn, h2 bool) {
 	var ln *oneConnListener
 	srv := &http.Server{
 		Handler:           c,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: c.e.cfg.ReadHeaderTimeout.Duration,
 		IdleTimeout:       c.e.cfg.IdleTimeout.Duration,
 		MaxHeaderBytes:    1 << 20,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: c.e.cfg.MaxConcurrentStreams},

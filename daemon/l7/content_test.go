@@ -87,6 +87,10 @@ func (r *memRecorder) Append(ev *audit.Event) error {
 	return nil
 }
 
+func (r *memRecorder) AppendLimited(_ string, ev *audit.Event) (bool, error) {
+	return true, r.Append(ev)
+}
+
 // decision returns the last decision record for path, failing the test when there is none.
 func (r *memRecorder) decision(t *testing.T, path string) *audit.Event {
 	t.Helper()

@@ -34,6 +34,7 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.Host, in.Refuse = c.host, judge.ReasonConnectInMITM
 		c.e.judge.Decide(ctx, c.f, in)
 		writeText(w, http.StatusMethodNotAllowed, "firma: refused: "+judge.ReasonConnectInMITM)
+		discardRefused(w, r)
 		return
 	}
 	host, port, status, err := c.target(r)
@@ -44,6 +45,7 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		c.e.judge.Decide(ctx, c.f, in)
 		writeText(w, status, "firma: refused: "+err.Error())
+		discardRefused(w, r)
 		return
 	}
 	in.Host, in.Port = host, port
@@ -56,11 +58,13 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Retry-After", "1")
 		}
 		writeText(w, refusal.status, "firma: refused: "+refusal.reason)
+		discardRefused(w, r)
 		return
 	}
 	v := c.e.judge.Decide(ctx, c.f, in)
 	if !v.Allowed() {
 		writeRefusal(w, v.Decision)
+		discardRefused(w, r)
 		return
 	}
 	for _, h := range v.Redact() {

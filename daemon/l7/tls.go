@@ -8,7 +8,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/internal/hostname"
@@ -183,6 +182,3 @@ func alertInRecords(b []byte) bool {
 	}
 	return false
 }
-
-// readHeaderTimeout bounds how long a connection waits for a request's headers.
-const readHeaderTimeout = 30 * time.Second

@@ -24,11 +24,24 @@ type Process struct {
 // test if the process exits first or is not ready within timeout.
 func StartProcess(tb testing.TB, dir string, env []string, ready string, timeout time.Duration, name string, args ...string) *Process {
 	tb.Helper()
+	return StartProcessIn(tb, nil, dir, env, ready, timeout, name, args...)
+}
+
+// StartProcessIn is StartProcess with the process started inside the network namespace ns (nil:
+// this process's). Only the network namespace changes: the process sees the host's mounts, bpffs
+// and cgroup2 included.
+func StartProcessIn(tb testing.TB, ns *testutil.NetNS, dir string, env []string, ready string, timeout time.Duration, name string, args ...string) *Process {
+	tb.Helper()
 	p := &Process{out: &testutil.SyncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Dir, p.cmd.Env = dir, env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
+	start := p.cmd.Start
+	if ns != nil {
+		// A child is created in the network namespace of the thread that forks it.
+		start = func() error { return ns.Do(p.cmd.Start) }
+	}
+	if err := start(); err != nil {
 		tb.Fatal(err)
 	}
 	go func() {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -97,7 +98,7 @@ type SidecarOptions struct {
 	ProxyAgentID string
 	// AuditTOML is added inside [sidecar.audit] (signing_key_path, fsync_interval, …).
 	AuditTOML string
-	// TransparentTOML is added inside [sidecar.transparent] (idle_timeout, offload, …).
+	// TransparentTOML is added inside [sidecar.transparent] (idle_timeout, refusal_rate, …).
 	TransparentTOML string
 	// AuditPath replaces the audit log's path (default: audit.jsonl in the sidecar's dir).
 	AuditPath string
@@ -109,6 +110,13 @@ type SidecarOptions struct {
 	Wrap []string
 	// LogLevel is [sidecar] log_level (default "debug"; benchmarks run at "info", as operators do).
 	LogLevel string
+	// NetNS runs the sidecar, and the agents Run and Command start, inside this network namespace
+	// (a NetLab's Inside, say) instead of the test's. The sidecar keeps the host's mounts.
+	NetNS *testutil.NetNS
+	// Nameservers is [sidecar.upstream] nameservers. With NetNS and none given, the sidecar
+	// forwards to 127.0.0.1:9 inside the namespace, where nothing answers: nothing of its own may
+	// leave the namespace unless the test says where.
+	Nameservers []string
 }
 
 // TestPolicy permits the agent to reach allowed.test and plain.test (except /secret paths) and
@@ -259,6 +267,13 @@ file_path = %q
 [sidecar.upstream]
 allow_cidrs = ["127.0.0.0/8", "::1/128"]
 `, logLevel, strings.TrimPrefix(s.Parent.Rel, "/"), s.Port, s.DNSPort, s.PinDir, s.opts.TransparentTOML, s.ProxyPort, s.opts.ProxyAgentID, s.ControlSocket, polDir, rulesPath, protected, s.AuditPath, s.opts.AuditTOML)
+	nameservers := s.opts.Nameservers
+	if nameservers == nil && s.opts.NetNS != nil {
+		nameservers = []string{"127.0.0.1:9"}
+	}
+	if len(nameservers) > 0 {
+		fmt.Fprintf(&b, "nameservers = [%s]\n", quoteList(nameservers))
+	}
 	if s.opts.UpstreamCA != "" {
 		fmt.Fprintf(&b, "ca_file = %q\n", s.opts.UpstreamCA)
 	}
@@ -287,7 +302,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 func (s *Sidecar) Start(tb testing.TB) {
 	tb.Helper()
 	argv := append(append([]string{}, s.opts.Wrap...), s.Bin, "sidecar", "-c", s.ConfigPath)
-	p := StartProcess(tb, s.Dir, append(testutil.CleanEnv(), s.opts.Env...), "sidecar ready", 30*time.Second,
+	p := StartProcessIn(tb, s.opts.NetNS, s.Dir, append(testutil.CleanEnv(), s.opts.Env...), "sidecar ready", 30*time.Second,
 		argv[0], argv[1:]...)
 	s.mu.Lock()
 	s.proc = p
@@ -333,8 +348,40 @@ func (s *Sidecar) Run(tb testing.TB, name string, args ...string) (string, error
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := s.Agent.Command(ctx, tb, name, args...).CombinedOutput()
+	out, err := s.Command(ctx, tb, s.Agent, name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// Command prepares name to run inside cg (the agent cgroup, or another below the enforced parent)
+// from its first instruction, with no proxy variables — inside the sidecar's network namespace
+// when it has one; cmd.Process.Pid is then name's pid too.
+func (s *Sidecar) Command(ctx context.Context, tb testing.TB, cg *testutil.Cgroup, name string, args ...string) *exec.Cmd {
+	tb.Helper()
+	if s.opts.NetNS != nil {
+		return s.opts.NetNS.Command(ctx, tb, cg, name, args...)
+	}
+	return cg.Command(ctx, tb, name, args...)
+}
+
+// StartCommand starts cmd in the sidecar's network namespace, when it has one, keeping the test's
+// mounts (NetNS.Command's `ip netns exec` gives a process a fresh /sys): for `firma run`, which
+// needs the host's cgroup2 mount.
+func (s *Sidecar) StartCommand(cmd *exec.Cmd) error {
+	if s.opts.NetNS != nil {
+		return s.opts.NetNS.Do(cmd.Start)
+	}
+	return cmd.Start()
+}
+
+// FirmaRun prepares `firma run` against this sidecar as agent AgentID with flags (--user, …) and
+// the command after "--"; start it with StartCommand.
+func (s *Sidecar) FirmaRun(ctx context.Context, tb testing.TB, flags []string, name string, args ...string) *exec.Cmd {
+	tb.Helper()
+	argv := append([]string{"run", "--sidecar", s.ControlSocket, "--agent-id", AgentID, "--profile", "generic"}, flags...)
+	cmd := exec.CommandContext(ctx, s.Bin, append(append(argv, "--", name), args...)...)
+	cmd.Env = testutil.CleanEnv()
+	cmd.Dir = tb.TempDir()
+	return cmd
 }
 
 // Events reads the audit log.
@@ -394,6 +441,14 @@ func ReadEvents(tb testing.TB, path string) []audit.Event {
 		out = append(out, ev)
 	}
 	return out
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 func dumpFile(path string) string {

@@ -171,6 +171,66 @@ func NewNetLab(tb testing.TB) *NetLab {
 	return lab
 }
 
+// Sentry watches the outside of a NetLab: TCP and UDP listeners on both outside addresses and a
+// capture on the outside end of the link. Whatever an enforced process gets out of Inside ends up
+// here, and AssertSealed says so.
+type Sentry struct {
+	lab     *NetLab
+	TCP     []*TCPCounter
+	UDP     []*UDPCounter
+	Capture *Capture
+	// Marker is where Sync's marker datagrams go (Outside4, a port nothing listens on).
+	Marker netip.AddrPort
+}
+
+// Watch starts a Sentry: TCP listeners on tcpPorts and UDP listeners on udpPorts of Outside4 and
+// Outside6, and a capture on OutsideIf. markerPort must be a port that nothing else uses.
+func (l *NetLab) Watch(tb testing.TB, tcpPorts, udpPorts []uint16, markerPort uint16) *Sentry {
+	tb.Helper()
+	s := &Sentry{lab: l, Marker: netip.AddrPortFrom(l.Outside4, markerPort)}
+	if err := l.Outside.Do(func() error {
+		for _, a := range []netip.Addr{l.Outside4, l.Outside6} {
+			for _, p := range tcpPorts {
+				s.TCP = append(s.TCP, NewTCPCounter(tb, netip.AddrPortFrom(a, p)))
+			}
+			for _, p := range udpPorts {
+				s.UDP = append(s.UDP, NewUDPCounter(tb, netip.AddrPortFrom(a, p)))
+			}
+		}
+		return nil
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	s.Capture = l.Outside.Capture(tb, l.OutsideIf)
+	return s
+}
+
+// Sync waits until the capture has read every frame that arrived before now (see Capture.Sync).
+func (s *Sentry) Sync(tb testing.TB) {
+	tb.Helper()
+	s.Capture.Sync(tb, s.lab.Inside, s.Marker)
+}
+
+// AssertSealed fails the test if anything left the inside namespace: a frame on the outside end of
+// the link, a connection or a datagram at an outside listener.
+func (s *Sentry) AssertSealed(tb testing.TB) {
+	tb.Helper()
+	s.Sync(tb)
+	for _, f := range s.Capture.Frames() {
+		tb.Errorf("a packet left the inside namespace: %s", f.Summary)
+	}
+	for _, c := range s.TCP {
+		if n := c.Conns(); n > 0 {
+			tb.Errorf("outside listener %s accepted %d connections", c.Addr, n)
+		}
+	}
+	for _, u := range s.UDP {
+		if n := u.Datagrams(); n > 0 {
+			tb.Errorf("outside UDP listener %s received %d datagrams", u.Addr, n)
+		}
+	}
+}
+
 // Frame is one frame a Capture saw arrive.
 type Frame struct {
 	EtherType uint16

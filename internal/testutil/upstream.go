@@ -89,3 +89,33 @@ func NewTCPCounter(tb testing.TB, addr netip.AddrPort) *TCPCounter {
 
 // Conns is how many connections reached the listener.
 func (c *TCPCounter) Conns() int64 { return c.conns.Load() }
+
+// UDPCounter counts the datagrams that reach an address.
+type UDPCounter struct {
+	Addr netip.AddrPort
+	n    atomic.Int64
+}
+
+// NewUDPCounter listens on addr (port 0 = any) until the test ends.
+func NewUDPCounter(tb testing.TB, addr netip.AddrPort) *UDPCounter {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", addr.String())
+	if err != nil {
+		tb.Fatalf("udp counter: %v", err)
+	}
+	u := &UDPCounter{Addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			u.n.Add(1)
+		}
+	}()
+	tb.Cleanup(func() { pc.Close() })
+	return u
+}
+
+// Datagrams is how many datagrams reached the listener.
+func (u *UDPCounter) Datagrams() int64 { return u.n.Load() }

@@ -11,12 +11,17 @@
 // It must only ever be pointed at addresses of the test's own namespaces.
 //
 //	escape -target4 A -target6 A -port N -ifname IF -src4 A -src6 A -sidecar-port N -dns-port N
-//	       [-uid N] [-only a,b] [-raw-frames]
-//	escape -listen N      listen on [::]:N until stdin closes, then print how many were accepted
+//	       [-uid N] [-only a,b] [-skip a,b] [-raw-frames]
+//	       [-more -proxy-port N -sidecar-pid N -control PATH]   (also the techniques aimed at a real sidecar)
+//	       [-hold]   (print {"hold":PID}, wait for a line on stdin, then go)
+//	escape -impostor PATH [-uid N]   pose as the sidecar on a control socket path (more_linux.go)
+//	escape -listen N      listen on [::]:N, print {"ready":true,"pid":PID}; when stdin closes, print
+//	                      how many connections were accepted
 //	escape -list          print the technique names
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -89,6 +94,9 @@ type config struct {
 	ifindex                      int
 	rawFrames                    bool
 	inboundPort                  int
+	// The real sidecar's, for the techniques of -more (more_linux.go).
+	proxyPort, sidecarPID int
+	control               string
 }
 
 type technique struct {
@@ -104,6 +112,10 @@ func main() {
 		only                         = flag.String("only", "", "comma-separated techniques to run (default all)")
 		listen                       = flag.Int("listen", 0, "listen on [::]:N until stdin closes")
 		list                         = flag.Bool("list", false, "print the technique names")
+		more                         = flag.Bool("more", false, "also run the techniques aimed at a real sidecar (more_linux.go)")
+		skip                         = flag.String("skip", "", "comma-separated techniques not to run")
+		hold                         = flag.Bool("hold", false, `print {"hold":PID} and wait for a line on stdin before trying anything`)
+		impostor                     = flag.String("impostor", "", "pose as the sidecar on this control socket path")
 	)
 	flag.StringVar(&target4, "target4", "", "an outside IPv4 address")
 	flag.StringVar(&target6, "target6", "", "an outside IPv6 address")
@@ -115,10 +127,13 @@ func main() {
 	flag.StringVar(&c.ifname, "ifname", "", "the interface that leads outside")
 	flag.BoolVar(&c.rawFrames, "raw-frames", false, "send a frame if an AF_PACKET socket is allowed")
 	flag.IntVar(&c.inboundPort, "inbound-port", 0, "a port the programs let enforced processes accept on")
+	flag.IntVar(&c.proxyPort, "proxy-port", 0, "the sidecar's explicit proxy port on 127.0.0.1")
+	flag.IntVar(&c.sidecarPID, "sidecar-pid", 0, "the sidecar's pid")
+	flag.StringVar(&c.control, "control", "", "the sidecar's control socket")
 	flag.Parse()
 
 	if *list {
-		for _, t := range append(techniques, optIn...) {
+		for _, t := range slices.Concat(techniques, optIn, moreTechniques) {
 			fmt.Println(t.name)
 		}
 		return
@@ -131,6 +146,18 @@ func main() {
 	if *listen > 0 {
 		emit(listenUntilEOF(*listen))
 		return
+	}
+	if *impostor != "" {
+		poseAsSidecar(*impostor)
+		return
+	}
+	if *hold {
+		// In a PID namespace (firma run) the pid this process sees is not the one the kernel
+		// reports: the test finds that one while this waits.
+		fmt.Printf("{\"hold\":%d}\n", os.Getpid())
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fail(fmt.Errorf("waiting on stdin: %w", err))
+		}
 	}
 	var err error
 	for _, p := range []struct {
@@ -146,13 +173,16 @@ func main() {
 	} else {
 		fail(err)
 	}
-	want := strings.Split(*only, ",")
+	want, skipped := strings.Split(*only, ","), strings.Split(*skip, ",")
 	all := techniques
+	if *more {
+		all = slices.Concat(all, moreTechniques)
+	}
 	if *only != "" {
-		all = append(all, optIn...)
+		all = slices.Concat(techniques, optIn, moreTechniques)
 	}
 	for _, t := range all {
-		if *only != "" && !slices.Contains(want, t.name) {
+		if *only != "" && !slices.Contains(want, t.name) || slices.Contains(skipped, t.name) {
 			continue
 		}
 		a := &attempt{Technique: t.name, PID: os.Getpid(), UID: os.Getuid(), Ops: []string{}}
@@ -761,7 +791,7 @@ func listenUntilEOF(port int) *attempt {
 		!a.step("listen", unix.Listen(fd, 16)) {
 		return a
 	}
-	fmt.Println(`{"ready":true}`)
+	fmt.Printf("{\"ready\":true,\"pid\":%d}\n", os.Getpid())
 	eof := make(chan struct{})
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
