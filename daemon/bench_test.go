@@ -25,13 +25,13 @@ func BenchmarkTransparentOverhead(b *testing.B) {
 	ca := testutil.NewCA(b, "bench CA")
 	up := testutil.NewHTTPSUpstream(b, "bench", netip.AddrPortFrom(testutil.LoopbackAddr(b), 443), ca, "allowed.test")
 	body := strings.Repeat("x", 8<<20)
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/bulk" {
 			w.Write([]byte(body))
 			return
 		}
 		w.Write([]byte("ok"))
-	})
+	}), false)
 	s := e2e.NewSidecar(b, e2e.SidecarOptions{
 		Resolve:    map[string]string{"allowed.test": up.Addr.Addr().String()},
 		UpstreamCA: ca.CertFile,

@@ -399,17 +399,17 @@ func TestAuditCompletionRecords(t *testing.T) {
 		t.Errorf("the startup log of a sidecar without signing_key_path does not say the log is unsigned:\n%s", w.Logs())
 	}
 	const slow = 150 * time.Millisecond
-	w.allowed.Handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	w.allowed.SetHandler(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		time.Sleep(slow)
 		fmt.Fprintf(rw, "slow hello %s\n", r.URL.Path)
-	})
-	w.plain.Handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	}), false)
+	w.plain.SetHandler(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/missing" {
 			http.NotFound(rw, r)
 			return
 		}
 		fmt.Fprintf(rw, "hello from plain %s\n", r.URL.Path)
-	})
+	}), false)
 
 	if out, err := w.curl(t, "-d", "posted body", "https://allowed.test/slow"); err != nil || out != "slow hello /slow\n" {
 		t.Fatalf("https: %v %q\n%s", err, out, w.Logs())

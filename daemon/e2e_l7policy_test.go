@@ -92,9 +92,9 @@ func newL7World(t *testing.T) *l7World {
 	caDir := filepath.Join(t.TempDir(), "firma-ca")
 	m := &l7World{gitRoot: t.TempDir(), sse: make(chan struct{})}
 	m.api = testutil.NewHTTPSUpstream(t, "api", netip.AddrPortFrom(testutil.LoopbackAddr(t), 443), upCA, "api.test")
-	m.api.Handler = http.HandlerFunc(m.serveAPI)
+	m.api.SetHandler(http.HandlerFunc(m.serveAPI), false)
 	m.git = testutil.NewHTTPSUpstream(t, "git", netip.AddrPortFrom(testutil.LoopbackAddr(t), 443), upCA, "git.test")
-	m.git.Handler = gitBackend(t, m.gitRoot)
+	m.git.SetHandler(gitBackend(t, m.gitRoot), false)
 	key, pub := e2e.AuditKey(t)
 	m.pub = pub
 	opts := e2e.SidecarOptions{

@@ -123,10 +123,10 @@ func (e *escapeTargets) received(t *testing.T) (tcp, unix string) {
 
 // byteSink accepts connections and keeps every byte they carry.
 type byteSink struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	got   bytes.Buffer
-	conns sync.WaitGroup
+	ln   net.Listener
+	mu   sync.Mutex
+	got  bytes.Buffer
+	open int // accepted connections not yet ended
 }
 
 func newByteSink(t *testing.T, network, addr string) *byteSink {
@@ -143,13 +143,15 @@ func newByteSink(t *testing.T, network, addr string) *byteSink {
 			if err != nil {
 				return
 			}
-			s.conns.Add(1)
+			s.mu.Lock()
+			s.open++
+			s.mu.Unlock()
 			go func() {
-				defer s.conns.Done()
 				defer c.Close()
 				b, _ := io.ReadAll(c)
 				s.mu.Lock()
 				s.got.Write(b)
+				s.open--
 				s.mu.Unlock()
 			}()
 		}
@@ -160,16 +162,17 @@ func newByteSink(t *testing.T, network, addr string) *byteSink {
 // wait returns what arrived once every accepted connection has ended (the peers are gone).
 func (s *byteSink) wait(t *testing.T) string {
 	t.Helper()
-	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("a connection to the test listener is still open after the agent ended")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		open, got := s.open, s.got.String()
+		s.mu.Unlock()
+		if open == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a connection to the test listener is still open after the agent ended")
+		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.got.String()
 }
 
 // runEscape runs the escape program, inside firma run (args are firma run's flags) or, with

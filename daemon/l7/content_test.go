@@ -320,8 +320,7 @@ func TestJSONModelPolicy(t *testing.T) {
 func TestStreamingUploadNotBuffered(t *testing.T) {
 	pe := newPolicyEnv(t, policyEnvOptions{})
 	firstSeen := make(chan string, 1)
-	pe.up.StreamBody = true
-	pe.up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	pe.up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		first := make([]byte, 5)
 		if _, err := io.ReadFull(r.Body, first); err != nil {
 			http.Error(w, err.Error(), 500)
@@ -330,7 +329,7 @@ func TestStreamingUploadNotBuffered(t *testing.T) {
 		firstSeen <- string(first)
 		rest, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s+%s", first, rest)
-	})
+	}), true)
 	for _, h2 := range []bool{false, true} {
 		pr, pw := io.Pipe()
 		go func() {
@@ -587,12 +586,12 @@ func TestRequestTrailersDropped(t *testing.T) {
 	pe := newPolicyEnv(t, policyEnvOptions{})
 	var seen http.Header
 	var mu sync.Mutex
-	pe.up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	pe.up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.ReadAll(r.Body)
 		mu.Lock()
 		seen = r.Trailer.Clone()
 		mu.Unlock()
-	})
+	}), true)
 	for _, h2 := range []bool{false, true} {
 		req, _ := http.NewRequest("POST", pe.url(apiHost, "/modify"), io.MultiReader(strings.NewReader("body")))
 		req.Trailer = http.Header{"X-Debug": {"smuggled"}}

@@ -137,11 +137,11 @@ func TestHTTP2ConcurrentStreams(t *testing.T) {
 	var arrived sync.WaitGroup
 	const n = 40
 	arrived.Add(n / 2)
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived.Done()
 		<-block // hold every allowed stream open until all have arrived: they really are concurrent
 		fmt.Fprintf(w, "ok %s", r.URL.Path)
-	})
+	}), false)
 	c := e.client(true)
 	// Warm the connection so that every stream multiplexes over it.
 	if st, _ := get(t, c, "GET", e.url(apiHost, "/deny/warm"), nil, nil); st != 403 {
@@ -280,7 +280,7 @@ func (n *notifyReader) Read(p []byte) (int, error) {
 func TestWebSocketUpgrade(t *testing.T) {
 	e := newEnv(t, envOptions{hooks: &fakeJudge{deny: []string{"/deny"}}})
 	up := e.upstream(apiHost)
-	up.Handler = upperEchoWebSocket()
+	up.SetHandler(upperEchoWebSocket(), false)
 	dialWS := func(path string) (*tls.Conn, *bufio.Reader, *http.Response) {
 		conn, err := tls.Dial("tcp", e.addr, &tls.Config{ServerName: apiHost, RootCAs: e.caPool(), NextProtos: []string{"http/1.1"}})
 		if err != nil {
@@ -532,12 +532,12 @@ func TestUpstreamTimeout(t *testing.T) {
 	up := e.upstream(apiHost)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
-	})
+	}), false)
 	st, _ := get(t, e.client(false), "GET", e.url(apiHost, "/slow"), nil, nil)
 	if st != 504 {
 		t.Errorf("status %d, want 504", st)
@@ -695,11 +695,11 @@ func TestServeStopsOnContext(t *testing.T) {
 func TestResponseHeadersAndStartupLine(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	up := e.upstream(apiHost)
-	up.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up.SetHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Alt-Svc", `h3=":443"; ma=86400`)
 		w.Header().Set("X-Request-Id", "req-1")
 		w.WriteHeader(201)
-	})
+	}), false)
 	resp, err := e.client(true).Get(e.url(apiHost, "/v1/x"))
 	if err != nil {
 		t.Fatal(err)

@@ -225,7 +225,7 @@ func TestPlainH2C(t *testing.T) {
 func TestPlainWebSocket(t *testing.T) {
 	p := newPlainEnv(t, &fakeJudge{}, false)
 	up := p.plainUpstream("plain.example.test")
-	up.Handler = upperEchoWebSocket()
+	up.SetHandler(upperEchoWebSocket(), false)
 	c, err := net.Dial("tcp", p.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -126,19 +126,23 @@ type SeenRequest struct {
 // Upstream is a fake server that counts connections and records requests. It answers every HTTP
 // request with "hello from <Name> <path>".
 type Upstream struct {
-	Name string
-	Addr netip.AddrPort
-	// Handler, when set before traffic arrives, replaces the default answer (the request is still
-	// recorded, and the handler can read its body again).
-	Handler http.Handler
-	// StreamBody, when set before traffic arrives, hands Handler the request body as it arrives,
-	// unread: the request is recorded without its body.
-	StreamBody bool
-
+	Name     string
+	Addr     netip.AddrPort
 	srv      *http.Server
 	conns    atomic.Int64
 	mu       sync.Mutex
 	requests []SeenRequest
+	handler  http.Handler // SetHandler's
+	stream   bool
+}
+
+// SetHandler replaces the default answer with h (the request is still recorded, and h can read its
+// body again). With stream, h gets the request body as it arrives, unread, and the request is
+// recorded without its body.
+func (u *Upstream) SetHandler(h http.Handler, stream bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.handler, u.stream = h, stream
 }
 
 // NewHTTPS serves HTTPS (h2 and http/1.1) on addr with a leaf from ca for names.
@@ -178,8 +182,11 @@ func start(name string, addr netip.AddrPort, cfg *tls.Config) (*Upstream, error)
 }
 
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	handler, stream := u.handler, u.stream
+	u.mu.Unlock()
 	var body []byte
-	if !u.StreamBody || u.Handler == nil {
+	if !stream || handler == nil {
 		body, _ = io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
@@ -189,8 +196,8 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 		Header: r.Header.Clone(), Body: body, TLS: r.TLS,
 	})
 	u.mu.Unlock()
-	if u.Handler != nil {
-		u.Handler.ServeHTTP(w, r)
+	if handler != nil {
+		handler.ServeHTTP(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain")
