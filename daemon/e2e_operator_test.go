@@ -31,6 +31,9 @@ func TestSecondSidecarRefusedBeforeWriting(t *testing.T) {
 	if out, err := w.curl(t, "https://allowed.test/before"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
+	// The tunnel's completion record is written once the sidecar sees both sides end, which can be
+	// after curl has exited: wait for it, so that nothing the first sidecar writes comes later.
+	completionFor(t, w.Sidecar, "allowed.test")
 	before, _ := os.ReadFile(w.AuditPath)
 
 	code, out := firma(t, "sidecar", "-c", w.ConfigPath)
