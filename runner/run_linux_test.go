@@ -76,10 +76,11 @@ func (f *fakeSidecar) Info() control.Info {
 }
 
 func (f *fakeSidecar) Register(_ context.Context, r control.Registration) error {
+	f.mu.Lock()
 	if f.reject != "" {
+		defer f.mu.Unlock()
 		return errors.New(f.reject)
 	}
-	f.mu.Lock()
 	f.registered = append(f.registered, r)
 	f.current[r.Cgroup] = true
 	f.mu.Unlock()
@@ -388,7 +389,9 @@ func TestRunWithoutSidecarStartsNothing(t *testing.T) {
 
 func TestRunRefusedRegistrationStartsNothing(t *testing.T) {
 	f := newFakeSidecar(t)
+	f.mu.Lock()
 	f.reject = "capability /tmp/cap.toml: token expired at 2026-01-01T00:00:00Z"
+	f.mu.Unlock()
 	marker := filepath.Join(t.TempDir(), "ran")
 	res := f.run(t, "/", nil, "--", "touch", marker)
 	if res.Code == 0 || !strings.Contains(res.Stderr, f.reject) {
