@@ -136,6 +136,14 @@ header = %q
 value_from_env = "FIRMA_BENCH_KEY"
 `, caDir, benchHost, IdleTimeout, benchHost, load.KeyHeader)
 	}
+	// The bench opens connections far faster, and holds far more at once, than [sidecar.limits]'
+	// defaults let one agent: they would refuse the new-connection and idle workloads.
+	opts.ExtraTOML += `
+[sidecar.limits]
+max_flows = 20000
+new_flows_per_second = 100000
+new_flows_burst = 100000
+`
 	if h.profileDir != "" {
 		r.debugAddr = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb))
 		opts.ExtraTOML += "\n" + DebugTOML(r.debugAddr)

@@ -1,6 +1,6 @@
 // Package bpf owns firma's kernel programs: the C sources (redirect.c: cgroup programs; guard.c:
-// BPF LSM programs; common.h: what they share), their committed bpf2go output, and a small typed
-// loader. The loader loads the programs with the sidecar's ports, attaches them to one parent cgroup
+// BPF LSM programs; offload.c: the tunnel offload; common.h: what redirect.c and guard.c share),
+// their committed bpf2go output, and a small typed loader. The loader loads the programs with the sidecar's ports, attaches them to one parent cgroup
 // (every descendant is enforced), pins links and maps so that enforcement outlives the sidecar,
 // looks up the origin record of a redirected flow, streams the kernel's refusals, checks that every
 // link is still in force and repairs the ones that are not, and detaches on explicit cleanup.
@@ -15,6 +15,10 @@
 //   - With BPF LSM: socket families other than inet, inet6 and unix, the bpf() syscall and tun/tap
 //     devices are refused to the subtree; route-changing options are refused on compat syscalls too.
 //   - Every refusal is counted and reported, rate-limited per cgroup.
+//   - Offload (never pinned, gone with the sidecar): what the sidecar relays to an agent through an
+//     allowed tunnel goes straight into the agent's socket instead of over a second loopback TCP
+//     connection; why no more than that, and how order and memory stay bounded, is at the top of
+//     offload.c.
 //
 // The sidecar runs outside the enforced subtree and is never affected by these programs. The
 // package knows nothing about policy: it answers "who connected where" and "what was refused",

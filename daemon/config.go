@@ -76,6 +76,13 @@ type TransparentConfig struct {
 	// and at once); what they suppress is counted in a record of its own.
 	RefusalRate  uint32 `toml:"refusal_rate"`
 	RefusalBurst uint32 `toml:"refusal_burst"`
+	// IdleTimeout ends a tunnel once one side has closed (or half-closed) and the other has sent
+	// nothing for this long, with its completion record. Tunnels whose both sides are open are never
+	// timed out.
+	IdleTimeout duration.Duration `toml:"idle_timeout"`
+	// Offload lets the kernel carry allowed TLS tunnels' bytes from the sidecar straight into the
+	// agent's socket (see bpf/offload.c); false keeps every tunnel on plain TCP.
+	Offload bool `toml:"offload"`
 }
 
 // InterceptorConfig is [sidecar.interceptor]: the explicit HTTP/CONNECT proxy.
@@ -111,6 +118,8 @@ func DefaultConfig() Config {
 			FirstSpeakerTimeout: duration.Of(2 * time.Minute),
 			RefusalRate:         bpf.DefaultRefusalRate,
 			RefusalBurst:        bpf.DefaultRefusalBurst,
+			IdleTimeout:         duration.Of(5 * time.Minute),
+			Offload:             true,
 		},
 		Interceptor: InterceptorConfig{ListenAddr: "127.0.0.1:8080", HTTPSMITM: l7.DefaultConfig()},
 		Control:     ControlConfig{Socket: "/run/firma/control.sock"},
@@ -163,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Transparent.FirstSpeakerTimeout.Duration <= 0 {
 		bad("transparent.first_speaker_timeout", "must be positive")
+	}
+	if c.Transparent.IdleTimeout.Duration < 0 {
+		bad("transparent.idle_timeout", "must not be negative (0 never ends an idle tunnel)")
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, prefixed("sidecar.", err)...)

@@ -78,6 +78,19 @@ func TestValidateBodyBudget(t *testing.T) {
 	}
 }
 
+// A negative idle timeout is refused naming its key; 0 (never) is accepted.
+func TestValidateIdleTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Transparent.IdleTimeout.Duration = 0
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate with idle_timeout 0: %v", err)
+	}
+	cfg.Transparent.IdleTimeout.Duration = -1
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "sidecar.transparent.idle_timeout") {
+		t.Fatalf("Validate with a negative idle_timeout: %v", err)
+	}
+}
+
 // TestValidateLimitsAndWaits: the defaults validate, and every bad limit or wait is an error naming
 // its key in firma.toml.
 func TestValidateLimitsAndWaits(t *testing.T) {

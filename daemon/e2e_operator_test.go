@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/openfirma/firma/daemon/audit"
 	"github.com/openfirma/firma/internal/e2e"
 	"github.com/openfirma/firma/internal/testutil"
 )
@@ -32,8 +31,9 @@ func TestSecondSidecarRefusedBeforeWriting(t *testing.T) {
 	if out, err := w.curl(t, "https://allowed.test/before"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	// curl may be done before the first sidecar records the flow's completion.
-	w.WaitEvent(t, "the completion of the first flow", func(ev audit.Event) bool { return ev.Kind == audit.KindCompletion })
+	// The tunnel's completion record is written once the sidecar sees both sides end, which can be
+	// after curl has exited: wait for it, so that nothing the first sidecar writes comes later.
+	completionFor(t, w.Sidecar, "allowed.test")
 	before, _ := os.ReadFile(w.AuditPath)
 
 	code, out := firma(t, "sidecar", "-c", w.ConfigPath)

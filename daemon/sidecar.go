@@ -65,8 +65,9 @@ type Sidecar struct {
 	proxyAddr netip.AddrPort // the explicit proxy's address, when it listens
 	metrics   *metrics.Metrics
 
-	progs *bpf.Programs // nil until attached, or without the transparent path
-	fault kernelFault   // what the integrity check last found wrong
+	progs   *bpf.Programs // nil until attached, or without the transparent path
+	offload *bpf.Offload  // nil without the transparent path, with offload off, or on kernels without it
+	fault   kernelFault   // what the integrity check last found wrong
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -159,6 +160,8 @@ func New(cfg Config, log zerolog.Logger) (_ *Sidecar, err error) {
 		FirstByteWait:    cfg.Transparent.ServerFirstWait.Duration,
 		FirstSpeakerWait: cfg.Transparent.FirstSpeakerTimeout.Duration,
 		SniffTimeout:     cfg.Transparent.SniffTimeout.Duration,
+		IdleTimeout:      cfg.Transparent.IdleTimeout.Duration,
+		Offload:          s.offloadTunnel,
 		Log:              component("front"),
 	})
 	return s, nil
@@ -264,6 +267,18 @@ func (s *Sidecar) flowOf(o bpf.Origin) *judge.Flow {
 	return f
 }
 
+// offloadTunnel hands an allowed tunnel to the kernel's offload, when it is loaded.
+func (s *Sidecar) offloadTunnel(agent *net.TCPConn) (front.Queue, error) {
+	if s.offload == nil {
+		return nil, bpf.ErrUnsupported
+	}
+	t, err := s.offload.Tunnel(agent)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
 // Start attaches the kernel programs, then binds the listeners, and returns once everything is in
 // place. Attaching first means the origin table exists before the first flow can be accepted: on a
 // restart the pinned programs already redirect to the port, and until the sidecar listens those
@@ -360,6 +375,15 @@ func (s *Sidecar) attach() error {
 	s.closers = append(s.closers, progs.Close)
 	s.log.Info().Str(logfields.Cgroup, parent).Str(logfields.PinDir, t.PinDir).
 		Bool("reused_pins", reused).Msg("programs attached")
+	if t.Offload {
+		off, err := bpf.OpenOffload()
+		if err != nil {
+			s.log.Warn().Err(err).Msg("tunnel offload unavailable: every tunnel stays on TCP")
+		} else {
+			s.offload = off
+			s.closers = append(s.closers, off.Close)
+		}
+	}
 	if f := progs.Features(); !f.Complete() {
 		// The network path is sealed regardless; these are the protections that need BPF LSM.
 		s.log.Warn().Str("features", f.String()).Msg("kernel protections incomplete: rely on firma run's sandbox " +

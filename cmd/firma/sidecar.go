@@ -24,7 +24,8 @@ refused, never let through, until a sidecar is back; --cleanup detaches them and
 One sidecar runs per pin dir: a second one exits 1 naming the first's pid, and --cleanup refuses
 while a sidecar runs (--force detaches under it; it repairs what it finds detached). Logs go to
 stderr. With [sidecar.metrics] listen_addr it serves /healthz and Prometheus /metrics there;
-firma sidecar status reads them.`
+firma sidecar status reads them. FIRMA_PPROF=127.0.0.1:PORT serves net/http/pprof there, as
+[sidecar.debug] listen_addr does.`
 
 // sidecarCmd runs the sidecar: `firma sidecar -c firma.toml [--cleanup]`, or reports on a running
 // one: `firma sidecar status`.
@@ -49,6 +50,9 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig(configPath(*path))
 	if err != nil {
 		return err
+	}
+	if v := os.Getenv("FIRMA_PPROF"); v != "" && cfg.Sidecar.Debug.ListenAddr == "" {
+		cfg.Sidecar.Debug.ListenAddr = v // [sidecar.debug] listen_addr, validated with the file's keys
 	}
 	if err := cfg.validateSidecar(); err != nil {
 		return err

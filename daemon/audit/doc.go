@@ -46,7 +46,8 @@
 //
 // A completion record (kind "completion", decision_id naming the decision) repeats the envelope
 // with transport.dialed and has result: bytes_up, bytes_down, duration_ms, upstream_status,
-// injected (the names of the credential headers set) and error; an allowed flow that failed has
+// injected (the names of the credential headers set), path (how a tunnel's bytes were carried:
+// offload, splice or copy) and error; an allowed flow that failed has
 // decision.outcome ABORT. Members added later are optional: verification reads only seq,
 // prev_hash, kind, log and sig, so old and new records verify alike.
 //

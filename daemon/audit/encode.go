@@ -299,6 +299,7 @@ func appendTail(dst []byte, ev *Event) ([]byte, error) {
 		o.int("duration_ms", r.DurationMS)
 		o.intOmit("upstream_status", int64(r.UpstreamStatus))
 		o.strsOmit("injected", r.Injected)
+		o.strOmit("path", r.Path)
 		o.strOmit("error", r.Error)
 		o.close()
 	}

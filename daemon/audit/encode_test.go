@@ -72,6 +72,9 @@ func FuzzEncodeMatchesEncodingJSON(f *testing.F) {
 			if on(15) {
 				ev.Result.Injected = []string{host, policy}
 			}
+			if on(14) {
+				ev.Result.Path = path
+			}
 		}
 		if on(8) {
 			ev.Log = &LogRecord{Event: LogEvent(text), Reason: path, PreviousFile: host, KeyID: id, Refused: n, Error: policy,

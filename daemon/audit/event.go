@@ -162,7 +162,11 @@ type Result struct {
 	UpstreamStatus int   `json:"upstream_status,omitempty"`
 	// Injected names the credential headers the sidecar set on the request (never their values).
 	Injected []string `json:"injected,omitempty"`
-	Error    string   `json:"error,omitempty"`
+	// Path says how a tunnel's bytes were carried: "offload" (upstream to agent straight into the
+	// agent's socket, by the kernel), "splice" (over TCP both ways, never through user space) or
+	// "copy" (through a buffer). Absent on HTTP requests.
+	Path  string `json:"path,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // LogRecord is the body of a KindLog record: what happened to the log itself.

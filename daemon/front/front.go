@@ -6,6 +6,13 @@
 // engine, other TLS and TCP to a CONNECT-level decision and, when allowed, a splice to the upstream
 // the connector dials by name.
 //
+// An allowed tunnel is relayed both ways with splice(2) through pooled pipes that a tunnel holds
+// only while bytes move (an idle tunnel holds its two sockets, nothing else); it ends when both
+// sides are done, or when one is done and the other has been idle for the idle timeout. A TLS
+// tunnel is offloaded when the kernel can take it: what the sidecar relays to the agent then goes
+// straight into the agent's socket (bpf/offload.c), bounded by what the agent reads. The
+// completion record says which (result.path).
+//
 // The routing is what keeps MITM from being sidestepped: a TLS flow is named by its SNI, else by
 // the name the agent asked for (a CONNECT target, a name its DNS lookup returned for the address),
 // else by the address; a flow whose name is an intercepted host is terminated or refused, never
@@ -18,10 +25,8 @@ package front
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +99,12 @@ type Options struct {
 	// and how long an allowed tunnel on a server-speaks-first port waits for either side to say
 	// something; 0 = 2 minutes.
 	FirstSpeakerWait time.Duration
-	Log              zerolog.Logger
+	// IdleTimeout ends a tunnel once one side is gone (closed or half-closed) and the other has sent
+	// nothing for this long ([sidecar.transparent] idle_timeout); 0 never ends it.
+	IdleTimeout time.Duration
+	// Offload, when set, hands allowed TLS tunnels to the kernel (bpf.Offload.Tunnel).
+	Offload OffloadFunc
+	Log     zerolog.Logger
 }
 
 // Server routes accepted connections. It is safe for concurrent use.
@@ -369,8 +379,32 @@ func (s *Server) tunnel(ctx context.Context, conn net.Conn, f *flow, in judge.In
 			return
 		}
 	}
-	n1, n2 := splice(conn, up)
-	s.o.Judge.Complete(v, judge.Result{BytesUp: upBytes + n1, BytesDown: greeting + n2, Duration: time.Since(start), Dialed: dialed})
+	res := relay(conn, up, s.offload(conn, in), s.o.IdleTimeout)
+	if res.idle {
+		s.o.Log.Debug().Str(logfields.Host, in.Host).Dur("idle_timeout", s.o.IdleTimeout).
+			Msg("tunnel ended: one side gone, the other idle")
+	}
+	s.o.Judge.Complete(v, judge.Result{BytesUp: upBytes + res.up, BytesDown: greeting + res.down, Duration: time.Since(start),
+		Dialed: dialed, Path: res.path})
+}
+
+// offload hands a TLS tunnel's accepted connection to the kernel, when it can take it. Only TLS
+// tunnels: their agents read with recv(2) through a TLS library, never with splice(2), which does
+// not see what the kernel puts straight into the agent's socket.
+func (s *Server) offload(conn net.Conn, in judge.Intent) Queue {
+	if s.o.Offload == nil || in.Mode != judge.ModeConnect {
+		return nil
+	}
+	tc, ok := unwrap(conn).(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	q, err := s.o.Offload(tc)
+	if err != nil {
+		s.o.Log.Debug().Err(err).Str(logfields.Host, in.Host).Msg("tunnel stays on TCP")
+		return nil
+	}
+	return q
 }
 
 // firstSpeaker waits (at most wait) for whichever side of a fresh tunnel speaks first. When it is
@@ -430,31 +464,6 @@ func firstSpeaker(agent, up net.Conn, wait time.Duration) (late, first []byte, d
 		}
 		return nil, r.b, int64(n), nil
 	}
-}
-
-// splice copies both ways until both directions end, half-closing as each side finishes. With two
-// *net.TCPConn, io.Copy uses splice(2): the bytes never enter user space.
-func splice(agent, upstream net.Conn) (up, down int64) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		up, _ = io.Copy(upstream, unwrap(agent))
-		closeWrite(upstream)
-	}()
-	down, _ = io.Copy(agent, upstream)
-	closeWrite(agent)
-	wg.Wait()
-	return up, down
-}
-
-// unwrap returns the TCP connection under a prefixConn whose prefix has been consumed, so that
-// io.Copy can use splice(2).
-func unwrap(c net.Conn) net.Conn {
-	if p, ok := c.(*prefixConn); ok && p.prefix.Len() == 0 {
-		return p.Conn
-	}
-	return c
 }
 
 func closeWrite(c net.Conn) {

@@ -160,6 +160,8 @@ type Result struct {
 	UpstreamStatus int            // HTTP status the upstream answered; 0 when none
 	Dialed         netip.AddrPort // the upstream address used
 	Injected       []string       // names (never values) of the credential headers the sidecar set
+	// Path is how a tunnel's bytes were carried ("offload", "splice", "copy"); "" for HTTP requests.
+	Path string
 	// ErrClass is "" on success, else one of the Error* classes; Err is the detail behind it.
 	ErrClass string
 	Err      error
@@ -510,6 +512,7 @@ func (j *Judge) Complete(v Verdict, r Result) {
 		DurationMS:     r.Duration.Milliseconds(),
 		UpstreamStatus: r.UpstreamStatus,
 		Injected:       r.Injected,
+		Path:           r.Path,
 		Error:          errorText(r),
 	}
 	ev := &audit.Event{Kind: audit.KindCompletion, DecisionID: v.record.ID, Result: &res}

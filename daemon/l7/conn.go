@@ -68,8 +68,7 @@ type agentConn struct {
 func (c *agentConn) serve(ctx context.Context, raw, conn net.Conn, h2 bool) {
 	c.ctx = ctx
 	c.idle = sync.NewCond(&c.mu)
-	done := make(chan struct{})
-	var once sync.Once
+	var ln *oneConnListener
 	srv := &http.Server{
 		Handler:           c,
 		ReadHeaderTimeout: c.e.cfg.ReadHeaderTimeout.Duration,
@@ -80,7 +79,7 @@ func (c *agentConn) serve(ctx context.Context, raw, conn net.Conn, h2 bool) {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
-				once.Do(func() { close(done) })
+				ln.Close() // Serve returns
 			}
 		},
 	}
@@ -95,18 +94,13 @@ func (c *agentConn) serve(ctx context.Context, raw, conn net.Conn, h2 bool) {
 		// reports protocol errors as frames, not as responses.)
 		served = &rejectWatcher{Conn: conn, c: c}
 	}
-	ln := newOneConnListener(served)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		srv.Serve(ln)
-	}()
+	ln = newOneConnListener(served)
 	// On ctx end close the raw connection: tls.Conn.Close would first try to send close_notify.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
-	<-done
-	ln.Close()
-	<-stopped
+	// Serve runs here, not in a goroutine of its own: an idle connection costs the server's
+	// connection goroutine and this one, no third.
+	srv.Serve(ln)
 	c.wait()
 	c.tunnels.Wait()
 }

@@ -77,6 +77,12 @@ func (c *agentConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if bodyLimitHit(r.Context()) {
 		res.ErrClass, res.Err = judge.ErrorBodyLimit, fmt.Errorf("%s (limit %d)", judge.ReasonBodyLimit, c.e.cfg.MaxRequestBodyBytes)
 	}
+	if abort == nil && res.UpstreamStatus != http.StatusSwitchingProtocols {
+		// The agent gets its response before the completion record is written (the decision was
+		// recorded before anything was forwarded): net/http would hold an HTTP/1.1 response in its
+		// buffer until the handler returns, one audit write later.
+		http.NewResponseController(w).Flush()
+	}
 	c.e.judge.Complete(v, res)
 	if abort != nil {
 		// net/http aborts the response (HTTP/1.1: closes the connection; HTTP/2: resets the stream).

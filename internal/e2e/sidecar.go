@@ -98,7 +98,7 @@ type SidecarOptions struct {
 	ProxyAgentID string
 	// AuditTOML is added inside [sidecar.audit] (signing_key_path, fsync_interval, …).
 	AuditTOML string
-	// TransparentTOML is added inside [sidecar.transparent] (refusal_rate, inbound_ports, …).
+	// TransparentTOML is added inside [sidecar.transparent] (idle_timeout, refusal_rate, …).
 	TransparentTOML string
 	// AuditPath replaces the audit log's path (default: audit.jsonl in the sidecar's dir).
 	AuditPath string
