@@ -165,13 +165,13 @@ func TestBypassAttempts(t *testing.T) {
 	allowed := w.allowed.Addr.Addr().String()
 	script := fmt.Sprintf(`import socket, ssl
 # getpeername reports the address the agent asked for, not the sidecar.
-s = socket.create_connection(("203.0.113.5", 443), timeout=5)
+s = socket.create_connection(("127.113.0.5", 443), timeout=5)
 print("peer", s.getpeername())
 s.close()
 # TCP Fast Open sends data with the SYN without connect(): still redirected and judged.
 try:
     f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    f.sendto(b"GET /tfo HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n", socket.MSG_FASTOPEN, ("198.51.100.80", 80))
+    f.sendto(b"GET /tfo HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\n\r\n", socket.MSG_FASTOPEN, ("127.100.0.80", 80))
     f.settimeout(5)
     print("tfo", f.recv(200).split(b"\r\n")[0].decode())
 except OSError as e:
@@ -188,13 +188,13 @@ for port in (443, 8443):
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	for _, want := range []string{"peer ('203.0.113.5', 443)", "tfo HTTP/1.1 200 OK", "udp 443 refused 1", "udp 8443 refused 1"} {
+	for _, want := range []string{"peer ('127.113.0.5', 443)", "tfo HTTP/1.1 200 OK", "udp 443 refused 1", "udp 8443 refused 1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("want %q in:\n%s", want, out)
 		}
 	}
 	w.WaitEvent(t, "for the fast-open request", func(ev audit.Event) bool {
-		return ev.Envelope != nil && ev.Envelope.Intent.Resource.Path == "/tfo" && ev.Envelope.Transport.OrigDst == "198.51.100.80:80"
+		return ev.Envelope != nil && ev.Envelope.Intent.Resource.Path == "/tfo" && ev.Envelope.Transport.OrigDst == "127.100.0.80:80"
 	})
 }
 
@@ -207,13 +207,13 @@ def q(name, tcp=False):
     body = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00" + struct.pack(">HH", 1, 1)
     msg = hdr + body
     if tcp:
-        s = socket.create_connection(("192.0.2.53", 53), timeout=5)
+        s = socket.create_connection(("127.0.2.53", 53), timeout=5)
         s.sendall(struct.pack(">H", len(msg)) + msg)
         resp = s.recv(512)[2:]
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(5)
-        s.sendto(msg, ("192.0.2.53", 53))
+        s.sendto(msg, ("127.0.2.53", 53))
         resp, src = s.recvfrom(512)
         print("from", src)
     rcode = resp[3] & 0xF
@@ -224,7 +224,7 @@ print(socket.gethostbyname("plain.test"))`)
 		t.Fatalf("%v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"from ('192.0.2.53', 53)",
+		"from ('127.0.2.53', 53)",
 		"allowed.test udp rcode 0 answer " + w.allowed.Addr.Addr().String(),
 		"denied.test udp rcode 5 answer -",
 		"allowed.test tcp rcode 0 answer " + w.allowed.Addr.Addr().String(),
@@ -237,7 +237,7 @@ print(socket.gethostbyname("plain.test"))`)
 	ev := w.WaitEvent(t, "dns deny", func(ev audit.Event) bool {
 		return ev.Envelope != nil && ev.Envelope.Transport.Mode == "dns" && ev.Decision.Outcome == "DENY"
 	})
-	if ev.Envelope.Transport.OrigDst != "192.0.2.53:53" || ev.Envelope.Agent.Comm != "python3" {
+	if ev.Envelope.Transport.OrigDst != "127.0.2.53:53" || ev.Envelope.Agent.Comm != "python3" {
 		t.Errorf("dns record = %+v", ev.Envelope)
 	}
 }

@@ -143,7 +143,7 @@ func TestDeniedHostNeverReachesUpstream(t *testing.T) {
 		t.Fatalf("plain http to a denied host: %v: %q", err, out)
 	}
 	// A host no policy permits: default deny.
-	out, err = w.curl(t, "-i", "--resolve", "unlisted.test:80:192.0.2.10", "http://unlisted.test/")
+	out, err = w.curl(t, "-i", "--resolve", "unlisted.test:80:127.0.2.10", "http://unlisted.test/")
 	if err != nil || !strings.Contains(out, "403") || !strings.Contains(out, "no policy permits") {
 		t.Fatalf("unlisted host: %v: %q", err, out)
 	}
@@ -171,7 +171,7 @@ func TestArbitraryIPWithAllowedSNIReachesResolvedAddress(t *testing.T) {
 
 func TestIPv6AndMappedDestinationsRedirected(t *testing.T) {
 	w := newWorld(t, e2e.SidecarOptions{})
-	for _, target := range []string{"[2001:db8::7]", "[::ffff:198.51.100.7]"} {
+	for _, target := range []string{"[::1]", "[::ffff:127.51.100.7]"} {
 		out, err := w.curl(t, "--resolve", "allowed.test:443:"+target, "https://allowed.test/v6")
 		if err != nil || out != "hello from allowed /v6\n" {
 			t.Fatalf("%s: %v: %q\n%s", target, err, out, w.Logs())
@@ -183,7 +183,7 @@ func TestIPv6AndMappedDestinationsRedirected(t *testing.T) {
 			dsts = append(dsts, ev.Envelope.Transport.OrigDst)
 		}
 	}
-	for _, want := range []string{"[2001:db8::7]:443", "198.51.100.7:443"} {
+	for _, want := range []string{"[::1]:443", "127.51.100.7:443"} {
 		if !contains(dsts, want) {
 			t.Errorf("no record with orig_dst %s; have %v", want, dsts)
 		}
