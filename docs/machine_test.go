@@ -306,7 +306,17 @@ func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }
 // what is on disk. Nothing beside the clone is there: the repository must stand on its own.
 func (m *machine) cloneInto(src string) {
 	m.t.Helper()
-	m.root(fmt.Sprintf("git clone --quiet --no-hardlinks %q %s", src, repoDir))
+	// The machine mounts its own /tmp and /run over the host's, where CI may have cloned the
+	// repository: clone it first to /var/tmp, which the machine shares, and clone that inside.
+	via, err := os.MkdirTemp("/var/tmp", "firma-docs-src-")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(func() { os.RemoveAll(via) })
+	if out, err := exec.Command("git", "clone", "--quiet", "--no-hardlinks", src, via).CombinedOutput(); err != nil {
+		m.t.Fatalf("git clone %s: %v\n%s", src, err, out)
+	}
+	m.root(fmt.Sprintf("git clone --quiet --no-hardlinks %q %s", via, repoDir))
 	dst := m.path(repoDir)
 	list, err := exec.Command("git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
 	if err != nil {
