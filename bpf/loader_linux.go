@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/internal/logfields"
 )
 
@@ -574,20 +575,7 @@ func Pinned(pinDir string) bool {
 }
 
 // CgroupID is the id the kernel reports for a cgroup2 directory: its inode number.
-func CgroupID(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", path, err)
-	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", path, err)
-	}
-	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
-		return 0, fmt.Errorf("%s is not on a cgroup2 filesystem", path)
-	}
-	return st.Ino, nil
-}
+func CgroupID(path string) (uint64, error) { return cgroup.ID(path) }
 
 // ensurePinDir makes dir/links, on bpffs.
 func ensurePinDir(dir string) error {

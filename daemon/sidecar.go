@@ -261,7 +261,7 @@ func (s *Sidecar) flowOf(o bpf.Origin) *judge.Flow {
 	f := &judge.Flow{PID: o.PID, UID: o.UID, Comm: o.Comm, Exe: agents.Exe(o.PID), OrigDst: o.Dst, Start: time.Now()}
 	a, cg, err := s.agents.Resolve(o.CgroupID)
 	f.Cgroup, f.Unknown = cg, err
-	if err == nil {
+	if err == nil || errors.Is(err, agents.ErrDeparted) { // departed: named, and refused everything
 		f.AgentID, f.SessionID, f.Capability, f.Monitor = a.ID, a.SessionID, a.Capability, a.Monitor
 	}
 	return f

@@ -32,6 +32,10 @@ import (
 // ErrUnknownAgent means no static entry or registration covers a cgroup: its flows are denied.
 var ErrUnknownAgent = errors.New("unknown agent")
 
+// ErrDeparted means the cgroup's registration was withdrawn a moment ago: Resolve still returns its
+// agent, so that a late report names who did it, but nothing the cgroup asks for is allowed.
+var ErrDeparted = fmt.Errorf("%w: its registration was withdrawn", ErrUnknownAgent)
+
 // Agent is the identity the sidecar gives a cgroup subtree.
 type Agent struct {
 	ID             string
@@ -75,7 +79,23 @@ type Registry struct {
 	mu         sync.RWMutex
 	static     map[string]entry
 	registered map[string]entry
-	paths      map[uint64]string // cgroup id → path relative to the mount, learned on demand
+	departed   map[string]departure // withdrawn registrations, kept for late reports
+	paths      map[uint64]string    // cgroup id → path relative to the mount, learned on demand
+}
+
+// Departed is how long a withdrawn registration still names the agent of its cgroup. A report about
+// a cgroup can reach the sidecar after the cgroup is gone — a kernel refusal read from the ring
+// buffer while the sidecar is busy, by an agent that did something forbidden and exited at once — and
+// must still name the agent that did it. A cgroup path registered again is the new registration's.
+const Departed = 2 * time.Minute
+
+// maxDeparted bounds the memory of withdrawn registrations (each a few hundred bytes).
+const maxDeparted = 10_000
+
+// departure is a withdrawn registration and when it is forgotten.
+type departure struct {
+	agent Agent
+	until time.Time
 }
 
 // New opens the cgroup2 mount for id → path lookups and the capability of every static entry. A
@@ -94,6 +114,7 @@ func New(o Options) (_ *Registry, err error) {
 		log:        o.Log,
 		static:     map[string]entry{},
 		registered: map[string]entry{},
+		departed:   map[string]departure{},
 		paths:      map[uint64]string{},
 	}
 	defer func() {
@@ -182,7 +203,13 @@ func (r *Registry) Register(_ context.Context, reg control.Registration) error {
 		}
 	}
 	cg := cgroup.Canonical(reg.Cgroup)
+	// Learn the cgroup's id now, while it exists: a report read after it is gone still finds it.
+	id, idErr := cgroup.ID(filepath.Join(r.mount, filepath.FromSlash(cg)))
 	r.mu.Lock()
+	if idErr == nil {
+		r.remember(id, cg)
+	}
+	delete(r.departed, cg)
 	old, had := r.registered[cg]
 	r.registered[cg] = entry{
 		agent: Agent{ID: reg.AgentID, SessionID: reg.SessionID, Cgroup: cg, CapabilityFile: reg.CapabilityFile,
@@ -219,9 +246,13 @@ func (r *Registry) Monitored() []Agent {
 // Unregister forgets a registration and releases its capability; an unknown cgroup is not an error.
 func (r *Registry) Unregister(_ context.Context, cg string) error {
 	cg = cgroup.Canonical(cg)
+	now := time.Now()
 	r.mu.Lock()
 	old, had := r.registered[cg]
 	delete(r.registered, cg)
+	if had {
+		r.depart(cg, old.agent, now)
+	}
 	r.mu.Unlock()
 	if had {
 		old.release()
@@ -273,6 +304,7 @@ func (r *Registry) Resolve(cgroupID uint64) (Agent, string, error) {
 	if err != nil {
 		return Agent{}, "", err
 	}
+	now := time.Now()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for q := p; ; q = path.Dir(q) {
@@ -281,6 +313,10 @@ func (r *Registry) Resolve(cgroupID uint64) (Agent, string, error) {
 		}
 		if e, ok := r.static[q]; ok {
 			return e.agent, p, nil
+		}
+		// A registration withdrawn a moment ago still names its agent, and allows nothing.
+		if d, ok := r.departed[q]; ok && now.Before(d.until) {
+			return d.agent, p, fmt.Errorf("%w: cgroup %s", ErrDeparted, p)
 		}
 		if q == "/" {
 			return Agent{}, p, fmt.Errorf("%w: cgroup %s", ErrUnknownAgent, p)
@@ -307,12 +343,38 @@ func (r *Registry) pathOf(id uint64) (string, error) {
 	}
 	p = cgroup.Canonical(rel)
 	r.mu.Lock()
+	r.remember(id, p)
+	r.mu.Unlock()
+	return p, nil
+}
+
+// remember caches a cgroup id's path; r.mu is held.
+func (r *Registry) remember(id uint64, p string) {
 	if len(r.paths) > 100_000 {
 		clear(r.paths) // ids are never reused; this only bounds memory
 	}
 	r.paths[id] = p
-	r.mu.Unlock()
-	return p, nil
+}
+
+// depart keeps a withdrawn registration for Departed; r.mu is held. Expired ones are dropped here,
+// and at maxDeparted the oldest go first.
+func (r *Registry) depart(cg string, a Agent, now time.Time) {
+	a.Capability = nil // released with the registration; a departed agent is refused everything
+	for k, d := range r.departed {
+		if !now.Before(d.until) {
+			delete(r.departed, k)
+		}
+	}
+	for len(r.departed) >= maxDeparted {
+		oldest := ""
+		for k, d := range r.departed {
+			if oldest == "" || d.until.Before(r.departed[oldest].until) {
+				oldest = k
+			}
+		}
+		delete(r.departed, oldest)
+	}
+	r.departed[cg] = departure{agent: a, until: now.Add(Departed)}
 }
 
 // Close releases every capability handle and the mount handle.

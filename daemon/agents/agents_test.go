@@ -3,8 +3,10 @@ package agents
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -58,10 +60,11 @@ func TestResolve(t *testing.T) {
 		t.Errorf("unknown id: %v", err)
 	}
 
-	// Unregistering falls back to the static entry above it.
+	// Unregistered, the cgroup is its departed agent's, refused (TestResolveDeparted), not the static
+	// entry's above it.
 	r.Unregister(ctx, "/firma.slice/firma-agents.slice/run-7/")
-	if a, _, _ := r.Resolve(5); a.ID != "fallback" {
-		t.Errorf("after unregister: %q", a.ID)
+	if a, _, err := r.Resolve(5); a.ID != "runner-agent" || !errors.Is(err, ErrDeparted) {
+		t.Errorf("after unregister: %q, %v", a.ID, err)
 	}
 	if got := r.Registered(); len(got) != 0 {
 		t.Errorf("registered %v", got)
@@ -96,5 +99,63 @@ func TestValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
+	}
+}
+
+// TestResolveDeparted: a report about a cgroup read after its registration was withdrawn (the agent
+// did something forbidden and exited at once) still names the agent, as a refusal; a new
+// registration of the same cgroup is the new agent's; the memory is bounded in time and size.
+func TestResolveDeparted(t *testing.T) {
+	r := newTest(t, []Config{{Cgroup: "firma-agents.slice", AgentID: "fallback"}}, map[uint64]string{
+		4: "/firma.slice/firma-agents.slice/run-7",
+		5: "/firma.slice/firma-agents.slice/run-7/child",
+		6: "/firma.slice/firma-agents.slice/run-8",
+	})
+	ctx := context.Background()
+	reg := control.Registration{Cgroup: "firma.slice/firma-agents.slice/run-7", AgentID: "runner-agent", SessionID: "s9"}
+	if err := r.Register(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Unregister(ctx, reg.Cgroup); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint64{4, 5} {
+		a, _, err := r.Resolve(id)
+		if !errors.Is(err, ErrDeparted) || !errors.Is(err, ErrUnknownAgent) || a.ID != "runner-agent" || a.SessionID != "s9" || a.Capability != nil {
+			t.Errorf("cgroup %d after unregister: %+v, %v; want runner-agent refused as departed", id, a, err)
+		}
+	}
+	if a, _, err := r.Resolve(6); err != nil || a.ID != "fallback" {
+		t.Errorf("a sibling never registered: %q, %v; want the static fallback", a.ID, err)
+	}
+
+	reg.AgentID, reg.SessionID = "second", "s10"
+	if err := r.Register(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	if a, _, err := r.Resolve(4); err != nil || a.ID != "second" {
+		t.Errorf("registered again: %q, %v; want second", a.ID, err)
+	}
+
+	r.Unregister(ctx, reg.Cgroup)
+	r.mu.Lock()
+	d := r.departed["/firma.slice/firma-agents.slice/run-7"]
+	d.until = time.Now().Add(-time.Second)
+	r.departed["/firma.slice/firma-agents.slice/run-7"] = d
+	r.mu.Unlock()
+	if a, _, err := r.Resolve(4); err != nil || a.ID != "fallback" {
+		t.Errorf("after Departed: %q, %v; want the static fallback again", a.ID, err)
+	}
+
+	r.mu.Lock()
+	for i := range maxDeparted + 5 {
+		r.depart(fmt.Sprintf("/gone/%d", i), Agent{ID: "x"}, time.Now().Add(time.Duration(i)*time.Millisecond))
+	}
+	n := len(r.departed)
+	_, first := r.departed["/gone/0"]
+	_, last := r.departed[fmt.Sprintf("/gone/%d", maxDeparted+4)]
+	r.mu.Unlock()
+	if n != maxDeparted || first || !last {
+		t.Errorf("departed holds %d (oldest kept %v, newest kept %v); want %d, the oldest dropped", n, first, last, maxDeparted)
 	}
 }

@@ -339,6 +339,8 @@ func (j *Judge) decide(ctx context.Context, f *Flow, in Intent) (d policies.Deci
 // refusal is why the sidecar refuses an intent by itself, before the policy: "" when it does not.
 func (j *Judge) refusal(f *Flow, in Intent) string {
 	switch {
+	case in.Mode == ModeKernel && in.Refuse != "":
+		return in.Refuse // what the kernel refused, whether or not an agent still covers the cgroup
 	case errors.Is(f.Unknown, ErrNoIdentity):
 		return ReasonUnknownAgent + ": " + ErrNoIdentity.Error()
 	case f.Unknown != nil:

@@ -137,6 +137,7 @@ func TestRefusals(t *testing.T) {
 	refuse := func(reason string) Intent { in := connectIntent(); in.Refuse = reason; return in }
 	noHost := connectIntent()
 	noHost.Host = ""
+	kernel := Intent{Method: "KERNEL", Transport: "kernel", Mode: ModeKernel, Refuse: "kernel refused socket family: AF_PACKET"}
 	for _, tc := range []struct {
 		name   string
 		flow   *Flow
@@ -152,6 +153,9 @@ func TestRefusals(t *testing.T) {
 		{"no host", testFlow(), noHost, nil, ReasonNoHost},
 		{"stale bundle", testFlow(), connectIntent(), errors.New("policy bundle stale"), "policy bundle stale"},
 		{"unknown agent wins over stale", unknown, connectIntent(), errors.New("policy bundle stale"), ReasonUnknownAgent},
+		// A kernel refusal read after its cgroup's agent left keeps what the kernel refused.
+		{"kernel refusal of a departed agent", unknown, kernel, nil, "kernel refused socket family: AF_PACKET"},
+		{"kernel refusal with a stale bundle", testFlow(), kernel, errors.New("policy bundle stale"), "kernel refused socket family: AF_PACKET"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eng, rec := &fakeEngine{d: allow}, &fakeRecorder{}
