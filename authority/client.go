@@ -590,7 +590,14 @@ func (c *Client) get(ctx context.Context, base, path string, q url.Values, wait 
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenBytes+1))
+	// Sized from Content-Length when there is one: a fleet's every sidecar reads each new bundle at
+	// once, and growing the buffer from 512 bytes doubled the copying.
+	var buf bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= maxTokenBytes {
+		buf.Grow(int(n) + 1)
+	}
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, maxTokenBytes+1))
+	body := buf.Bytes()
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s: %w", path, err)
 	}
@@ -644,11 +651,12 @@ func (c *Client) pollBundle(ctx context.Context, base string) error {
 		}
 		return c.acceptFreshness(fc, raw, arrived, true)
 	case http.StatusOK:
-		b, err := VerifyBundle(c.pub, string(body))
+		raw := string(body)
+		b, err := VerifyBundle(c.pub, raw)
 		if err != nil {
 			return rejectVerify(err)
 		}
-		return c.acceptBundle(b, string(body), arrived, true)
+		return c.acceptBundle(b, raw, arrived, true)
 	default:
 		return &statusError{path: PathBundle, status: resp.Status, code: resp.StatusCode, body: body}
 	}
@@ -747,11 +755,12 @@ func (c *Client) pollRevocations(ctx context.Context, base string) error {
 	if resp.StatusCode != http.StatusOK {
 		return &statusError{path: PathRevocations, status: resp.Status, code: resp.StatusCode, body: body}
 	}
-	rc, err := verifyRevocations(c.pub, string(body))
+	raw := string(body)
+	rc, err := verifyRevocations(c.pub, raw)
 	if err != nil {
 		return rejectVerify(err)
 	}
-	return c.acceptRevocations(rc, string(body), arrived, true)
+	return c.acceptRevocations(rc, raw, arrived, true)
 }
 
 // acceptRevocations applies one signed page. A whole list (from 0) replaces the set — but one that
