@@ -271,7 +271,7 @@ func TestGuideHTTPSMITM(t *testing.T) {
 				`{"action_class":"communication.external.send","resource":{"host":"api.openai.com:443","port":443},"raw_transport":"tls"}`}},
 			{block: "--cacert /etc/ssl/certs/ca-certificates.crt https://api.openai.com/v1/models || true", want: []string{
 				"unable to get local issuer certificate", "hello from api.openai.com /v1/models",
-				"mitm handshake failed: ", "; CONNECT-only for this agent for 10m0s", "mitm fallback: permitted by policy"},
+				"mitm handshake failed: the agent rejected firma's certificate (does it trust firma's CA?): ", "; CONNECT-only for this agent for 10m0s", "mitm fallback: permitted by policy"},
 				then: func(t *testing.T, d *docRun, out string) {
 					if logs := d.m.terms["sidecar"].out.String(); !strings.Contains(logs, "mitm_handshake_failed") || !strings.Contains(logs, "strict=false") {
 						t.Errorf("the sidecar did not log mitm_handshake_failed for api.openai.com:\n%s", logs)

@@ -287,7 +287,7 @@ func (s *Server) intercept(ctx context.Context, conn net.Conn, f *flow, in judge
 	err := s.o.L7.ServeTLS(ctx, withPrefix(cc, sn.Prefix), f.Flow, l7.TLSConn{SNI: in.SNI, Host: in.Host, ALPN: sn.Hello.ALPN, Port: f.port})
 	res := judge.Result{BytesUp: int64(len(sn.Prefix)) + cc.read.Load(), BytesDown: cc.written.Load(), Duration: time.Since(start)}
 	if errors.Is(err, l7.ErrHandshake) {
-		res.ErrClass, res.Err = judge.ErrorClientCanceled, err // recorded as refused by the L7 engine too
+		res.ErrClass, res.Err = judge.ErrorHandshake, err // recorded as refused by the L7 engine too
 	} else if err != nil && ctx.Err() == nil {
 		s.o.Log.Debug().Err(err).Str(logfields.Host, in.Host).Msg("intercepted connection ended")
 	}

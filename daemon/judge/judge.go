@@ -75,6 +75,9 @@ const (
 	ErrorNetwork        = "connector_network_error"     // resolving, a refused address, dialing, upstream TLS, reset
 	ErrorCredentials    = "credential injection failed" // nothing was sent upstream
 	ErrorClientCanceled = "client_canceled"             // the agent went away first
+	// ErrorHandshake: the agent's TLS handshake with firma's leaf failed (its own decision record
+	// says how); nothing was sent upstream.
+	ErrorHandshake = "mitm_handshake_failed"
 	// ErrorBodyLimit: a streamed request body passed max_request_body_bytes and was cut off.
 	ErrorBodyLimit = "request_body_over_limit"
 )

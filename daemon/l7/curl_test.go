@@ -54,6 +54,9 @@ func TestCurl(t *testing.T) {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				if _, _, _, hs := e.hooks.snapshot(); len(hs) == 1 {
+					if !strings.Contains(hs[0].reason, "the agent rejected firma's certificate") {
+						t.Errorf("the refusal does not say the agent rejected the certificate: %q", hs[0].reason)
+					}
 					break
 				}
 				if time.Now().After(deadline) {

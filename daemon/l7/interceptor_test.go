@@ -747,6 +747,9 @@ func TestBareCloseOpensNoFallback(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, _, _, hs := e.hooks.snapshot(); len(hs) == 1 {
+			if strings.Contains(hs[0].reason, "rejected") {
+				t.Errorf("a bare close is recorded as a rejected certificate: %q", hs[0].reason)
+			}
 			break
 		}
 		if time.Now().After(deadline) {

@@ -84,12 +84,18 @@ func (e *Engine) ServeTLS(ctx context.Context, conn net.Conn, f *judge.Flow, tc 
 // open the fallback by hanging up.
 func (e *Engine) handshakeFailed(ctx context.Context, f *judge.Flow, sni, host string, port int, err error, rejected bool) {
 	strict := e.hosts.strict.Match(host)
-	reason := judge.ReasonHandshake + ": " + err.Error()
+	why := err.Error()
+	if rejected {
+		// Go's own words for this ("bad record MAC", "unknown certificate authority") do not say
+		// what happened or what to do.
+		why = "the agent rejected firma's certificate (does it trust firma's CA?): " + why
+	}
+	reason := judge.ReasonHandshake + ": " + why
 	ev := e.log.Warn().Str(logfields.Host, host).Str(logfields.SNI, sni).Str(logfields.Agent, f.AgentID).
 		Str(logfields.Reason, err.Error()).Bool(logfields.Strict, strict)
 	switch {
 	case strict:
-		reason = judge.ReasonHandshake + " (strict host): " + err.Error()
+		reason = judge.ReasonHandshake + " (strict host): " + why
 	case rejected:
 		until := e.now().Add(e.cfg.FallbackPeriod.Duration)
 		e.mu.Lock()
