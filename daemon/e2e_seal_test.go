@@ -80,22 +80,29 @@ func (l *sealLab) escapeArgs(uid int, extra ...string) []string {
 }
 
 // evidence is one audit record a technique must leave: a kernel refusal whose reason starts with
-// "kernel refused <kind>: " and ends with suffix, or a sidecar DENY in mode naming host.
+// "kernel refused <kind>: " (or "sandbox refused <kind>: " for firma run's seccomp filter) and
+// ends with suffix, or a sidecar DENY in mode naming host.
 type evidence struct {
 	mode   string // "kernel", or the sidecar's transport mode
+	by     string // kernel: "kernel" or "sandbox"
 	kind   string // kernel: the refusal kind
 	suffix string // kernel: how the reason ends
 	host   string // sidecar: the record's resource host
 }
 
 func kernel(kind, suffix string) evidence {
-	return evidence{mode: "kernel", kind: kind, suffix: suffix}
+	return evidence{mode: "kernel", by: "kernel", kind: kind, suffix: suffix}
+}
+
+// sandboxed is a refusal of firma run's seccomp filter, which firma run reports to the sidecar.
+func sandboxed(kind, suffix string) evidence {
+	return evidence{mode: "kernel", by: "sandbox", kind: kind, suffix: suffix}
 }
 func sidecar(mode, host string) evidence { return evidence{mode: mode, host: host} }
 
 func (e evidence) String() string {
 	if e.mode == "kernel" {
-		return fmt.Sprintf("kernel refused %s: …%s", e.kind, e.suffix)
+		return fmt.Sprintf("%s refused %s: …%s", e.by, e.kind, e.suffix)
 	}
 	return fmt.Sprintf("sidecar DENY %s %s", e.mode, e.host)
 }
@@ -106,7 +113,7 @@ func (e evidence) match(ev audit.Event) bool {
 		return false
 	}
 	if e.mode == "kernel" {
-		return strings.HasPrefix(ev.Decision.Reason, "kernel refused "+e.kind+": ") && strings.HasSuffix(ev.Decision.Reason, e.suffix)
+		return strings.HasPrefix(ev.Decision.Reason, e.by+" refused "+e.kind+": ") && strings.HasSuffix(ev.Decision.Reason, e.suffix)
 	}
 	return env.Intent.Resource.Host == e.host
 }
@@ -255,16 +262,30 @@ var plainPlacementRootHoles = []string{"signal_sidecar", "pidfd_getfd_sidecar", 
 // included), with what the sandbox refuses before the kernel's hooks could: its seccomp filter
 // (io_uring, other socket families, bpf(), the i386 entry), its private /dev, its PID namespace and
 // its mounts (the sidecar's process, the control socket and cgroupfs are out of sight or
-// read-only). Those refusals leave no audit record; the attacker must see each.
+// read-only). The attacker must see each refused; what the seccomp filter refuses (a socket family,
+// io_uring, bpf()) firma run reports, and the sidecar records it under the attacker's pid.
 func firmaRunExpectations(l *sealLab) map[string]sealWant {
 	w := sealExpectations(l, false)
 	sandbox := sealWant{refused: true}
+	seccomp := func(kind, suffix string) sealWant {
+		return sealWant{refused: true, records: []evidence{sandboxed(kind, suffix)}}
+	}
 	for name := range w {
-		if strings.HasPrefix(name, "io_uring_") || strings.HasPrefix(name, "compat_") || strings.HasPrefix(name, "af_") {
-			w[name] = sandbox
+		switch {
+		case strings.HasPrefix(name, "io_uring_compat_"):
+			w[name] = sandbox // set up through the i386 entry: ENOSYS, nothing to report
+		case strings.HasPrefix(name, "io_uring_"):
+			w[name] = seccomp("syscall", "io_uring_setup")
+		case name == "af_netlink":
+			w[name] = sandbox // NETLINK_ROUTE: glibc tries it on name lookups, refused unrecorded
+		case strings.HasPrefix(name, "af_"):
+			w[name] = seccomp("family", "")
+		case strings.HasPrefix(name, "compat_"):
+			w[name] = sandbox // the i386 entry: ENOSYS for every call, nothing to report
 		}
 	}
-	for _, name := range []string{"bpf_syscall", "tun", "control_socket", "raw_ip", "ip_retopts_cmsg", "ipv6_dstopts_cmsg"} {
+	w["bpf_syscall"] = seccomp("syscall", "bpf")
+	for _, name := range []string{"tun", "control_socket", "raw_ip", "ip_retopts_cmsg", "ipv6_dstopts_cmsg"} {
 		w[name] = sandbox
 	}
 	for _, name := range plainPlacementRootHoles {

@@ -5,12 +5,16 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
+	"github.com/openfirma/firma/bpf"
 	"github.com/openfirma/firma/daemon/agents"
 	"github.com/openfirma/firma/daemon/control"
+	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
 	"github.com/openfirma/firma/version"
@@ -35,6 +39,76 @@ func (r registry) Register(ctx context.Context, reg control.Registration) error 
 
 func (r registry) Unregister(ctx context.Context, cg string) error {
 	return r.s.agents.Unregister(ctx, cg)
+}
+
+// Refused records what firma run's seccomp filter refused a process, as a kernel refusal: the
+// process waits in the refused call while the runner reports it, so /proc names it exactly, and
+// its agent is the one its cgroup belongs to — never what the report says. Only a process in the
+// enforced cgroup tree is recorded (the control socket's peer is already root and outside it).
+func (r registry) Refused(ctx context.Context, ref control.Refusal) error {
+	s := r.s
+	cg, err := cgroup.OfProcess(int32(ref.PID))
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", ref.PID, err)
+	}
+	cg = cgroup.Canonical(cg)
+	if enforced := cgroup.Canonical(s.cfg.Transparent.Cgroup); !s.cfg.Transparent.Enabled || !cgroup.Under(cg, enforced) {
+		return fmt.Errorf("pid %d is in cgroup %s, not below the enforced %s", ref.PID, cg, enforced)
+	}
+	id, err := cgroup.ID(filepath.Join(s.mount, filepath.FromSlash(cg)))
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", ref.PID, err)
+	}
+	// The kernel names the calling thread: the record names its process, as the kernel's own do.
+	o := bpf.Origin{PID: uint32(ref.PID), CgroupID: id}
+	var tgid uint32
+	tgid, o.UID, o.GID, o.Comm = procIdentity(ref.PID)
+	if tgid != 0 {
+		o.PID = tgid
+	}
+	what := "syscall: " + ref.Syscall
+	if ref.Syscall == "socket" || ref.Syscall == "socketpair" {
+		const typeMask = 0xf // SOCK_NONBLOCK and SOCK_CLOEXEC ride in the type
+		what = "family: " + bpf.Refusal{Kind: bpf.RefusalFamily, Family: ref.Family, Type: ref.Type & typeMask, Protocol: ref.Protocol}.Detail()
+		if ref.Syscall == "socketpair" {
+			what = strings.Replace(what, "socket ", "socketpair ", 1)
+		}
+	}
+	s.judge.Decide(ctx, s.flowOf(o), judge.Intent{Method: "KERNEL", Transport: "kernel", Mode: judge.ModeKernel,
+		Refuse: "sandbox refused " + what})
+	return nil
+}
+
+// procIdentity reads a thread's process id (tgid), real uid and gid and comm from /proc; what
+// cannot be read is left zero.
+func procIdentity(pid int) (tgid, uid, gid uint32, comm string) {
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil {
+		comm = strings.TrimSuffix(string(b), "\n")
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, 0, comm
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		key, rest, ok := strings.Cut(line, ":")
+		f := strings.Fields(rest)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 32)
+		if err != nil {
+			continue
+		}
+		switch key {
+		case "Tgid":
+			tgid = uint32(n)
+		case "Uid":
+			uid = uint32(n)
+		case "Gid":
+			gid = uint32(n)
+		}
+	}
+	return tgid, uid, gid, comm
 }
 
 // Info tells a runner where to place an agent and what to hide from it.

@@ -59,7 +59,7 @@ func Init() int {
 	if err := setupNamespace(spec, &realChildOS{}); err != nil {
 		return fail(err)
 	}
-	code, err := superviseAgent(&realInit{spec: line, report: report}, readSignals(in))
+	code, err := superviseAgent(&realInit{spec: line, report: report, notify: openNotify()}, readSignals(in))
 	if err != nil {
 		return fail(err)
 	}
@@ -90,7 +90,7 @@ func ExecAgent() error {
 	if err != nil {
 		return fail(fmt.Errorf("reading the spec: %w", err))
 	}
-	return fail(execAgent(spec, &realChildOS{ppid: os.Getppid()}))
+	return fail(execAgent(spec, &realChildOS{ppid: os.Getppid(), notify: openNotify()}))
 }
 
 // initComm is the init step's process name.
@@ -100,6 +100,7 @@ const initComm = "firma-init"
 type realInit struct {
 	spec   []byte   // the spec's JSON line, passed on to the exec step
 	report *os.File // fd 4, passed on to the exec step and closed here once it has started
+	notify *os.File // fd 5 when the runner passed it, likewise; nil otherwise
 }
 
 func (r *realInit) Start() (int, error) {
@@ -108,9 +109,14 @@ func (r *realInit) Start() (int, error) {
 		return 0, err
 	}
 	defer specR.Close()
+	files := []uintptr{0, 1, 2, specR.Fd(), r.report.Fd()}
+	if r.notify != nil {
+		files = append(files, r.notify.Fd())
+		defer r.notify.Close() // the exec step's alone from here
+	}
 	pid, err := syscall.ForkExec(selfExe, []string{"firma", "run", ExecArg}, &syscall.ProcAttr{
 		Env:   []string{},
-		Files: []uintptr{0, 1, 2, specR.Fd(), r.report.Fd()},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
 	})
 	if err != nil {
@@ -139,7 +145,8 @@ func (*realInit) Kill(pid int, sig syscall.Signal) error { return syscall.Kill(p
 
 // realChildOS is childOS on the kernel.
 type realChildOS struct {
-	ppid int
+	ppid   int
+	notify *os.File // the runner's notify socket; nil without one
 }
 
 func (*realChildOS) Stat(p string) (fs.FileInfo, error)     { return os.Stat(p) }
@@ -179,26 +186,64 @@ func (*realChildOS) MountDevpts(target string) error {
 	return unix.Mount("devpts", target, "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
 }
 
-// Seccomp installs the filter of seccomp.go on this thread (the exec that follows keeps it).
-func (*realChildOS) Seccomp() error {
+// Seccomp installs the filter of seccomp.go on this thread (the exec that follows keeps it). With
+// the runner's notify socket, the filter hands its refusals to a listener, which goes to the
+// runner; where the kernel gives no listener (one exists up the process tree already, or the
+// kernel has none) the filter answers by itself, and the runner is told why.
+func (c *realChildOS) Seccomp() error {
 	arch, err := nativeSeccompArch()
 	if err != nil {
 		return err
 	}
-	ins, err := seccompFilter(arch)
+	if c.notify != nil {
+		defer c.notify.Close()
+		fd, err := installSeccomp(arch, true)
+		if err == nil {
+			defer unix.Close(fd)
+			if err := unix.Sendmsg(int(c.notify.Fd()), []byte("listener"), unix.UnixRights(fd), nil, 0); err != nil {
+				return fmt.Errorf("handing the seccomp listener to firma run: %w", err)
+			}
+			return nil
+		}
+		c.notify.WriteString("no seccomp notification listener: " + err.Error())
+	}
+	_, err = installSeccomp(arch, false)
+	return err
+}
+
+// installSeccomp installs the filter for arch, with a notification listener (returned) or without.
+func installSeccomp(arch seccompArch, listener bool) (int, error) {
+	ins, err := seccompFilter(arch, listener)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	filter, err := assembleSeccomp(ins)
 	if err != nil {
-		return err
+		return -1, err
+	}
+	flags := uintptr(0)
+	if listener {
+		flags = unix.SECCOMP_FILTER_FLAG_NEW_LISTENER
 	}
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if _, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&prog))); errno != 0 {
-		return errno
-	}
+	fd, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&prog)))
 	runtime.KeepAlive(filter)
-	return nil
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(fd), nil
+}
+
+// notifyFD is the runner's notify socket in the init and exec steps: where the exec step sends the
+// seccomp listener (SCM_RIGHTS), or a line saying why there is none.
+const notifyFD = 5
+
+// openNotify returns the notify socket, or nil when the runner passed none.
+func openNotify() *os.File {
+	if _, err := unix.FcntlInt(notifyFD, unix.F_GETFD, 0); err != nil {
+		return nil
+	}
+	return os.NewFile(notifyFD, "firma-run-notify")
 }
 
 func (*realChildOS) MountTmpfs(target, opts string, ro bool) error {

@@ -22,7 +22,10 @@
 //   - `firma run __exec` drops capabilities, optionally switches user, sets no_new_privs, marks
 //     every descriptor but stdio close-on-exec, scopes abstract unix sockets and signals with
 //     Landlock (where the kernel has scopes; firma run says so where it has not), installs the
-//     seccomp filter (seccomp.go) and execs the program;
+//     seccomp filter (seccomp.go) with a notification listener, which it hands to firma run over
+//     the notify socket (fd 5), and execs the program;
+//   - answer the filter's refusals (notify_linux.go): report each to the sidecar, for the audit log,
+//     then give the process its errno;
 //   - forward SIGINT, SIGTERM, SIGHUP and SIGQUIT, wait, and exit with the program's status (128+n
 //     for signal n); kill whatever is left in the cgroup, remove it, unregister.
 //

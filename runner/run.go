@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -68,6 +69,7 @@ type sidecar interface {
 	Info(ctx context.Context) (control.Info, error)
 	Register(ctx context.Context, r control.Registration) error
 	Unregister(ctx context.Context, cgroup string) error
+	Refused(ctx context.Context, r control.Refusal) error
 	Close() error
 }
 
@@ -85,6 +87,10 @@ type launch struct {
 	Stdin    io.Reader
 	Stdout   io.Writer
 	Stderr   io.Writer
+	// Refused is told each call the sandbox's seccomp filter refused the agent, before the agent
+	// gets its errno.
+	Refused func(control.Refusal)
+	Log     zerolog.Logger
 }
 
 // agentUser is who the agent runs as after --user.
@@ -279,7 +285,10 @@ func (h *host) run(ctx context.Context, cfg Config, opts Options, log zerolog.Lo
 		return 128 + signum(sig), fmt.Errorf("interrupted by %v before the agent started", sig)
 	default:
 	}
-	a, err := h.launch(launch{CgroupFD: pl.FD, Spec: spec, Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr})
+	rep := &refusalReporter{dial: func(ctx context.Context) (sidecar, error) { return h.dial(ctx, socket) }, log: log}
+	defer rep.close()
+	a, err := h.launch(launch{CgroupFD: pl.FD, Spec: spec, Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr,
+		Refused: rep.report, Log: log})
 	if err != nil {
 		return 1, err
 	}
@@ -511,4 +520,57 @@ func dedupe(s []string) []string {
 		}
 	}
 	return out
+}
+
+// refusalReportTimeout bounds one report: the refused process waits for it.
+const refusalReportTimeout = 2 * time.Second
+
+// refusalReporter sends what the sandbox refused to the sidecar, for the audit log, over one
+// control connection made again when it fails. A report that cannot be made is logged (the first,
+// then every 100th): the call is refused all the same.
+type refusalReporter struct {
+	dial func(ctx context.Context) (sidecar, error)
+	log  zerolog.Logger
+
+	mu     sync.Mutex
+	sc     sidecar
+	failed int
+}
+
+func (r *refusalReporter) report(ref control.Refusal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), refusalReportTimeout)
+	defer cancel()
+	var err error
+	for range 2 { // a connection the sidecar closed while idle is made again once
+		if r.sc == nil {
+			if r.sc, err = r.dial(ctx); err != nil {
+				r.sc = nil
+				break
+			}
+		}
+		if err = r.sc.Refused(ctx, ref); err == nil {
+			return
+		}
+		r.sc.Close()
+		r.sc = nil
+		if errors.Is(err, control.ErrRejected) {
+			break // the sidecar answered: asking again changes nothing
+		}
+	}
+	if r.failed%100 == 0 {
+		r.log.Warn().Err(err).Int(logfields.PID, ref.PID).Str("syscall", ref.Syscall).Int("unreported", r.failed+1).
+			Msg("could not report a sandbox refusal to the sidecar: it is not in the audit log")
+	}
+	r.failed++
+}
+
+func (r *refusalReporter) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sc != nil {
+		r.sc.Close()
+		r.sc = nil
+	}
 }

@@ -63,6 +63,7 @@ type fakeSidecar struct {
 	registered []control.Registration
 	current    map[string]bool
 	regCh      chan control.Registration
+	refusals   []control.Refusal
 }
 
 func (f *fakeSidecar) Info() control.Info {
@@ -96,6 +97,20 @@ func (f *fakeSidecar) Unregister(_ context.Context, cg string) error {
 	defer f.mu.Unlock()
 	delete(f.current, cg)
 	return nil
+}
+
+func (f *fakeSidecar) Refused(_ context.Context, r control.Refusal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refusals = append(f.refusals, r)
+	return nil
+}
+
+// refused returns the sandbox refusals firma run reported.
+func (f *fakeSidecar) refused() []control.Refusal {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]control.Refusal(nil), f.refusals...)
 }
 
 func (f *fakeSidecar) last(t *testing.T) control.Registration {

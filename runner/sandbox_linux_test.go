@@ -230,6 +230,7 @@ func TestRunSandbox(t *testing.T) {
 			}
 
 			targets := newEscapeTargets(t)
+			before := len(f.refused())
 			r := runEscape(t, f, targets, true, user)
 			tcp, unix := targets.received(t)
 			if tcp != "" || unix != "" {
@@ -260,6 +261,39 @@ func TestRunSandbox(t *testing.T) {
 			}
 			if len(r.FDs) > 0 {
 				t.Errorf("descriptors inherited beyond stdio: %v", r.FDs)
+			}
+			// Every refusal of the seccomp filter was reported to the sidecar, for the audit log,
+			// before the agent got its errno.
+			reported, families := map[string]bool{}, map[int]bool{}
+			for _, ref := range f.refused()[before:] {
+				reported[ref.Syscall] = true
+				if ref.Syscall == "socket" {
+					families[ref.Family] = true
+				}
+				if ref.Syscall == "socket" && ref.Family == 16 && ref.Protocol == 0 {
+					t.Errorf("socket(AF_NETLINK, NETLINK_ROUTE), which glibc tries on name lookups, was reported: %+v", ref)
+				}
+				if ref.PID <= 0 {
+					t.Errorf("refusal without a pid: %+v", ref)
+				}
+			}
+			// (socketpair-netlink asks for NETLINK_ROUTE: refused unrecorded, like socket-netlink.)
+			wantCalls := []string{"socket", "ptrace", "pidfd_getfd", "process_vm_readv", "process_vm_writev",
+				"kcmp", "process_madvise", "bpf", "perf_event_open", "io_uring_setup", "userfaultfd", "add_key", "keyctl",
+				"syslog", "delete_module", "setns", "open_by_handle_at", "kexec_load", "init_module", "finit_module",
+				"request_key", "acct", "swapoff"}
+			if runtime.GOARCH == "amd64" {
+				wantCalls = append(wantCalls, "iopl", "ioperm")
+			}
+			for _, c := range wantCalls {
+				if !reported[c] {
+					t.Errorf("the refused %s was not reported to the sidecar (reported: %v)", c, slices.Sorted(maps.Keys(reported)))
+				}
+			}
+			for _, fam := range []int{17, 40, 38, 44, 15, 30} { // packet, vsock, alg, xdp, key, tipc
+				if !families[fam] {
+					t.Errorf("the refused socket family %d was not reported (reported: %v)", fam, slices.Sorted(maps.Keys(families)))
+				}
 			}
 			f.noCgroupLeft(t)
 		})
@@ -365,6 +399,7 @@ echo > probe && rm probe && echo workspace-writable`, url, goClient)
 				if res.Code != 0 || strings.Count(res.Stdout, "hello from profiles /p\n") != 4 || !strings.Contains(res.Stdout, "workspace-writable") {
 					t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", res.Code, res.Stdout, res.Stderr)
 				}
+				t.Logf("DEBUG refusals: %+v", f.refused())
 			})
 		}
 	}

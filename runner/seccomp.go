@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/openfirma/firma/daemon/control"
 )
 
 // The agent's seccomp filter. It is a deny list — an agent is an arbitrary program, and an allow
@@ -16,7 +18,14 @@ import (
 // fall back. It is checked against the architecture the call was made in: a 64-bit process can
 // still enter the kernel through the 32-bit compat entry (int 0x80 on x86_64, AArch32 on arm64)
 // with a different numbering, and x86_64 has the x32 ABI on the same arch token; all of those get
-// ENOSYS. (The common libraries fall short here: elastic/go-seccomp-bpf sends calls from another
+// ENOSYS.
+//
+// Every refusal below is also recorded: the filter hands the call to firma run
+// (SECCOMP_RET_USER_NOTIF), which reports it to the sidecar — while the process waits, so that
+// the sidecar reads who it is from /proc — and then answers with the errno (notify_linux.go). The
+// kernel allows one notification listener per process tree: where one exists already (firma run
+// inside another such supervisor) or the kernel has none, the filter answers by itself,
+// unrecorded, and firma run says so. (The common libraries fall short here: elastic/go-seccomp-bpf sends calls from another
 // architecture to the policy's default action, which for a deny list is "allow";
 // libseccomp-golang needs cgo. The filter is a few dozen instructions, assembled with x/net/bpf.)
 //
@@ -25,7 +34,8 @@ import (
 //   - socket and socketpair with any family but AF_UNIX, AF_INET and AF_INET6. The cgroup hooks
 //     see only inet sockets; a packet socket, AF_VSOCK (to the hypervisor), AF_XDP, AF_NETLINK
 //     (and with it most of the kernel's network configuration code, the classic target of
-//     exploits from a user namespace), AF_ALG and the rest go around them.
+//     exploits from a user namespace), AF_ALG and the rest go around them. AF_NETLINK with
+//     NETLINK_ROUTE is refused without a record: glibc's getaddrinfo tries it on most lookups.
 //
 // Refused with EPERM:
 //
@@ -85,6 +95,9 @@ const (
 	dataNR   = 0
 	dataArch = 4
 	dataArg0 = 16 // low 32 bits on little-endian machines: socket(2)'s family is an int
+	dataArg2 = 32 // socket(2)'s protocol, likewise
+
+	netlinkRoute = 0 // NETLINK_ROUTE
 )
 
 // seccompRet are the filter's verdicts.
@@ -93,6 +106,7 @@ const (
 	retEPERM       = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 	retENOSYS      = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
 	retEAFNOSUPORT = unix.SECCOMP_RET_ERRNO | uint32(unix.EAFNOSUPPORT)
+	retNotify      = unix.SECCOMP_RET_USER_NOTIF
 )
 
 // seccompFilter assembles the filter for a. The program is laid out as
@@ -101,8 +115,13 @@ const (
 //	family check → allow | EAFNOSUPPORT
 //	EPERM, ENOSYS
 //
-// with forward jumps only, as classic BPF requires.
-func seccompFilter(a seccompArch) ([]bpf.Instruction, error) {
+// with forward jumps only, as classic BPF requires. With notify, EAFNOSUPPORT and EPERM are
+// handed to the supervisor instead (seccompAnswer gives the same errnos).
+func seccompFilter(a seccompArch, notify bool) ([]bpf.Instruction, error) {
+	refuseFamily, refuseCall := uint32(retEAFNOSUPORT), uint32(retEPERM)
+	if notify {
+		refuseFamily, refuseCall = retNotify, retNotify
+	}
 	for _, name := range refusedSyscalls {
 		if _, ok := a.Numbers[name]; !ok && !archLacks(a.Name, name) {
 			return nil, fmt.Errorf("seccomp: no %s number for %s", a.Name, name)
@@ -133,11 +152,21 @@ func seccompFilter(a seccompArch) ([]bpf.Instruction, error) {
 	for _, f := range allowedFamilies {
 		p.jumpIf(bpf.JumpEqual, f, "allow-family")
 	}
+	p.jumpIf(bpf.JumpEqual, unix.AF_NETLINK, "netlink")
+	p.add(bpf.RetConstant{Val: refuseFamily})
+	// glibc's getaddrinfo opens a NETLINK_ROUTE socket on most lookups (to sort the answers, and
+	// for AI_ADDRCONFIG): refused here without a word, or every name an agent resolves would cost
+	// a round trip to the sidecar and leave a record.
+	p.label("netlink")
+	p.add(bpf.LoadAbsolute{Off: dataArg2, Size: 4})
+	p.jumpIf(bpf.JumpEqual, netlinkRoute, "netlink-route")
+	p.add(bpf.RetConstant{Val: refuseFamily})
+	p.label("netlink-route")
 	p.add(bpf.RetConstant{Val: retEAFNOSUPORT})
 	p.label("allow-family")
 	p.add(bpf.RetConstant{Val: retAllow})
 	p.label("eperm")
-	p.add(bpf.RetConstant{Val: retEPERM})
+	p.add(bpf.RetConstant{Val: refuseCall})
 	p.label("enosys")
 	p.add(bpf.RetConstant{Val: retENOSYS})
 	return p.resolve()
@@ -218,4 +247,29 @@ func assembleSeccomp(ins []bpf.Instruction) ([]unix.SockFilter, error) {
 		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
 	return out, nil
+}
+
+// seccompAnswer is the supervisor's answer to a call the filter handed it: the errno the filter
+// would have returned by itself, and what to record. A call from another architecture than a's
+// (the filter never hands one over) gets ENOSYS and no record.
+func seccompAnswer(a seccompArch, arch, nr uint32, args [6]uint64) (unix.Errno, *control.Refusal) {
+	if arch != a.Audit {
+		return unix.ENOSYS, nil
+	}
+	switch nr {
+	case a.Socket, a.Socketpair:
+		name := "socket"
+		if nr == a.Socketpair {
+			name = "socketpair"
+		}
+		// The kernel reads int arguments: the low 32 bits, sign included.
+		return unix.EAFNOSUPPORT, &control.Refusal{Syscall: name,
+			Family: int(int32(args[0])), Type: int(int32(args[1])), Protocol: int(int32(args[2]))}
+	}
+	for name, n := range a.Numbers {
+		if n == nr {
+			return unix.EPERM, &control.Refusal{Syscall: name}
+		}
+	}
+	return unix.EPERM, &control.Refusal{Syscall: fmt.Sprintf("syscall_%d", nr)}
 }

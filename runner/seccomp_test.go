@@ -34,8 +34,12 @@ func runFilter(t *testing.T, vm *bpf.VM, in []byte) uint32 {
 }
 
 func filterVM(t *testing.T, a seccompArch) *bpf.VM {
+	return filterVMNotify(t, a, false)
+}
+
+func filterVMNotify(t *testing.T, a seccompArch, notify bool) *bpf.VM {
 	t.Helper()
-	ins, err := seccompFilter(a)
+	ins, err := seccompFilter(a, notify)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +135,76 @@ func TestSeccompFilterOtherArch(t *testing.T) {
 	}
 	// A table that lacks a refused call is an error, not a filter with a hole.
 	delete(a.Numbers, "ptrace")
-	if _, err := seccompFilter(a); err == nil {
+	if _, err := seccompFilter(a, false); err == nil {
 		t.Error("a table without ptrace made a filter")
+	}
+}
+
+// TestSeccompFilterNotify: with a listener, every refusal is handed to the supervisor (which
+// answers with the errno of the filter without one: seccompAnswer), and nothing else changes.
+func TestSeccompFilterNotify(t *testing.T) {
+	a, err := nativeSeccompArch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, notify := filterVM(t, a), filterVMNotify(t, a, true)
+	var inputs [][]byte
+	for _, nr := range a.Numbers {
+		inputs = append(inputs, seccompData(a.Audit, nr))
+	}
+	for _, call := range []uint32{a.Socket, a.Socketpair} {
+		for _, fam := range []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6, unix.AF_PACKET, unix.AF_VSOCK, unix.AF_PACKET | 1<<32} {
+			inputs = append(inputs, seccompData(a.Audit, call, fam, unix.SOCK_RAW, 0))
+		}
+		inputs = append(inputs, seccompData(a.Audit, call, unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER))
+	}
+	// NETLINK_ROUTE, which glibc's getaddrinfo tries: refused by the filter itself, unrecorded.
+	route := seccompData(a.Audit, a.Socket, unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if p, n := runFilter(t, plain, route), runFilter(t, notify, route); p != retEAFNOSUPORT || n != retEAFNOSUPORT {
+		t.Errorf("NETLINK_ROUTE: %#x without a listener, %#x with one; want EAFNOSUPPORT from the filter", p, n)
+	}
+	inputs = append(inputs, seccompData(a.Audit, unix.SYS_READ), seccompData(a.Audit, unix.SYS_EXECVE),
+		seccompData(unix.AUDIT_ARCH_I386, 1), seccompData(unix.AUDIT_ARCH_I386, 359, unix.AF_PACKET))
+	if a.X32 {
+		inputs = append(inputs, seccompData(a.Audit, unix.SYS_PTRACE|x32SyscallBit))
+	}
+	for _, in := range inputs {
+		p, n := runFilter(t, plain, in), runFilter(t, notify, in)
+		switch p {
+		case retEPERM, retEAFNOSUPORT:
+			if n != retNotify {
+				t.Errorf("%x: %#x without a listener, %#x with one; want it handed over", in[:8], p, n)
+			}
+		default:
+			if n != p {
+				t.Errorf("%x: %#x without a listener, %#x with one; want the same", in[:8], p, n)
+			}
+		}
+	}
+}
+
+// TestSeccompAnswer: the supervisor answers what the filter alone would have, and says what to
+// record.
+func TestSeccompAnswer(t *testing.T) {
+	a, err := nativeSeccompArch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, nr := range a.Numbers {
+		errno, ref := seccompAnswer(a, a.Audit, nr, [6]uint64{})
+		if errno != unix.EPERM || ref == nil || ref.Syscall != name {
+			t.Errorf("%s: %v %+v, want EPERM naming it", name, errno, ref)
+		}
+	}
+	errno, ref := seccompAnswer(a, a.Audit, a.Socket, [6]uint64{unix.AF_PACKET | 1<<32, unix.SOCK_RAW | unix.SOCK_CLOEXEC, 0x300})
+	if errno != unix.EAFNOSUPPORT || ref == nil || ref.Syscall != "socket" || ref.Family != unix.AF_PACKET ||
+		ref.Type != unix.SOCK_RAW|unix.SOCK_CLOEXEC || ref.Protocol != 0x300 {
+		t.Errorf("socket AF_PACKET: %v %+v", errno, ref)
+	}
+	if errno, ref := seccompAnswer(a, a.Audit, a.Socketpair, [6]uint64{unix.AF_NETLINK}); errno != unix.EAFNOSUPPORT || ref == nil || ref.Syscall != "socketpair" || ref.Family != unix.AF_NETLINK {
+		t.Errorf("socketpair AF_NETLINK: %v %+v", errno, ref)
+	}
+	if errno, ref := seccompAnswer(a, unix.AUDIT_ARCH_I386, 1, [6]uint64{}); errno != unix.ENOSYS || ref != nil {
+		t.Errorf("another architecture: %v %+v, want ENOSYS, nothing to record", errno, ref)
 	}
 }

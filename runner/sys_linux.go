@@ -29,6 +29,7 @@ import (
 
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/logfields"
 )
 
 // InitArg, ExecArg and HoldArg are the hidden `firma run` modes the runner re-executes itself in:
@@ -158,6 +159,16 @@ func startAgent(l launch) (agent, error) {
 		return nil, err
 	}
 	defer errR.Close()
+	// The exec step sends its seccomp notification listener here (fd 5), or why there is none.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		specR.Close()
+		specW.Close()
+		errW.Close()
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	notifyR, notifyW := os.NewFile(uintptr(pair[0]), "firma-run-notify"), os.NewFile(uintptr(pair[1]), "firma-run-notify")
+	defer notifyR.Close()
 	cmd := &exec.Cmd{
 		Path:       selfExe,
 		Args:       []string{"firma", "run", InitArg},
@@ -165,7 +176,7 @@ func startAgent(l launch) (agent, error) {
 		Stdin:      l.Stdin,
 		Stdout:     l.Stdout,
 		Stderr:     l.Stderr,
-		ExtraFiles: []*os.File{specR, errW}, // fd 3 and 4 in the init step
+		ExtraFiles: []*os.File{specR, errW, notifyW}, // fd 3, 4 and 5 in the init step
 		WaitDelay:  2 * time.Second,
 		SysProcAttr: &syscall.SysProcAttr{
 			UseCgroupFD: true,
@@ -194,6 +205,7 @@ func startAgent(l launch) (agent, error) {
 	err = <-started
 	specR.Close()
 	errW.Close()
+	notifyW.Close()
 	if err != nil {
 		specW.Close()
 		return nil, fmt.Errorf("%w: starting the init step: %v", ErrSetup, err)
@@ -207,6 +219,16 @@ func startAgent(l launch) (agent, error) {
 			msg = []byte(fmt.Sprint(errors.Join(werr, rerr)))
 		}
 		return nil, fmt.Errorf("%w: %s", ErrSetup, bytes.TrimSpace(msg))
+	}
+	listener, why, err := receiveListener(notifyR)
+	switch {
+	case err != nil:
+		l.Log.Warn().Err(err).Msg("reading the seccomp listener: the sandbox's refusals will not be in the audit log")
+	case listener < 0:
+		l.Log.Warn().Str(logfields.Reason, why).Msg("the sandbox's seccomp refusals will not be in the audit log")
+	default:
+		arch, _ := nativeSeccompArch() // the exec step built its filter from the same table
+		go superviseSeccomp(listener, arch, l.Refused, p.exited)
 	}
 	return p, nil
 }

@@ -401,6 +401,11 @@ func (f *fakeSidecarClient) Unregister(_ context.Context, cg string) error {
 	return nil
 }
 
+func (f *fakeSidecarClient) Refused(_ context.Context, r control.Refusal) error {
+	f.tr.add("sidecar refused pid=%d %s", r.PID, r.Syscall)
+	return nil
+}
+
 func (f *fakeSidecarClient) Close() error { return nil }
 
 // fakeCgroupFS records cgroup operations; a directory is "populated" until it was killed.

@@ -104,6 +104,12 @@ func (c *Client) Unregister(ctx context.Context, cgroup string) error {
 	return err
 }
 
+// Refused reports what firma run's sandbox refused a process of an agent, for the audit log.
+func (c *Client) Refused(ctx context.Context, r Refusal) error {
+	_, err := c.do(ctx, request{Op: opRefused, Refusal: &r})
+	return err
+}
+
 func (c *Client) do(ctx context.Context, req request) (*response, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {

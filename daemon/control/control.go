@@ -1,6 +1,6 @@
 // Package control owns the sidecar's control socket: the protocol `firma run` uses to learn how the
-// sidecar enforces (Info) and to tell it which cgroup belongs to which agent (Register, Unregister),
-// a client for the runner, and a server that hands each request to a Registry the sidecar implements.
+// sidecar enforces (Info), to tell it which cgroup belongs to which agent (Register, Unregister) and
+// to report what its sandbox refused an agent (Refused), a client for the runner, and a server that hands each request to a Registry the sidecar implements.
 //
 // The socket is root-only: its directory is 0700, the socket 0600, and every connection's peer
 // credentials are checked (uid 0, and not itself inside the enforced cgroup tree). The client checks
@@ -70,6 +70,32 @@ type Registration struct {
 	Monitor bool `json:"monitor,omitempty"`
 }
 
+// Refusal is a call `firma run`'s seccomp filter refused a process of an agent: the runner reports
+// it while the process waits for the answer, so the sidecar can read who it is from /proc.
+type Refusal struct {
+	PID     int    `json:"pid"`     // in the sidecar's (the host's) PID namespace
+	Syscall string `json:"syscall"` // "socket", "socketpair", "ptrace", "bpf"…
+	// Family, Type and Protocol are socket's and socketpair's arguments.
+	Family   int `json:"family,omitempty"`
+	Type     int `json:"type,omitempty"`
+	Protocol int `json:"protocol,omitempty"`
+}
+
+func (r Refusal) validate() error {
+	if r.PID <= 0 {
+		return fmt.Errorf("pid %d", r.PID)
+	}
+	if r.Syscall == "" || len(r.Syscall) > 64 {
+		return fmt.Errorf("syscall %q", r.Syscall)
+	}
+	for _, c := range r.Syscall {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return fmt.Errorf("syscall %q", r.Syscall)
+		}
+	}
+	return nil
+}
+
 // Registry is what the sidecar implements for the server. Its methods are called concurrently, one
 // goroutine per connection. An error from Register or Unregister goes back to the runner verbatim,
 // so it should say what is wrong ("capability /etc/firma/cap.toml: token expired at …").
@@ -79,6 +105,9 @@ type Registry interface {
 	Register(ctx context.Context, r Registration) error
 	// Unregister forgets a cgroup; unknown cgroups are not an error.
 	Unregister(ctx context.Context, cgroup string) error
+	// Refused records what firma run's sandbox refused a process; an error when the process is
+	// not in an enforced cgroup or the record could not be written.
+	Refused(ctx context.Context, r Refusal) error
 }
 
 var (
@@ -98,8 +127,9 @@ func (e *RemoteError) Is(target error) bool { return target == ErrRejected }
 
 // request and response are the wire messages: one JSON object per line each way.
 type request struct {
-	Op           string        `json:"op"` // "info" | "register" | "unregister"
+	Op           string        `json:"op"` // "info" | "register" | "unregister" | "refused"
 	Registration *Registration `json:"registration,omitempty"`
+	Refusal      *Refusal      `json:"refusal,omitempty"`
 	Cgroup       string        `json:"cgroup,omitempty"`
 }
 
@@ -116,6 +146,7 @@ const (
 	opInfo       = "info"
 	opRegister   = "register"
 	opUnregister = "unregister"
+	opRefused    = "refused"
 )
 
 func (r Registration) validate(enforced string) error {

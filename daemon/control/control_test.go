@@ -66,7 +66,8 @@ type fakeRegistry struct {
 	mu   sync.Mutex
 	regs map[string]Registration
 	// reject, when set, is returned by Register.
-	reject error
+	reject  error
+	refused []Refusal
 }
 
 func (f *fakeRegistry) Info() Info { return f.info }
@@ -85,6 +86,13 @@ func (f *fakeRegistry) Unregister(_ context.Context, cg string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.regs, cg)
+	return nil
+}
+
+func (f *fakeRegistry) Refused(_ context.Context, r Refusal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refused = append(f.refused, r)
 	return nil
 }
 
@@ -216,6 +224,28 @@ func TestRegisterValidation(t *testing.T) {
 	}
 	if len(reg.regs) != 0 {
 		t.Fatalf("invalid registrations reached the registry: %v", reg.regs)
+	}
+}
+
+// TestRefused: a sandbox refusal reaches the registry as sent; a malformed one never does.
+func TestRefused(t *testing.T) {
+	reg := newRegistry()
+	c := dial(t, startServer(t, reg, nil))
+	ctx := context.Background()
+	ok := Refusal{PID: 4242, Syscall: "socket", Family: 17, Type: 3, Protocol: 768}
+	if err := c.Refused(ctx, ok); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []Refusal{{PID: 0, Syscall: "bpf"}, {PID: -1, Syscall: "bpf"}, {PID: 1, Syscall: ""},
+		{PID: 1, Syscall: "bpf\n{\"op\""}, {PID: 1, Syscall: "Ptrace"}, {PID: 1, Syscall: strings.Repeat("a", 65)}} {
+		if err := c.Refused(ctx, bad); !errors.Is(err, ErrRejected) {
+			t.Errorf("Refused(%+v) = %v, want a rejection", bad, err)
+		}
+	}
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if len(reg.refused) != 1 || reg.refused[0] != ok {
+		t.Fatalf("the registry got %+v, want only %+v", reg.refused, ok)
 	}
 }
 

@@ -291,6 +291,18 @@ func (s *Server) handle(ctx context.Context, log zerolog.Logger, req request) re
 		}
 		log.Info().Str(logfields.Cgroup, cg).Msg("agent cgroup unregistered")
 		return response{OK: true}
+	case opRefused:
+		if req.Refusal == nil {
+			return response{Error: "refused: no refusal"}
+		}
+		if err := req.Refusal.validate(); err != nil {
+			return response{Error: "refused: " + err.Error()}
+		}
+		if err := s.reg.Refused(ctx, *req.Refusal); err != nil {
+			log.Warn().Err(err).Int(logfields.PID, req.Refusal.PID).Str("syscall", req.Refusal.Syscall).Msg("sandbox refusal not recorded")
+			return response{Error: err.Error()}
+		}
+		return response{OK: true}
 	}
 	return response{Error: fmt.Sprintf("unknown op %q", req.Op)}
 }
