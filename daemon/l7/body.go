@@ -29,27 +29,43 @@ var (
 )
 
 // bodyBudget bounds the bytes of request bodies buffered at once across every connection of the
-// engine ([sidecar.interceptor.https_mitm] body_buffer_bytes).
+// engine ([sidecar.interceptor.https_mitm] body_buffer_bytes), and what one agent may hold of it:
+// half, or one body of the largest size a policy reads if that is more — so that an agent sending
+// slow bodies cannot leave the others none.
 type bodyBudget struct {
 	mu        sync.Mutex
 	cap, used int64
+	byAgent   map[string]int64
 }
 
-// acquire reserves n bytes, or reports that they are not available.
-func (b *bodyBudget) acquire(n int64) bool {
+// share is what one agent may hold when a policy reads bodies of up to maxBody bytes.
+func (b *bodyBudget) share(maxBody int64) int64 {
+	return min(b.cap, max(b.cap/2, maxBody+1))
+}
+
+// acquire reserves n bytes for agent, or reports that they are not available: the budget is
+// spent, or agent holds its share of it.
+func (b *bodyBudget) acquire(agent string, n, share int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.cap {
+	if b.used+n > b.cap || b.byAgent[agent]+n > share {
 		return false
 	}
+	if b.byAgent == nil {
+		b.byAgent = map[string]int64{}
+	}
 	b.used += n
+	b.byAgent[agent] += n
 	return true
 }
 
-func (b *bodyBudget) release(n int64) {
+func (b *bodyBudget) release(agent string, n int64) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.used -= n
-	b.mu.Unlock()
+	if b.byAgent[agent] -= n; b.byAgent[agent] <= 0 {
+		delete(b.byAgent, agent)
+	}
 }
 
 // inUse is how many bytes are reserved now.
@@ -134,7 +150,7 @@ func (c *agentConn) bufferBody(w http.ResponseWriter, r *http.Request, content *
 	if rc.SetReadDeadline(time.Now().Add(c.e.cfg.BodyReadTimeout.Duration)) == nil {
 		defer rc.SetReadDeadline(time.Time{})
 	}
-	b := &bufferedBody{budget: c.e.bodies, rest: r.Body}
+	b := &bufferedBody{budget: c.e.bodies, agent: c.f.AgentID, share: c.e.bodies.share(max), rest: r.Body}
 	if err := b.fill(r.Body, want, known >= 0); err != nil {
 		b.free()
 		return nil, err
@@ -164,6 +180,8 @@ func (c *agentConn) bufferBody(w http.ResponseWriter, r *http.Request, content *
 // (Close); after free, Read fails.
 type bufferedBody struct {
 	budget *bodyBudget
+	agent  string // whose share the reservation is
+	share  int64
 	mu     sync.Mutex
 	buf    []byte
 	off    int
@@ -210,7 +228,7 @@ func (b *bufferedBody) fill(body io.Reader, want int64, exact bool) error {
 // old array is garbage once copied: the budget bounds what requests hold, not the collector.)
 func (b *bufferedBody) grow(size int64) error {
 	delta := size - int64(cap(b.buf))
-	if !b.budget.acquire(delta) {
+	if !b.budget.acquire(b.agent, delta, b.share) {
 		return errBudget
 	}
 	b.held += delta
@@ -260,7 +278,7 @@ func (b *bufferedBody) free() {
 }
 
 func (b *bufferedBody) releaseLocked() {
-	b.budget.release(b.held)
+	b.budget.release(b.agent, b.held)
 	b.held, b.buf, b.off = 0, nil, 0
 }
 

@@ -62,7 +62,8 @@ type Config struct {
 	// streams.
 	//
 	// BodyBufferBytes bounds the bytes buffered at once across every connection: a request whose
-	// body would not fit is refused (503, Retry-After) rather than buffered.
+	// body would not fit is refused (503, Retry-After) rather than buffered. One agent holds at most
+	// half of it, or one body of max_body_bytes if that is more.
 	BodyBufferBytes int64 `toml:"body_buffer_bytes"`
 	// BodyReadTimeout bounds reading a body that is buffered for a policy (408 after it).
 	BodyReadTimeout duration.Duration `toml:"body_read_timeout"`
