@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -242,7 +243,13 @@ func seccomp() Check {
 	err := unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, 0, 0, 0)
 	switch {
 	case errors.Is(err, unix.EFAULT), errors.Is(err, unix.EACCES):
-		return ok(name, "filters supported")
+		// firma run records its filter's refusals through a user-notification listener (Linux 5.0).
+		var sizes struct{ notif, resp, data uint16 } // struct seccomp_notif_sizes
+		if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_GET_NOTIF_SIZES, 0, uintptr(unsafe.Pointer(&sizes))); errno != 0 {
+			return warn(name, "use Linux 5.0 or later",
+				"filters supported, but no user notifications (%v): firma run's sandbox refusals will not be in the audit log", errno)
+		}
+		return ok(name, "filters and user notifications supported (firma run's refusals are audited)")
 	case err == nil:
 		return fail(name, "", "prctl(PR_SET_SECCOMP) accepted a null filter")
 	}
