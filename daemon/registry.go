@@ -74,8 +74,13 @@ func (r registry) Refused(ctx context.Context, ref control.Refusal) error {
 			what = strings.Replace(what, "socket ", "socketpair ", 1)
 		}
 	}
-	s.judge.Decide(ctx, s.flowOf(o), judge.Intent{Method: "KERNEL", Transport: "kernel", Mode: judge.ModeKernel,
-		Refuse: "sandbox refused " + what})
+	f := s.flowOf(o)
+	in := judge.Intent{Method: "KERNEL", Transport: "kernel", Mode: judge.ModeKernel, Refuse: "sandbox refused " + what}
+	s.judge.Decide(ctx, f, in)
+	if ref.Suppressed > 0 {
+		in.Refuse = fmt.Sprintf("sandbox refusals suppressed: %d more from this sandbox since its last report", ref.Suppressed)
+		s.judge.Decide(ctx, f, in)
+	}
 	return nil
 }
 

@@ -8,23 +8,28 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/openfirma/firma/daemon/control"
 )
 
-// flakySidecar answers Refused with the errors it is given, in turn.
+// flakySidecar answers Refused with the errors it is given, in turn, and keeps what it got.
 type flakySidecar struct {
 	errs   []error
 	calls  *int
 	closed *int
+	got    *[]control.Refusal
 }
 
 func (f *flakySidecar) Info(context.Context) (control.Info, error)           { return control.Info{}, nil }
 func (f *flakySidecar) Register(context.Context, control.Registration) error { return nil }
 func (f *flakySidecar) Unregister(context.Context, string) error             { return nil }
 func (f *flakySidecar) Close() error                                         { *f.closed++; return nil }
-func (f *flakySidecar) Refused(context.Context, control.Refusal) error {
+func (f *flakySidecar) Refused(_ context.Context, r control.Refusal) error {
 	*f.calls++
+	if f.got != nil {
+		*f.got = append(*f.got, r)
+	}
 	if len(f.errs) == 0 {
 		return nil
 	}
@@ -77,4 +82,36 @@ func TestRefusalReporter(t *testing.T) {
 		t.Fatalf("150 failed reports logged %d times, want once (the 2nd and 101st failures overall: one of them here)\n%s", n, logs.String())
 	}
 	r.close()
+}
+
+// TestRefusalReporterRateLimit: past the report rate, refusals are counted, not sent, and the next
+// report carries the count; what is still counted at the end is logged.
+func TestRefusalReporterRateLimit(t *testing.T) {
+	var calls, closed int
+	var got []control.Refusal
+	var logs bytes.Buffer
+	r := &refusalReporter{log: zerolog.New(&logs), limit: rate.NewLimiter(0, 2), dial: func(context.Context) (sidecar, error) {
+		return &flakySidecar{calls: &calls, closed: &closed, got: &got}, nil
+	}}
+	for i := range 5 {
+		r.report(control.Refusal{PID: 10 + i, Syscall: "bpf"})
+	}
+	if calls != 2 || got[0].Suppressed != 0 || got[1].Suppressed != 0 {
+		t.Fatalf("5 refusals with a burst of 2: %d sent %+v; want 2, nothing suppressed yet", calls, got)
+	}
+	r.limit = rate.NewLimiter(rate.Inf, 1)
+	r.report(control.Refusal{PID: 20, Syscall: "ptrace"})
+	if calls != 3 || got[2].PID != 20 || got[2].Suppressed != 3 {
+		t.Fatalf("the next report: %+v, want pid 20 carrying the 3 refusals not sent", got[2])
+	}
+	r.report(control.Refusal{PID: 21, Syscall: "ptrace"})
+	if got[3].Suppressed != 0 {
+		t.Fatalf("the count was sent twice: %+v", got[3])
+	}
+	r.limit = rate.NewLimiter(0, 0)
+	r.report(control.Refusal{PID: 22, Syscall: "ptrace"})
+	r.close()
+	if !strings.Contains(logs.String(), `"unreported":1`) {
+		t.Fatalf("a count left at the end is not logged: %s", logs.String())
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/openfirma/firma/daemon/control"
 	"github.com/openfirma/firma/internal/cgroup"
@@ -525,21 +526,40 @@ func dedupe(s []string) []string {
 // refusalReportTimeout bounds one report: the refused process waits for it.
 const refusalReportTimeout = 2 * time.Second
 
+// Reports per second, and at once, before firma run only counts refusals (and says how many in
+// its next report): an agent looping on a refused call must not cost the sidecar a request each.
+// Above the audit log's own default limit for the class (10/s, 100 at once), which keeps deciding
+// what is written.
+const (
+	refusalReportRate  = 100
+	refusalReportBurst = 200
+)
+
 // refusalReporter sends what the sandbox refused to the sidecar, for the audit log, over one
 // control connection made again when it fails. A report that cannot be made is logged (the first,
 // then every 100th): the call is refused all the same.
 type refusalReporter struct {
-	dial func(ctx context.Context) (sidecar, error)
-	log  zerolog.Logger
+	dial  func(ctx context.Context) (sidecar, error)
+	log   zerolog.Logger
+	limit *rate.Limiter // nil: refusalReportRate, refusalReportBurst
 
-	mu     sync.Mutex
-	sc     sidecar
-	failed int
+	mu         sync.Mutex
+	sc         sidecar
+	failed     int
+	unreported int // refusals over the rate limit since the last report
 }
 
 func (r *refusalReporter) report(ref control.Refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.limit == nil {
+		r.limit = rate.NewLimiter(refusalReportRate, refusalReportBurst)
+	}
+	if !r.limit.Allow() {
+		r.unreported++
+		return
+	}
+	ref.Suppressed = r.unreported
 	ctx, cancel := context.WithTimeout(context.Background(), refusalReportTimeout)
 	defer cancel()
 	var err error
@@ -551,6 +571,7 @@ func (r *refusalReporter) report(ref control.Refusal) {
 			}
 		}
 		if err = r.sc.Refused(ctx, ref); err == nil {
+			r.unreported = 0
 			return
 		}
 		r.sc.Close()
@@ -569,6 +590,10 @@ func (r *refusalReporter) report(ref control.Refusal) {
 func (r *refusalReporter) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.unreported > 0 {
+		r.log.Warn().Int("unreported", r.unreported).
+			Msg("sandbox refusals over the report rate limit after the last report: counted here, not in the audit log")
+	}
 	if r.sc != nil {
 		r.sc.Close()
 		r.sc = nil

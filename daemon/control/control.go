@@ -79,11 +79,17 @@ type Refusal struct {
 	Family   int `json:"family,omitempty"`
 	Type     int `json:"type,omitempty"`
 	Protocol int `json:"protocol,omitempty"`
+	// Suppressed counts the refusals of the same sandbox firma run did not report since its
+	// previous report (its own rate limit, which spares the sidecar a flood).
+	Suppressed int `json:"suppressed,omitempty"`
 }
 
 func (r Refusal) validate() error {
 	if r.PID <= 0 {
 		return fmt.Errorf("pid %d", r.PID)
+	}
+	if r.Suppressed < 0 {
+		return fmt.Errorf("suppressed %d", r.Suppressed)
 	}
 	if r.Syscall == "" || len(r.Syscall) > 64 {
 		return fmt.Errorf("syscall %q", r.Syscall)

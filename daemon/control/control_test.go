@@ -237,7 +237,7 @@ func TestRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, bad := range []Refusal{{PID: 0, Syscall: "bpf"}, {PID: -1, Syscall: "bpf"}, {PID: 1, Syscall: ""},
-		{PID: 1, Syscall: "bpf\n{\"op\""}, {PID: 1, Syscall: "Ptrace"}, {PID: 1, Syscall: strings.Repeat("a", 65)}} {
+		{PID: 1, Syscall: "bpf\n{\"op\""}, {PID: 1, Syscall: "Ptrace"}, {PID: 1, Syscall: strings.Repeat("a", 65)}, {PID: 1, Syscall: "bpf", Suppressed: -1}} {
 		if err := c.Refused(ctx, bad); !errors.Is(err, ErrRejected) {
 			t.Errorf("Refused(%+v) = %v, want a rejection", bad, err)
 		}
