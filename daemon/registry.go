@@ -17,6 +17,7 @@ import (
 	"github.com/openfirma/firma/daemon/judge"
 	"github.com/openfirma/firma/daemon/metrics"
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/proc"
 	"github.com/openfirma/firma/version"
 )
 
@@ -90,30 +91,19 @@ func procIdentity(pid int) (tgid, uid, gid uint32, comm string) {
 	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil {
 		comm = strings.TrimSuffix(string(b), "\n")
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	st, err := proc.StatusFields(strconv.Itoa(pid), "Tgid", "Uid", "Gid")
 	if err != nil {
 		return 0, 0, 0, comm
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		key, rest, ok := strings.Cut(line, ":")
-		f := strings.Fields(rest)
-		if !ok || len(f) == 0 {
-			continue
+	first := func(field string) uint32 { // Uid and Gid list real, effective, saved, fs: the real one
+		f := strings.Fields(st[field])
+		if len(f) == 0 {
+			return 0
 		}
-		n, err := strconv.ParseUint(f[0], 10, 32)
-		if err != nil {
-			continue
-		}
-		switch key {
-		case "Tgid":
-			tgid = uint32(n)
-		case "Uid":
-			uid = uint32(n)
-		case "Gid":
-			gid = uint32(n)
-		}
+		n, _ := strconv.ParseUint(f[0], 10, 32)
+		return uint32(n)
 	}
-	return tgid, uid, gid, comm
+	return first("Tgid"), first("Uid"), first("Gid"), comm
 }
 
 // Info tells a runner where to place an agent and what to hide from it.

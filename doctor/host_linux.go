@@ -3,7 +3,6 @@
 package doctor
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openfirma/firma/internal/cgroup"
+	"github.com/openfirma/firma/internal/proc"
 )
 
 // minKernel is the oldest kernel with every hook firma attaches (getpeername, 5.8) and cgroup
@@ -108,21 +108,15 @@ func privileges() Check {
 }
 
 func procStatusField(field string) (string, error) {
-	f, err := os.Open("/proc/self/status")
+	got, err := proc.StatusFields("self", field)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, found := strings.Cut(sc.Text(), ":"); found && k == field {
-			return strings.TrimSpace(v), nil
-		}
+	v, ok := got[field]
+	if !ok {
+		return "", fmt.Errorf("no %s line", field)
 	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", fmt.Errorf("no %s line", field)
+	return v, nil
 }
 
 // trivialProgram loads `return 1` as a program of type pt expecting attach type at: the kernel
